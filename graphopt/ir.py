@@ -1,0 +1,419 @@
+"""Load/save and the few graph helpers every pass needs, over onnx-graphsurgeon's IR.
+
+A gs.Graph keeps use-def lists both ways (Variable.inputs = producer, Variable.outputs =
+consumers, including consumers inside If/Loop/Scan subgraphs, which share the outer Variable
+objects). Everything here keeps those lists consistent, so passes never rescan the graph.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import tempfile
+from collections import deque
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from google.protobuf.message import DecodeError
+
+from .errors import InvalidModel, UnsafePath, UsageError
+
+PROTOBUF_LIMIT = 2**31 - 1  # a serialized ModelProto cannot reach 2 GiB
+_names = itertools.count()
+
+
+# ---------------------------------------------------------------- load / save
+
+def load_model(model_or_path, load_external_data: bool = True) -> onnx.ModelProto:
+    """Read a ModelProto from a path (checking external data stays inside the model's folder)."""
+    if isinstance(model_or_path, onnx.ModelProto):
+        validate_structure(model_or_path.graph)
+        return model_or_path
+    path = Path(model_or_path)
+    if not path.exists():
+        raise InvalidModel(f"{path}: no such file")
+    if not path.is_file():
+        raise InvalidModel(f"{path}: not a file")
+    try:
+        model = onnx.load_model(str(path), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError, OSError) as e:
+        raise InvalidModel(f"{path}: not an ONNX model ({e.__class__.__name__}: {e})") from None
+    if not model.HasField("graph") or not model.opset_import:
+        raise InvalidModel(f"{path}: not an ONNX model (no graph or no opset_import)")
+    if load_external_data:
+        _load_external_data(model, path.resolve().parent)
+    validate_structure(model.graph)
+    return model
+
+
+def load(model_or_path) -> gs.Graph:
+    """Load a model (path or ModelProto) into graphsurgeon's IR."""
+    model = load_model(model_or_path)
+    try:
+        return gs.import_onnx(model)
+    except Exception as e:  # graphsurgeon rejects some malformed graphs itself
+        raise InvalidModel(f"cannot import model: {e}") from None
+
+
+def _tensors_with_external_data(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    for t in graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            yield t
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_location == onnx.TensorProto.EXTERNAL:
+                yield attr.t
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                yield from _tensors_with_external_data(sub)
+
+
+def _load_external_data(model: onnx.ModelProto, base: Path) -> None:
+    """Resolve external data, refusing any location outside `base` (absolute, `..`, symlinks)."""
+    for t in _tensors_with_external_data(model.graph):
+        info = {e.key: e.value for e in t.external_data}
+        location = info.get("location", "")
+        if not location or os.path.isabs(location) or ".." in Path(location).parts:
+            raise UnsafePath(f"tensor '{t.name}': external data location '{location}' is not a plain relative path")
+        file = base / location
+        real = Path(os.path.realpath(file))
+        if base != real and base not in real.parents:
+            raise UnsafePath(f"tensor '{t.name}': external data '{location}' resolves outside the model's folder")
+        if not real.is_file():
+            raise InvalidModel(f"tensor '{t.name}': external data file '{location}' not found")
+        size = real.stat().st_size
+        offset, length = int(info.get("offset", 0)), int(info.get("length", size - int(info.get("offset", 0))))
+        if offset < 0 or length < 0 or offset + length > size:
+            raise InvalidModel(f"tensor '{t.name}': external data range [{offset}, {offset + length}) "
+                               f"is outside '{location}' ({size} bytes)")
+        with open(real, "rb") as f:
+            f.seek(offset)
+            t.raw_data = f.read(length)
+        del t.external_data[:]
+        t.data_location = onnx.TensorProto.DEFAULT
+
+
+def validate_structure(graph: onnx.GraphProto, outer: frozenset = frozenset()) -> None:
+    """Reject undefined inputs, duplicate outputs and cycles before any pass sees the graph."""
+    defined = set(outer) | {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    defined |= {t.values.name for t in graph.sparse_initializer}
+    producers: dict[str, int] = {}
+    for idx, node in enumerate(graph.node):
+        for out in node.output:
+            if not out:
+                continue
+            if out in producers or out in defined:
+                raise InvalidModel(f"tensor '{out}' is produced twice (node '{node.name or node.op_type}')")
+            producers[out] = idx
+    known = defined | producers.keys()
+    indeg = [0] * len(graph.node)
+    users: dict[int, list[int]] = {}
+    for idx, node in enumerate(graph.node):
+        for name in node.input:
+            if name and name not in known:
+                raise InvalidModel(f"node '{node.name or node.op_type}' uses undefined tensor '{name}'")
+            if name in producers:
+                indeg[idx] += 1
+                users.setdefault(producers[name], []).append(idx)
+        for attr in node.attribute:  # subgraphs may read any outer value
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                validate_structure(sub, frozenset(known))
+    for out in graph.output:
+        if out.name not in known:
+            raise InvalidModel(f"graph output '{out.name}' is never produced")
+    ready = deque(i for i, d in enumerate(indeg) if d == 0)
+    seen = 0
+    while ready:
+        i = ready.popleft()
+        seen += 1
+        for j in users.get(i, ()):
+            indeg[j] -= 1
+            if indeg[j] == 0:
+                ready.append(j)
+    if seen != len(graph.node):
+        stuck = next(n for i, n in enumerate(graph.node) if indeg[i] > 0)
+        raise InvalidModel(f"graph has a cycle (through node '{stuck.name or stuck.op_type}')")
+
+
+def export(graph: gs.Graph, template: onnx.ModelProto | None = None) -> onnx.ModelProto:
+    """graphsurgeon Graph -> ModelProto, keeping the template's metadata and dropping unused opsets."""
+    toposort(graph)
+    model = gs.export_onnx(graph, do_type_check=False)
+    if template is not None:
+        model.ir_version = template.ir_version
+        model.producer_name, model.producer_version = template.producer_name, template.producer_version
+        model.domain, model.model_version, model.doc_string = template.domain, template.model_version, template.doc_string
+        del model.metadata_props[:]
+        model.metadata_props.extend(template.metadata_props)
+    prune_opset_imports(model)
+    _satisfy_ir3(model)
+    return model
+
+
+def _satisfy_ir3(model: onnx.ModelProto) -> None:
+    """IR < 4 requires every initializer to be a graph input: move to IR 4 where the opset allows
+    it (opset >= 9), else list the initializers as inputs."""
+    if model.ir_version >= 4:
+        return
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    if opset >= 9:
+        model.ir_version = 4
+        return
+    listed = {i.name for i in model.graph.input}
+    for t in model.graph.initializer:
+        if t.name not in listed:
+            model.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+
+
+def prune_opset_imports(model: onnx.ModelProto) -> None:
+    """Keep the default domain and every domain some node (or local function) still uses."""
+    used = {"", "ai.onnx"}
+
+    def walk(g):
+        for n in g.node:
+            used.add(n.domain)
+            for a in n.attribute:
+                for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                    walk(sub)
+    walk(model.graph)
+    for f in model.functions:
+        used.add(f.domain)
+        for n in f.node:
+            used.add(n.domain)
+    keep = [o for o in model.opset_import if o.domain in used]
+    del model.opset_import[:]
+    model.opset_import.extend(keep)
+
+
+def save(model: onnx.ModelProto | gs.Graph, path, external_data: bool | None = None) -> Path:
+    """Write atomically: a temp file in the target folder, then rename. Never a half-written output.
+
+    external_data=None picks external data (one `<name>.data` file beside the model) only when the
+    model would not fit in a single protobuf.
+    """
+    if isinstance(model, gs.Graph):
+        model = export(model)
+    path = Path(path)
+    folder = path.resolve().parent
+    if not folder.is_dir():
+        raise UsageError(f"output folder '{path.parent}' does not exist")
+    if external_data is None:
+        external_data = _needs_external_data(model)
+    tmpdir = Path(tempfile.mkdtemp(prefix=".graphopt-", dir=folder))
+    try:
+        tmp_model = tmpdir / path.name
+        if external_data:
+            data_name = path.name + ".data"
+            onnx.save_model(model, str(tmp_model), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=data_name, size_threshold=1024)
+            if (tmpdir / data_name).exists():
+                os.replace(tmpdir / data_name, folder / data_name)
+        else:
+            onnx.save_model(model, str(tmp_model))
+        os.replace(tmp_model, path)
+    finally:
+        for leftover in tmpdir.iterdir():
+            leftover.unlink()
+        tmpdir.rmdir()
+    return path
+
+
+def _needs_external_data(model: onnx.ModelProto) -> bool:
+    total = 0
+    for t in model.graph.initializer:
+        total += len(t.raw_data) or 4 * (len(t.float_data) + len(t.int32_data)) + 8 * len(t.int64_data)
+        if total > PROTOBUF_LIMIT - (64 << 20):  # headroom for the graph itself
+            return True
+    return False
+
+
+# ---------------------------------------------------------------- use-def helpers
+
+def producer(v: gs.Tensor) -> gs.Node | None:
+    return v.inputs[0] if v.inputs else None
+
+
+def consumers(v: gs.Tensor) -> list[gs.Node]:
+    return list(v.outputs)
+
+
+def is_graph_output(graph: gs.Graph, v: gs.Tensor) -> bool:
+    return any(o is v for o in graph.outputs)
+
+
+def is_graph_input(graph: gs.Graph, v: gs.Tensor) -> bool:
+    return any(i is v for i in graph.inputs)
+
+
+def const_value(v: gs.Tensor) -> np.ndarray | None:
+    """The value of a constant tensor (initializer or Constant node output), else None."""
+    if isinstance(v, gs.Constant):
+        return v.values
+    node = producer(v)
+    if node is not None and node.op == "Constant" and node.domain in ("", None, "ai.onnx"):
+        for key in ("value", "value_float", "value_floats", "value_int", "value_ints"):
+            if key in node.attrs:
+                val = node.attrs[key]
+                if isinstance(val, gs.Constant):
+                    return val.values
+                dtype = np.float32 if key.startswith("value_float") else np.int64
+                return np.asarray(val, dtype=dtype)
+    return None
+
+
+def fresh_name(base: str) -> str:
+    return f"{base}__g{next(_names)}"
+
+
+def subgraphs(node: gs.Node) -> list[gs.Graph]:
+    out = []
+    for val in node.attrs.values():
+        if isinstance(val, gs.Graph):
+            out.append(val)
+        elif isinstance(val, (list, tuple)):
+            out.extend(v for v in val if isinstance(v, gs.Graph))
+    return out
+
+
+def all_graphs(graph: gs.Graph) -> list[gs.Graph]:
+    """Innermost subgraphs first, the main graph last (so cleanup inside happens before outside)."""
+    result = []
+    for node in graph.nodes:
+        for sub in subgraphs(node):
+            result.extend(all_graphs(sub))
+    result.append(graph)
+    return result
+
+
+def replace_all_uses(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> None:
+    """Point every consumer of `old` (here and in nested subgraphs) at `new`.
+
+    Graph outputs keep their names: if `old` is an output of `graph`, `new` takes its name when it
+    is a plain intermediate value; otherwise an Identity node is added to carry the old name.
+    """
+    if old is new:
+        return
+    for node in list(old.outputs):
+        for i, t in enumerate(node.inputs):
+            if t is old:
+                node.inputs[i] = new
+    for g in _graphs_with_output(graph, old):
+        idx = next(i for i, o in enumerate(g.outputs) if o is old)
+        if can_take_over(g, old, new):
+            name, new_dtype, new_shape = old.name, new.dtype, new.shape
+            old.name = fresh_name(old.name)
+            new.name = name
+            new.dtype = new_dtype if new_dtype is not None else old.dtype
+            new.shape = new_shape if new_shape is not None else old.shape
+            g.outputs[idx] = new
+        else:
+            holder = gs.Variable(fresh_name(old.name), dtype=old.dtype, shape=old.shape)
+            prod = producer(old)
+            if prod is not None:
+                slot = next(i for i, o in enumerate(prod.outputs) if o is old)
+                prod.outputs[slot] = holder
+            g.nodes.append(gs.Node("Identity", name=fresh_name("keep_output"), inputs=[new], outputs=[old]))
+
+
+def can_take_over(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> bool:
+    """Can `new` simply be renamed to replace graph output `old`? (It must be computed in `graph`
+    itself and be neither an input nor another output; otherwise an Identity has to carry the name.)"""
+    prod = producer(new)
+    return (isinstance(new, gs.Variable) and prod is not None and not is_graph_output(graph, new)
+            and not is_graph_input(graph, new) and any(n is prod for n in graph.nodes))
+
+
+def _graphs_with_output(graph: gs.Graph, v: gs.Tensor) -> list[gs.Graph]:
+    found = [graph] if is_graph_output(graph, v) else []
+    for node in list(v.outputs):  # a consumer with subgraphs could return v from a branch
+        for sub in subgraphs(node):
+            found.extend(g for g in all_graphs(sub) if is_graph_output(g, v))
+    for node in graph.nodes:
+        for sub in subgraphs(node):
+            found.extend(g for g in all_graphs(sub) if g not in found and is_graph_output(g, v))
+    return found
+
+
+def detach(node: gs.Node) -> None:
+    """Disconnect a node from its tensors so use-def lists forget it (the caller drops it from graph.nodes)."""
+    node.inputs.clear()
+    node.outputs.clear()
+
+
+def toposort(graph: gs.Graph) -> None:
+    """Kahn's algorithm (stable: keeps the existing order where it is already valid). Raises on cycles."""
+    nodes = graph.nodes
+    index = {id(n): i for i, n in enumerate(nodes)}
+    indeg = [0] * len(nodes)
+    users: list[list[int]] = [[] for _ in nodes]
+    for i, n in enumerate(nodes):
+        deps = set()
+        for t in _node_reads(n):
+            p = producer(t)
+            if p is not None and id(p) in index and id(p) != id(n):
+                deps.add(index[id(p)])
+        indeg[i] = len(deps)
+        for d in deps:
+            users[d].append(i)
+    import heapq
+    ready = [i for i, d in enumerate(indeg) if d == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(nodes[i])
+        for j in users[i]:
+            indeg[j] -= 1
+            if indeg[j] == 0:
+                heapq.heappush(ready, j)
+    if len(order) != len(nodes):
+        stuck = next(n for i, n in enumerate(nodes) if indeg[i] > 0)
+        raise InvalidModel(f"graph has a cycle (through node '{stuck.name or stuck.op}')")
+    graph.nodes = order
+
+
+def _node_reads(node: gs.Node) -> list[gs.Tensor]:
+    """Inputs plus outer-scope values read inside the node's subgraphs."""
+    reads = [t for t in node.inputs]
+    for sub in subgraphs(node):
+        reads.extend(outer_reads(sub))
+    return reads
+
+
+def outer_reads(graph: gs.Graph) -> list[gs.Tensor]:
+    """Values a (sub)graph reads that it neither defines nor receives as inputs."""
+    local = {id(t) for t in graph.inputs}
+    for n in graph.nodes:
+        local.update(id(t) for t in n.outputs)
+    reads = []
+    for n in graph.nodes:
+        for t in _node_reads(n):
+            if id(t) not in local and isinstance(t, gs.Variable) and t.name:
+                reads.append(t)
+    reads.extend(t for t in graph.outputs if id(t) not in local and isinstance(t, gs.Variable))
+    return reads
+
+
+# ---------------------------------------------------------------- shapes and dtypes
+
+def static_shape(v: gs.Tensor) -> tuple[int, ...] | None:
+    """The shape if every dim is a known non-negative int, else None (symbolic dims stay symbolic)."""
+    shape = v.shape
+    if shape is None:
+        return None
+    if all(isinstance(d, (int, np.integer)) and d >= 0 for d in shape):
+        return tuple(int(d) for d in shape)
+    return None
+
+
+def rank(v: gs.Tensor) -> int | None:
+    return None if v.shape is None else len(v.shape)
+
+
+def numel(shape) -> int:
+    return int(np.prod(shape, dtype=np.int64)) if len(shape) else 1
+
+
+def node_count(graph: gs.Graph) -> int:
+    return sum(len(g.nodes) for g in all_graphs(graph))
