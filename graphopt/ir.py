@@ -21,6 +21,7 @@ from google.protobuf.message import DecodeError
 from .errors import InvalidModel, UnsafePath, UsageError
 
 PROTOBUF_LIMIT = 2**31 - 1  # a serialized ModelProto cannot reach 2 GiB
+_CONTROL_FLOW = {"If", "Loop", "Scan"}  # the standard ops that carry subgraphs
 _names = itertools.count()
 
 
@@ -267,6 +268,8 @@ def fresh_name(base: str) -> str:
 
 
 def subgraphs(node: gs.Node) -> list[gs.Graph]:
+    if node.op not in _CONTROL_FLOW and not node.domain:
+        return []
     out = []
     for val in node.attrs.values():
         if isinstance(val, gs.Graph):
@@ -286,11 +289,12 @@ def all_graphs(graph: gs.Graph) -> list[gs.Graph]:
     return result
 
 
-def replace_all_uses(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> None:
+def replace_all_uses(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor, nested: list | None = None) -> None:
     """Point every consumer of `old` (here and in nested subgraphs) at `new`.
 
     Graph outputs keep their names: if `old` is an output of `graph`, `new` takes its name when it
     is a plain intermediate value; otherwise an Identity node is added to carry the old name.
+    `nested` (from nested_graphs) saves the subgraph scan when called in a loop.
     """
     if old is new:
         return
@@ -298,7 +302,10 @@ def replace_all_uses(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> None:
         for i, t in enumerate(node.inputs):
             if t is old:
                 node.inputs[i] = new
-    for g in _graphs_with_output(graph, old):
+    nested = nested_graphs(graph) if nested is None else nested
+    for g in [graph] + nested:
+        if not is_graph_output(g, old):
+            continue
         idx = next(i for i, o in enumerate(g.outputs) if o is old)
         if can_take_over(g, old, new):
             name, new_dtype, new_shape = old.name, new.dtype, new.shape
@@ -316,23 +323,17 @@ def replace_all_uses(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> None:
             g.nodes.append(gs.Node("Identity", name=fresh_name("keep_output"), inputs=[new], outputs=[old]))
 
 
+def nested_graphs(graph: gs.Graph) -> list[gs.Graph]:
+    """Every subgraph below `graph` (not `graph` itself)."""
+    return [g for g in all_graphs(graph) if g is not graph]
+
+
 def can_take_over(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> bool:
     """Can `new` simply be renamed to replace graph output `old`? (It must be computed in `graph`
     itself and be neither an input nor another output; otherwise an Identity has to carry the name.)"""
     prod = producer(new)
     return (isinstance(new, gs.Variable) and prod is not None and not is_graph_output(graph, new)
             and not is_graph_input(graph, new) and any(n is prod for n in graph.nodes))
-
-
-def _graphs_with_output(graph: gs.Graph, v: gs.Tensor) -> list[gs.Graph]:
-    found = [graph] if is_graph_output(graph, v) else []
-    for node in list(v.outputs):  # a consumer with subgraphs could return v from a branch
-        for sub in subgraphs(node):
-            found.extend(g for g in all_graphs(sub) if is_graph_output(g, v))
-    for node in graph.nodes:
-        for sub in subgraphs(node):
-            found.extend(g for g in all_graphs(sub) if g not in found and is_graph_output(g, v))
-    return found
 
 
 def detach(node: gs.Node) -> None:
@@ -345,6 +346,8 @@ def toposort(graph: gs.Graph) -> None:
     """Kahn's algorithm (stable: keeps the existing order where it is already valid). Raises on cycles."""
     nodes = graph.nodes
     index = {id(n): i for i, n in enumerate(nodes)}
+    if _is_sorted(nodes, index):
+        return
     indeg = [0] * len(nodes)
     users: list[list[int]] = [[] for _ in nodes]
     for i, n in enumerate(nodes):
@@ -371,6 +374,14 @@ def toposort(graph: gs.Graph) -> None:
         stuck = next(n for i, n in enumerate(nodes) if indeg[i] > 0)
         raise InvalidModel(f"graph has a cycle (through node '{stuck.name or stuck.op}')")
     graph.nodes = order
+
+
+def _is_sorted(nodes, index) -> bool:
+    for i, n in enumerate(nodes):
+        for t in _node_reads(n):
+            if t.inputs and index.get(id(t.inputs[0]), -1) >= i:
+                return False
+    return True
 
 
 def _node_reads(node: gs.Node) -> list[gs.Tensor]:

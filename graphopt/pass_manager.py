@@ -147,12 +147,14 @@ class PassManager:
                 self.records.append(PassRecord(info.name, iteration, elapsed, result.changed, result.stats))
                 if result.changed:
                     any_change = True
-                    ir.toposort(graph)
+                    ctx.options["graph_changed"] = True
+                    for g in ir.all_graphs(graph):
+                        ir.toposort(g)
                     if self.verify_each:
                         self._verify(graph, model, info.name)
                 if info.name in self.print_after:
                     self.printed.append(f"--- after {info.name} (iteration {iteration}) ---\n"
-                                        + onnx.printer.to_text(ir.export(graph.copy(), model).graph))
+                                        + onnx.printer.to_text(ir.export(graph, model).graph))
             if not any_change:
                 return ctx
         raise LimitExceeded(f"passes still changing the graph after {self.max_iterations} iterations "
@@ -171,7 +173,7 @@ class PassManager:
 
     def _verify(self, graph: gs.Graph, original: onnx.ModelProto, pass_name: str) -> None:
         from .verify import check_model, compare_models
-        candidate = ir.export(graph.copy(), original)
+        candidate = ir.export(graph, original)
         try:
             check_model(candidate)
         except VerificationFailed as e:

@@ -162,7 +162,8 @@ def _match_op(p: Op, node: gs.Node, m: Match, depth: int, parent: gs.Node | None
         orders.append(list(reversed(p.inputs)))
     best: _Fail | None = None
     for order in orders:
-        saved = (dict(m.values), dict(m.consts), dict(m.nodes), list(m.matched))
+        if len(orders) > 1:  # only a second try needs the bindings restored
+            saved = (dict(m.values), dict(m.consts), dict(m.nodes), list(m.matched))
         try:
             m.matched.append(node)
             deepest = depth + 1
@@ -172,7 +173,8 @@ def _match_op(p: Op, node: gs.Node, m: Match, depth: int, parent: gs.Node | None
                 m.nodes[p.name] = node
             return deepest
         except _Fail as f:
-            m.values, m.consts, m.nodes, m.matched = saved
+            if len(orders) > 1:
+                m.values, m.consts, m.nodes, m.matched = saved
             if best is None or f.depth > best.depth:
                 best = f
     raise best
@@ -229,6 +231,7 @@ def apply_rules(graph: gs.Graph, rules: list[Rule], opset: int, trace=(), max_re
     work = deque(n for n in graph.nodes if n.op in by_op)
     queued = {id(n) for n in work}
     traced = set(trace)
+    nested = ir.nested_graphs(graph)
 
     def push(n):
         if id(n) in alive and id(n) not in queued and n.op in by_op:
@@ -257,7 +260,7 @@ def apply_rules(graph: gs.Graph, rules: list[Rule], opset: int, trace=(), max_re
                         stats.near_miss[rule.name] = (f.depth, node.name, f.reason)
                 continue
             results = list(result) if isinstance(result, (list, tuple)) else [result]
-            _commit(graph, m, results, alive, added, push)
+            _commit(graph, m, results, alive, added, push, nested)
             stats.hits[rule.name] += 1
             if show:
                 stats.trace.append(f"{rule.name}: fired at '{node.name}' ({node.op})")
@@ -270,13 +273,13 @@ def apply_rules(graph: gs.Graph, rules: list[Rule], opset: int, trace=(), max_re
     return stats
 
 
-def _commit(graph, m: Match, results, alive: set, added: list, push) -> None:
+def _commit(graph, m: Match, results, alive: set, added: list, push, nested) -> None:
     root = m.root
     graph.nodes.extend(m.new_nodes)
     before = len(graph.nodes)
     for old, new in zip(list(root.outputs), results):
         if new is not None:
-            ir.replace_all_uses(graph, old, new)
+            ir.replace_all_uses(graph, old, new, nested)
     # replace_all_uses appends an Identity when a graph output must keep its name
     for node in graph.nodes[before - len(m.new_nodes):]:
         alive.add(id(node))

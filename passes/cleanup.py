@@ -225,6 +225,7 @@ def eliminate_common_subexpressions(graph: gs.Graph, ctx) -> PassResult:
     """Merge nodes that compute the same op on the same inputs with the same attributes."""
     seen: dict = {}
     dead: set[int] = set()
+    nested = ir.nested_graphs(graph)
     for node in graph.nodes:
         if node.op in NONDETERMINISTIC or (node.domain not in STANDARD_DOMAINS and node.domain != "ai.onnx.ml"):
             continue
@@ -240,7 +241,7 @@ def eliminate_common_subexpressions(graph: gs.Graph, ctx) -> PassResult:
         if any(ir.is_graph_output(graph, o) for o in node.outputs):
             continue
         for mine, theirs in zip(list(node.outputs), twin.outputs):
-            ir.replace_all_uses(graph, mine, theirs)
+            ir.replace_all_uses(graph, mine, theirs, nested)
         dead.add(id(node))
         ir.detach(node)
     if dead:
@@ -253,6 +254,7 @@ def merge_duplicate_initializers(graph: gs.Graph, ctx) -> PassResult:
     """Point every user of a repeated constant (same dtype, shape, bytes) at one copy."""
     first: dict = {}
     merged = 0
+    nested = ir.nested_graphs(graph)
     constants = {}
     for node in graph.nodes:
         for t in node.inputs:
@@ -263,6 +265,6 @@ def merge_duplicate_initializers(graph: gs.Graph, ctx) -> PassResult:
         key = (str(values.dtype), values.shape, hashlib.sha1(np.ascontiguousarray(values).tobytes()).hexdigest())
         keep = first.setdefault(key, t)
         if keep is not t:
-            ir.replace_all_uses(graph, t, keep)
+            ir.replace_all_uses(graph, t, keep, nested)
             merged += 1
     return PassResult(merged > 0, {"initializers_merged": merged})

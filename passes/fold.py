@@ -29,29 +29,30 @@ NEVER_FOLD = NONDETERMINISTIC | {
 @register_pass("infer-shapes", level=1, per_graph=False)
 def infer_shapes(graph: gs.Graph, ctx) -> PassResult:
     """Run ONNX shape inference (with data propagation) and record shapes/dtypes on the IR."""
-    model = ir.export(graph.copy(), ctx.model)
+    unknown = {id(o): o for g in ir.all_graphs(graph) for n in g.nodes for o in n.outputs
+               if isinstance(o, gs.Variable) and (o.shape is None or o.dtype is None or ir.static_shape(o) is None)}
+    tried = ctx.options.setdefault("shape_inference_tried", set())
+    if not unknown or set(unknown) <= tried:
+        return PassResult(False, {})  # nothing new to learn since the last run
+    tried.update(unknown)
+    # before any rewrite the input model *is* the graph: skip the export
+    model = ctx.model if not ctx.options.get("graph_changed") else ir.export(graph, ctx.model)
     if model.ByteSize() >= ir.PROTOBUF_LIMIT:
         return PassResult(False, {"skipped_too_large": 1})
     try:
         inferred = onnx.shape_inference.infer_shapes(_without_weights(model), strict_mode=False, data_prop=True)
     except Exception:  # inference is best effort; passes simply see fewer shapes
         return PassResult(False, {"failed": 1})
-    infos = {}
-    _collect_value_infos(inferred.graph, infos)
+    wanted = {o.name: o for o in unknown.values()}
     learned = 0
-    for g in ir.all_graphs(graph):
-        for node in g.nodes:
-            for out in node.outputs:
-                info = infos.get(out.name)
-                if info is None or not isinstance(out, gs.Variable):
-                    continue
-                shape, dtype = info
-                if out.dtype is None and dtype is not None:
-                    out.dtype = dtype
-                    learned += 1
-                if shape is not None and (out.shape is None or _more_known(shape, out.shape)):
-                    out.shape = shape
-                    learned += 1
+    for name, (shape, dtype) in _value_infos(inferred.graph, wanted):
+        out = wanted[name]
+        if out.dtype is None and dtype is not None:
+            out.dtype = dtype
+            learned += 1
+        if shape is not None and (out.shape is None or _more_known(shape, out.shape)):
+            out.shape = shape
+            learned += 1
     # shapes are facts about the graph, not rewrites: they never make the pipeline iterate
     return PassResult(False, {"values_annotated": learned})
 
@@ -76,11 +77,12 @@ def _raw_size(t: onnx.TensorProto) -> int:
     return len(t.raw_data) or 8 * (len(t.float_data) + len(t.int32_data) + len(t.int64_data) + len(t.double_data))
 
 
-def _collect_value_infos(graph: onnx.GraphProto, infos: dict) -> None:
+def _value_infos(graph: onnx.GraphProto, wanted: dict):
+    """(name, (shape, np dtype)) for the value infos of `wanted` names, subgraphs included."""
     for vi in list(graph.value_info) + list(graph.output):
-        tt = vi.type.tensor_type
-        if not vi.type.HasField("tensor_type"):
+        if vi.name not in wanted or not vi.type.HasField("tensor_type"):
             continue
+        tt = vi.type.tensor_type
         dtype = None
         if tt.elem_type:
             try:
@@ -90,11 +92,11 @@ def _collect_value_infos(graph: onnx.GraphProto, infos: dict) -> None:
         shape = None
         if tt.HasField("shape"):
             shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
-        infos[vi.name] = (shape, dtype)
+        yield vi.name, (shape, dtype)
     for node in graph.node:
         for a in node.attribute:
             for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                _collect_value_infos(sub, infos)
+                yield from _value_infos(sub, wanted)
 
 
 def _more_known(new, old) -> bool:
@@ -200,6 +202,7 @@ def fold_constants(graph: gs.Graph, ctx) -> PassResult:
 
 def _constant_nodes_to_initializers(graph: gs.Graph) -> int:
     count = 0
+    nested = ir.nested_graphs(graph)
     for node in graph.nodes:
         if node.op != "Constant" or node.domain not in STANDARD_DOMAINS:
             continue
@@ -209,7 +212,7 @@ def _constant_nodes_to_initializers(graph: gs.Graph) -> int:
             continue
         const = gs.Constant(out.name, np.asarray(value))
         out.name = ir.fresh_name(out.name)
-        ir.replace_all_uses(graph, out, const)
+        ir.replace_all_uses(graph, out, const, nested)
         count += 1
     return count
 
@@ -312,6 +315,7 @@ def _evaluate(candidates, graph, ctx) -> dict:
 
 def _replace_with_constants(graph, candidates, values) -> int:
     folded = 0
+    nested = ir.nested_graphs(graph)
     for node in candidates:
         outs = [o for o in node.outputs if not o.is_empty()]
         if not all(o.name in values for o in outs):
@@ -320,7 +324,7 @@ def _replace_with_constants(graph, candidates, values) -> int:
             value = np.asarray(values[out.name])
             name = out.name
             out.name = ir.fresh_name(name)
-            ir.replace_all_uses(graph, out, gs.Constant(name, value))
+            ir.replace_all_uses(graph, out, gs.Constant(name, value), nested)
         folded += 1
     if folded:
         dead = {id(n) for n in candidates if all(not o.outputs for o in n.outputs)}
