@@ -87,7 +87,7 @@ def cmd_compile(args) -> int:
     src = Path(args.input)
     out = Path(args.output) if args.output else src.with_suffix(".opt.onnx")
     if not out.resolve().parent.is_dir():
-        raise UsageError(f"output folder '{out.parent}' does not exist")
+        raise GraphoptError(f"output folder '{out.parent}' does not exist")
     if src.exists() and out.exists() and out.resolve() == src.resolve() and not args.force:
         raise UsageError(f"refusing to overwrite the input '{src}' (use --force)")
     progress = None if args.quiet else (lambda msg: print(f"  {msg}", file=sys.stderr, flush=True))

@@ -18,7 +18,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
 
-from .errors import InvalidModel, UnsafePath, UsageError
+from .errors import GraphoptError, InvalidModel, UnsafePath
 
 PROTOBUF_LIMIT = 2**31 - 1  # a serialized ModelProto cannot reach 2 GiB
 _CONTROL_FLOW = {"If", "Loop", "Scan"}  # the standard ops that carry subgraphs
@@ -198,7 +198,7 @@ def save(model: onnx.ModelProto | gs.Graph, path, external_data: bool | None = N
     path = Path(path)
     folder = path.resolve().parent
     if not folder.is_dir():
-        raise UsageError(f"output folder '{path.parent}' does not exist")
+        raise GraphoptError(f"output folder '{path.parent}' does not exist")
     if external_data is None:
         external_data = _needs_external_data(model)
     tmpdir = Path(tempfile.mkdtemp(prefix=".graphopt-", dir=folder))
