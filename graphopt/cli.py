@@ -94,7 +94,7 @@ def cmd_compile(args) -> int:
     result = compile_model(src, level=args.level, passes=args.passes, disable=args.disable,
                            verify_each=args.verify_each, print_after=args.print_after,
                            bisect_limit=args.bisect_limit, trace=args.trace, fold_limit=args.fold_limit,
-                           plugins=args.plugin, progress=progress if args.verify_each else None)
+                           plugins=args.plugin, progress=progress if sys.stderr.isatty() or args.verify_each else None)
     external = {"auto": None, "always": True, "never": False}[args.external_data]
     ir.save(result.model, out, external_data=external)
     if args.report:
@@ -120,7 +120,9 @@ def cmd_passes(args) -> int:
     print(f"{'pass':24}{'level':>6}  {'origin':22}description")
     for info in REGISTRY.values():
         level = "opt-in" if info.opt_in else f"O{info.level}"
-        origin = "built-in" if info.origin.startswith("graphopt") else info.origin.removeprefix("graphopt_plugin_")
+        from_plugin = info.origin.startswith("graphopt_plugin_")  # load_plugin's names also start "graphopt"
+        origin = "built-in" if info.origin.startswith("graphopt") and not from_plugin \
+            else info.origin.removeprefix("graphopt_plugin_")
         print(f"{info.name:24}{level:>6}  {origin:22}{info.doc}")
     return 0
 

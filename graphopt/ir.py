@@ -23,6 +23,7 @@ from .errors import GraphoptError, InvalidModel, UnsafePath
 PROTOBUF_LIMIT = 2**31 - 1  # a serialized ModelProto cannot reach 2 GiB
 _CONTROL_FLOW = {"If", "Loop", "Scan"}  # the standard ops that carry subgraphs
 _names = itertools.count()
+gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR  # its warnings are about its own internals
 
 
 # ---------------------------------------------------------------- load / save
@@ -149,7 +150,23 @@ def export(graph: gs.Graph, template: onnx.ModelProto | None = None) -> onnx.Mod
         model.metadata_props.extend(template.metadata_props)
     prune_opset_imports(model)
     _satisfy_ir3(model)
+    _drop_outer_copies(model.graph, set())
     return model
+
+
+def _drop_outer_copies(graph: onnx.GraphProto, outer: set) -> None:
+    """graphsurgeon exports an outer-scope constant read by a subgraph as a copy inside the subgraph;
+    drop the copies so weights are stored once (subgraphs may read outer values directly)."""
+    if outer:
+        keep = [t for t in graph.initializer if t.name not in outer]
+        if len(keep) != len(graph.initializer):
+            del graph.initializer[:]
+            graph.initializer.extend(keep)
+    scope = outer | {t.name for t in graph.initializer}
+    for node in graph.node:
+        for a in node.attribute:
+            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                _drop_outer_copies(sub, scope)
 
 
 def _satisfy_ir3(model: onnx.ModelProto) -> None:
@@ -304,8 +321,8 @@ def replace_all_uses(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor, nested: li
                 node.inputs[i] = new
     nested = nested_graphs(graph) if nested is None else nested
     for g in [graph] + nested:
-        if not is_graph_output(g, old):
-            continue
+        if not is_graph_output(g, old) or isinstance(old, gs.Constant):
+            continue  # a constant output keeps its name and value; only its consumers moved
         idx = next(i for i, o in enumerate(g.outputs) if o is old)
         if can_take_over(g, old, new):
             name, new_dtype, new_shape = old.name, new.dtype, new.shape
@@ -337,9 +354,22 @@ def can_take_over(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> bool:
 
 
 def detach(node: gs.Node) -> None:
-    """Disconnect a node from its tensors so use-def lists forget it (the caller drops it from graph.nodes)."""
-    node.inputs.clear()
-    node.outputs.clear()
+    """Disconnect a node from its tensors so use-def lists forget it (the caller drops it from graph.nodes).
+
+    Removal is by identity: graphsurgeon's own list.remove compares nodes with Node.__eq__, which is
+    quadratic on a constant shared by thousands of consumers."""
+    for tensors, back in ((node.inputs, "outputs"), (node.outputs, "inputs")):
+        for t in tensors:
+            users = getattr(t, back)
+            list.__delitem__(users, _index_of(users, node))
+        list.clear(tensors)
+
+
+def _index_of(items: list, obj) -> int:
+    for i, item in enumerate(items[:32]):  # rewrites run in graph order: the node is usually near the front
+        if item is obj:
+            return i
+    return list(map(id, items)).index(id(obj))
 
 
 def toposort(graph: gs.Graph) -> None:

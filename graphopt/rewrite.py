@@ -66,6 +66,7 @@ class Rule:
     rewrite: Callable[["Match"], Any]  # -> replacement value(s) for the root outputs, or None to decline
     check: Callable[["Match"], str | None] | None = None
     doc: str = ""
+    min_opset: int = 0  # below it the rule is skipped whole (a traced rule reports "opset < N")
 
 
 # ---------------------------------------------------------------- matching
@@ -101,7 +102,10 @@ class Match:
 
 
 class _Fail(Exception):
-    def __init__(self, depth: int, reason: str):
+    """depth ranks near-misses: failing on a node whose op already matched is nearer than finding the
+    wrong op (or no node, or no constant) at that depth, hence `depth - 0.5` for the latter."""
+
+    def __init__(self, depth: float, reason: str):
         self.depth, self.reason = depth, reason
 
 
@@ -138,9 +142,9 @@ def match(pattern: Op, node: gs.Node, graph: gs.Graph, opset: int) -> Match:
 
 def _match_op(p: Op, node: gs.Node, m: Match, depth: int, parent: gs.Node | None) -> int:
     if node.op not in p.ops:
-        raise _Fail(depth, f"'{node.name}' is {node.op}, expected {'/'.join(p.ops)}")
+        raise _Fail(depth - 0.5, f"'{node.name}' is {node.op}, expected {'/'.join(p.ops)}")
     if (node.domain or "") != p.domain and not (p.domain == "" and node.domain in STANDARD_DOMAINS):
-        raise _Fail(depth, f"'{node.name}' is in domain '{node.domain}'")
+        raise _Fail(depth - 0.5, f"'{node.name}' is in domain '{node.domain}'")
     if parent is not None and p.single_use:
         for out in node.outputs:
             if ir.is_graph_output(m.graph, out):
@@ -186,14 +190,14 @@ def _match_input(sub, t: gs.Tensor, m: Match, depth: int, parent: gs.Node) -> in
     if isinstance(sub, Const):
         value = ir.const_value(t)
         if value is None:
-            raise _Fail(depth, f"'{t.name}' is not a constant")
+            raise _Fail(depth - 0.5, f"'{t.name}' is not a constant")
         if sub.where is not None and not sub.where(value):
             raise _Fail(depth, f"constant '{t.name}' does not fit")
         m.consts[sub.name] = value
         return _bind(m, sub.name, t, depth)
     node = ir.producer(t)
     if node is None:
-        raise _Fail(depth, f"'{t.name}' has no producer")
+        raise _Fail(depth - 0.5, f"'{t.name}' has no producer")
     return _match_op(sub, node, m, depth, parent)
 
 
@@ -221,8 +225,15 @@ def apply_rules(graph: gs.Graph, rules: list[Rule], opset: int, trace=(), max_re
                 stats: RuleStats | None = None) -> RuleStats:
     """Apply `rules` to `graph` (not its subgraphs) until none fires. Raises past max_rewrites."""
     stats = stats or RuleStats()
+    traced = set(trace)
     by_op: dict[str, list[Rule]] = defaultdict(list)
     for rule in rules:
+        if rule.min_opset > opset:
+            root = None if not ({rule.name, "all"} & traced) else next(
+                (n for n in graph.nodes if n.op in rule.pattern.ops), None)
+            if root is not None:
+                stats.near_miss[rule.name] = (0, root.name, f"opset < {rule.min_opset}")
+            continue
         for op in rule.pattern.ops:
             by_op[op].append(rule)
     cap = max_rewrites or 10 * len(graph.nodes) + 1000
@@ -230,7 +241,6 @@ def apply_rules(graph: gs.Graph, rules: list[Rule], opset: int, trace=(), max_re
     added: list[gs.Node] = []
     work = deque(n for n in graph.nodes if n.op in by_op)
     queued = {id(n) for n in work}
-    traced = set(trace)
     nested = ir.nested_graphs(graph)
 
     def push(n):
@@ -245,6 +255,8 @@ def apply_rules(graph: gs.Graph, rules: list[Rule], opset: int, trace=(), max_re
             continue
         for rule in by_op[node.op]:
             show = rule.name in traced or "all" in traced
+            if not show and _producers_differ(rule.pattern, node):
+                continue  # cheap rejection; traced rules take the full match to report why
             try:
                 m = match(rule.pattern, node, graph, opset)
                 reason = rule.check(m) if rule.check else None
@@ -273,6 +285,21 @@ def apply_rules(graph: gs.Graph, rules: list[Rule], opset: int, trace=(), max_re
     return stats
 
 
+def _fits_producer(sub, t: gs.Tensor) -> bool:
+    return not isinstance(sub, Op) or (bool(t.inputs) and t.inputs[0].op in sub.ops)
+
+
+def _producers_differ(p: Op, node: gs.Node) -> bool:
+    """True when an input's producer is not of an op type the pattern asks for there (so match would fail)."""
+    inputs = node.inputs
+    if len(inputs) < len(p.inputs):
+        return False  # let match explain
+    if all(_fits_producer(s, t) for s, t in zip(p.inputs, inputs)):
+        return False
+    return not (p.commutative and len(p.inputs) == 2 and _fits_producer(p.inputs[0], inputs[1])
+                and _fits_producer(p.inputs[1], inputs[0]))
+
+
 def _commit(graph, m: Match, results, alive: set, added: list, push, nested) -> None:
     root = m.root
     graph.nodes.extend(m.new_nodes)
@@ -285,11 +312,16 @@ def _commit(graph, m: Match, results, alive: set, added: list, push, nested) -> 
         alive.add(id(node))
         added.append(node)
     touched = []
-    for node in m.matched:  # root first: removing it frees its single-use producers
-        if all(not out.outputs and not ir.is_graph_output(graph, out) for out in node.outputs):
-            touched.extend(ir.producer(t) for t in node.inputs)
-            alive.discard(id(node))
-            ir.detach(node)
+    removed = True
+    while removed:  # root first frees single-use producers; repeat for values used twice in the match
+        removed = False
+        for node in m.matched:
+            if id(node) in alive and all(not out.outputs and not ir.is_graph_output(graph, out)
+                                         for out in node.outputs):
+                touched.extend(ir.producer(t) for t in node.inputs)
+                alive.discard(id(node))
+                ir.detach(node)
+                removed = True
     for node in m.new_nodes:
         push(node)
         for out in node.outputs:

@@ -201,7 +201,7 @@ def fold_constants(graph: gs.Graph, ctx) -> PassResult:
 
 
 def _constant_nodes_to_initializers(graph: gs.Graph) -> int:
-    count = 0
+    converted = set()
     nested = ir.nested_graphs(graph)
     for node in graph.nodes:
         if node.op != "Constant" or node.domain not in STANDARD_DOMAINS:
@@ -213,8 +213,11 @@ def _constant_nodes_to_initializers(graph: gs.Graph) -> int:
         const = gs.Constant(out.name, np.asarray(value))
         out.name = ir.fresh_name(out.name)
         ir.replace_all_uses(graph, out, const, nested)
-        count += 1
-    return count
+        converted.add(id(node))
+        ir.detach(node)  # left in place it would be converted again on every run
+    if converted:
+        graph.nodes = [n for n in graph.nodes if id(n) not in converted]
+    return len(converted)
 
 
 def _is_constant(t: gs.Tensor) -> bool:
@@ -246,9 +249,9 @@ def _subset_model(nodes: list[gs.Node], ctx, outputs: list[gs.Variable], known=N
     def copy_input(t):
         if t.is_empty():
             return gs.Variable.empty()
-        if t.name in made:
-            return made[t.name]
-        return gs.Constant(t.name, known[t.name] if t.name in known else t.values)
+        if t.name not in made:  # one copy per name, however many nodes read it
+            made[t.name] = gs.Constant(t.name, known[t.name] if t.name in known else t.values)
+        return made[t.name]
 
     g = gs.Graph(opset=ctx.opset)
     for n in nodes:

@@ -1,0 +1,223 @@
+"""Elementwise math, comparisons, logic, activations (NumPy broadcasting = ONNX multidirectional)."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..registry import kernel
+from ._util import erf
+
+
+def _unary(op, f, since=1):
+    kernel(op, since)(lambda ins, at, f=f: (np.asarray(f(ins[0])),))
+
+
+def _same(f):
+    """f applied in the input's dtype (integer inputs keep their type)."""
+    return lambda x: f(x).astype(x.dtype, copy=False)
+
+
+for _op, _f in {
+    "Abs": np.abs, "Neg": np.negative, "Exp": np.exp, "Log": np.log, "Sqrt": np.sqrt,
+    "Floor": np.floor, "Ceil": np.ceil, "Round": np.round, "Sign": np.sign, "Sin": np.sin,
+    "Cos": np.cos, "Tan": np.tan, "Asin": np.arcsin, "Acos": np.arccos, "Atan": np.arctan,
+    "Sinh": np.sinh, "Cosh": np.cosh, "Asinh": np.arcsinh, "Acosh": np.arccosh, "Atanh": np.arctanh,
+    "Tanh": np.tanh, "Not": np.logical_not, "IsNaN": np.isnan, "BitwiseNot": np.invert,
+    "Softsign": lambda x: x / (1 + np.abs(x)),
+    "Reciprocal": lambda x: np.reciprocal(x) if x.dtype.kind == "f" else (1 / x).astype(x.dtype),
+    "Erf": lambda x: erf(x).astype(x.dtype),
+    "Relu": lambda x: np.maximum(x, x.dtype.type(0)),
+    "Sigmoid": lambda x: _sigmoid(x),
+    "Softplus": lambda x: (np.logaddexp(0, x.astype(np.float64))).astype(x.dtype),
+    "Mish": lambda x: (x * np.tanh(np.logaddexp(0, x.astype(np.float64)))).astype(x.dtype),
+    "HardSwish": lambda x: (x * np.clip(x / 6 + 0.5, 0, 1)).astype(x.dtype),
+}.items():
+    _unary(_op, _f)
+
+
+def _sigmoid(x):
+    with np.errstate(over="ignore"):
+        return (1.0 / (1.0 + np.exp(-x))).astype(x.dtype, copy=False)
+
+
+@kernel("Identity")
+def identity(ins, at):
+    return (ins[0],)
+
+
+@kernel("IsInf", 10)
+def isinf(ins, at):
+    x = ins[0]
+    pos, neg = at["detect_positive"], at["detect_negative"]
+    if pos and neg:
+        return (np.isinf(x),)
+    if pos:
+        return (np.isposinf(x),)
+    if neg:
+        return (np.isneginf(x),)
+    return (np.zeros(x.shape, bool),)
+
+
+# --- binary arithmetic ------------------------------------------------------------------------
+def _binary(op, f, since=1):
+    kernel(op, since)(lambda ins, at, f=f: (np.asarray(f(ins[0], ins[1])),))
+
+
+def _div(a, b):
+    if a.dtype.kind in "iu":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            q = np.floor_divide(a, b)
+            if a.dtype.kind == "i":  # C semantics: truncate toward zero
+                q = q + ((np.remainder(a, b) != 0) & ((a < 0) != (b < 0)))
+        return q.astype(a.dtype)
+    return np.divide(a, b)
+
+
+def _pow(a, b):
+    if a.dtype.kind in "iu" and b.dtype.kind == "f":
+        return np.power(a.astype(np.float64), b).astype(a.dtype)
+    if a.dtype.kind in "iu":
+        return np.power(a, b.astype(a.dtype))
+    return np.power(a, b.astype(a.dtype) if b.dtype.kind != "f" or b.dtype != a.dtype else b).astype(a.dtype)
+
+
+for _op, _f in {
+    "Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": _div, "Pow": _pow,
+    "Equal": np.equal, "Greater": np.greater, "Less": np.less, "GreaterOrEqual": np.greater_equal,
+    "LessOrEqual": np.less_equal, "And": np.logical_and, "Or": np.logical_or, "Xor": np.logical_xor,
+    "BitwiseAnd": np.bitwise_and, "BitwiseOr": np.bitwise_or, "BitwiseXor": np.bitwise_xor,
+}.items():
+    _binary(_op, _f)
+
+
+@kernel("Mod", 10)
+def mod(ins, at):
+    a, b = ins
+    if at["fmod"] or a.dtype.kind == "f":
+        return (np.fmod(a, b) if at["fmod"] else np.mod(a, b),)
+    return (np.mod(a, b),)
+
+
+@kernel("BitShift", 11)
+def bitshift(ins, at):
+    a, b = ins
+    f = np.left_shift if at["direction"] == "LEFT" else np.right_shift
+    return (f(a, b.astype(a.dtype)),)
+
+
+def _variadic(op, f, since=1):
+    def run(ins, at):
+        xs = [x for x in ins if x is not None]
+        acc = xs[0]
+        for x in xs[1:]:
+            acc = f(acc, x)
+        return (np.asarray(acc),)
+    kernel(op, since)(run)
+
+
+_variadic("Max", np.maximum)
+_variadic("Min", np.minimum)
+_variadic("Sum", np.add)
+
+
+@kernel("Mean")
+def mean(ins, at):
+    xs = [x for x in ins if x is not None]
+    acc = xs[0]
+    for x in xs[1:]:
+        acc = acc + x
+    return (np.asarray(acc / len(xs)).astype(xs[0].dtype),)
+
+
+@kernel("Where", 9)
+def where(ins, at):
+    c, x, y = ins
+    return (np.where(c, x, y),)
+
+
+@kernel("Clip", 1)
+def clip_v1(ins, at):
+    x = ins[0]
+    lo = at.get("min") if at.get("min") is not None else -np.inf
+    hi = at.get("max") if at.get("max") is not None else np.inf
+    return (np.clip(x, lo, hi).astype(x.dtype),)
+
+
+@kernel("Clip", 11)
+def clip(ins, at):
+    x = ins[0]
+    lo = ins[1] if len(ins) > 1 else None
+    hi = ins[2] if len(ins) > 2 else None
+    out = x
+    if lo is not None:
+        out = np.maximum(out, lo)
+    if hi is not None:
+        out = np.minimum(out, hi)
+    return (np.asarray(out, dtype=x.dtype),)
+
+
+# --- activations with attributes --------------------------------------------------------------
+@kernel("LeakyRelu")
+def leaky_relu(ins, at):
+    x = ins[0]
+    return (np.where(x >= 0, x, x * x.dtype.type(at["alpha"])).astype(x.dtype),)
+
+
+@kernel("PRelu")
+def prelu(ins, at):
+    x, slope = ins
+    return (np.where(x >= 0, x, x * slope).astype(x.dtype),)
+
+
+@kernel("Elu")
+def elu(ins, at):
+    x = ins[0]
+    return (np.where(x >= 0, x, at["alpha"] * np.expm1(np.minimum(x, 0))).astype(x.dtype),)
+
+
+@kernel("Celu", 12)
+def celu(ins, at):
+    x, a = ins[0], at["alpha"]
+    return ((np.maximum(x, 0) + np.minimum(0, a * np.expm1(np.minimum(x, 0) / a))).astype(x.dtype),)
+
+
+@kernel("Selu")
+def selu(ins, at):
+    x = ins[0]
+    y = at["gamma"] * np.where(x > 0, x, at["alpha"] * np.expm1(np.minimum(x, 0)))
+    return (y.astype(x.dtype),)
+
+
+@kernel("ThresholdedRelu", 10)
+def thresholded_relu(ins, at):
+    x = ins[0]
+    return (np.where(x > at["alpha"], x, 0).astype(x.dtype),)
+
+
+@kernel("HardSigmoid")
+def hard_sigmoid(ins, at):
+    x = ins[0]
+    return (np.clip(at["alpha"] * x + at["beta"], 0, 1).astype(x.dtype),)
+
+
+@kernel("Shrink", 9)
+def shrink(ins, at):
+    x, lambd, bias = ins[0], at["lambd"], at["bias"]
+    y = np.where(x < -lambd, x + bias, np.where(x > lambd, x - bias, 0))
+    return (y.astype(x.dtype),)
+
+
+@kernel("Gelu", 20)
+def gelu(ins, at):
+    x = ins[0]
+    x64 = x.astype(np.float64)
+    if at["approximate"] == "tanh":
+        y = 0.5 * x64 * (1 + np.tanh(np.sqrt(2 / np.pi) * (x64 + 0.044715 * x64 ** 3)))
+    else:
+        y = 0.5 * x64 * (1 + erf(x64 / np.sqrt(2)))
+    return (y.astype(x.dtype),)
+
+
+@kernel("Swish", 24)
+def swish(ins, at):
+    x = ins[0]
+    return ((x * _sigmoid(x * x.dtype.type(at["alpha"]))).astype(x.dtype),)
