@@ -1,4 +1,14 @@
 """graphopt: a compiler for ONNX models (graph rewrites + a NumPy/CuPy runtime)."""
+import os as _os
+
+# pyproject maps the top-level passes/ and kernels/ folders into this package on install. When Python
+# imports graphopt straight from a source checkout (tests run from the repo root), they sit beside this
+# folder instead: let `graphopt.passes` / `graphopt.kernels` resolve there.
+_checkout = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+if (not _os.path.isdir(_os.path.join(_os.path.dirname(__file__), "passes"))
+        and _os.path.isfile(_os.path.join(_checkout, "passes", "__init__.py"))):
+    __path__.append(_checkout)
+
 from .compiler import CompileResult, compile, compile_model, load_plugin
 from .errors import (GraphoptError, InvalidModel, LimitExceeded, Unsupported, UnsafePath, UsageError,
                      VerificationFailed)
