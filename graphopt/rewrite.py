@@ -101,6 +101,13 @@ class Match:
         return gs.Constant(ir.fresh_name(f"{self.root.name or 'const'}_{base}"), np.asarray(array))
 
 
+def _label(node: gs.Node) -> str:
+    """How traces name a node: its name, or (exporters often leave names empty) its op and first output."""
+    if node.name:
+        return node.name
+    return f"{node.op} -> {node.outputs[0].name}" if node.outputs else node.op
+
+
 class _Fail(Exception):
     """depth ranks near-misses: failing on a node whose op already matched is nearer than finding the
     wrong op (or no node, or no constant) at that depth, hence `depth - 0.5` for the latter."""
@@ -142,9 +149,9 @@ def match(pattern: Op, node: gs.Node, graph: gs.Graph, opset: int) -> Match:
 
 def _match_op(p: Op, node: gs.Node, m: Match, depth: int, parent: gs.Node | None) -> int:
     if node.op not in p.ops:
-        raise _Fail(depth - 0.5, f"'{node.name}' is {node.op}, expected {'/'.join(p.ops)}")
+        raise _Fail(depth - 0.5, f"'{_label(node)}' is {node.op}, expected {'/'.join(p.ops)}")
     if (node.domain or "") != p.domain and not (p.domain == "" and node.domain in STANDARD_DOMAINS):
-        raise _Fail(depth - 0.5, f"'{node.name}' is in domain '{node.domain}'")
+        raise _Fail(depth - 0.5, f"'{_label(node)}' is in domain '{node.domain}'")
     if parent is not None and p.single_use:
         for out in node.outputs:
             if ir.is_graph_output(m.graph, out):
@@ -155,12 +162,12 @@ def _match_op(p: Op, node: gs.Node, m: Match, depth: int, parent: gs.Node | None
         got = attr_value(node, key, m.opset)
         ok = want(got) if callable(want) else got == want
         if not ok:
-            raise _Fail(depth, f"'{node.name}' attribute {key}={got!r} does not fit")
+            raise _Fail(depth, f"'{_label(node)}' attribute {key}={got!r} does not fit")
     inputs = list(node.inputs)
     while inputs and inputs[-1].is_empty():  # trailing omitted optionals
         inputs.pop()
     if len(inputs) != len(p.inputs) and not (p.allow_extra_inputs and len(inputs) > len(p.inputs)):
-        raise _Fail(depth, f"'{node.name}' has {len(inputs)} inputs, pattern has {len(p.inputs)}")
+        raise _Fail(depth, f"'{_label(node)}' has {len(inputs)} inputs, pattern has {len(p.inputs)}")
     orders = [list(p.inputs)]
     if p.commutative and len(p.inputs) == 2:
         orders.append(list(reversed(p.inputs)))
@@ -232,7 +239,7 @@ def apply_rules(graph: gs.Graph, rules: list[Rule], opset: int, trace=(), max_re
             root = None if not ({rule.name, "all"} & traced) else next(
                 (n for n in graph.nodes if n.op in rule.pattern.ops), None)
             if root is not None:
-                stats.near_miss[rule.name] = (0, root.name, f"opset < {rule.min_opset}")
+                stats.near_miss[rule.name] = (0, _label(root), f"opset < {rule.min_opset}")
             continue
         for op in rule.pattern.ops:
             by_op[op].append(rule)
@@ -269,16 +276,17 @@ def apply_rules(graph: gs.Graph, rules: list[Rule], opset: int, trace=(), max_re
                 if show:
                     best = stats.near_miss.get(rule.name)
                     if best is None or f.depth > best[0]:
-                        stats.near_miss[rule.name] = (f.depth, node.name, f.reason)
+                        stats.near_miss[rule.name] = (f.depth, _label(node), f.reason)
                 continue
             results = list(result) if isinstance(result, (list, tuple)) else [result]
+            where = _label(node)  # before the commit detaches the node from its outputs
             _commit(graph, m, results, alive, added, push, nested)
             stats.hits[rule.name] += 1
             if show:
-                stats.trace.append(f"{rule.name}: fired at '{node.name}' ({node.op})")
+                stats.trace.append(f"{rule.name}: fired at '{where}' ({node.op})")
             if stats.total > cap:
                 raise LimitExceeded(f"rule rewriting did not converge after {cap} rewrites "
-                                    f"(last rule: {rule.name} at '{node.name}')")
+                                    f"(last rule: {rule.name} at '{where}')")
             break
     if added or len(alive) != len(graph.nodes):
         graph.nodes = [n for n in graph.nodes if id(n) in alive]

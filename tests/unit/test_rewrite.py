@@ -300,6 +300,19 @@ def test_trace_reports_where_it_fired():
     assert stats.trace == ["neg-neg: fired at 'node_b' (Neg)"]
 
 
+def test_trace_names_an_unnamed_node_by_op_and_output():
+    model = parse(H17 + """
+        g (float[3] x) => (float[3] y) {
+            a = Neg(x)
+            b = Neg(a)
+            y = Relu(b)
+        }""")
+    for node in model.graph.node:
+        node.name = ""  # exporters often leave node names empty
+    stats = apply_rules(ir.load(model), [NEG_NEG], 17, trace=["neg-neg"])
+    assert stats.trace == ["neg-neg: fired at 'Neg -> b' (Neg)"]
+
+
 def test_trace_best_near_miss_is_the_deepest():
     # Neg(Neg(Neg(x))) on a two-Neg chain: at a it fails at once (x has no producer), at b one level
     # further down; b is the near-miss to report
