@@ -13,6 +13,7 @@ from .compiler import CompileResult, compile, compile_model, load_plugin
 from .errors import (GraphoptError, InvalidModel, LimitExceeded, Unsupported, UnsafePath, UsageError,
                      VerificationFailed)
 from .ir import load, save
+from .limits import Limits
 from .pass_manager import PassContext, PassManager, PassResult, register_pass, register_rules
 from .rewrite import Const, Match, Op, Rule, Var, apply_rules
 
@@ -21,7 +22,7 @@ __all__ = [
     "register_pass", "register_rules", "PassResult", "PassContext", "PassManager",
     "Rule", "Op", "Var", "Const", "Match", "apply_rules",
     "GraphoptError", "InvalidModel", "Unsupported", "LimitExceeded", "UnsafePath", "UsageError",
-    "VerificationFailed", "Session",
+    "VerificationFailed", "Session", "Limits",
 ]
 
 

@@ -10,6 +10,8 @@ import traceback
 from pathlib import Path
 
 from .errors import GraphoptError, UsageError
+from . import targets
+from .limits import add_limit_options, limits_from_args
 
 EPILOG = """examples:
   graphopt compile model.onnx -o model.opt.onnx            # default -O2
@@ -64,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="store weights in a .data file beside the output (auto: only past 2 GB)")
     c.add_argument("--force", action="store_true", help="allow overwriting the input file")
     c.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    from .lossy_cli import add_arguments as add_lossy_arguments  # --int8, --calib, --accuracy-budget, ...
+    add_lossy_arguments(c)
+    add_limit_options(c)
+    targets.add_target_arguments(c)  # --target, --opset
 
     p = sub.add_parser("passes", help="list registered passes")
     p.add_argument("--plugin", action="append", default=[], metavar="FILE.py", help="also load these plugin passes")
@@ -90,13 +96,17 @@ def cmd_compile(args) -> int:
         raise GraphoptError(f"output folder '{out.parent}' does not exist")
     if src.exists() and out.exists() and out.resolve() == src.resolve() and not args.force:
         raise UsageError(f"refusing to overwrite the input '{src}' (use --force)")
+    from . import lossy_cli
+    lossy_cli.validate(args)  # lossy option mistakes fail before any work
     progress = None if args.quiet else (lambda msg: print(f"  {msg}", file=sys.stderr, flush=True))
     result = compile_model(src, level=args.level, passes=args.passes, disable=args.disable,
                            verify_each=args.verify_each, print_after=args.print_after,
                            bisect_limit=args.bisect_limit, trace=args.trace, fold_limit=args.fold_limit,
-                           plugins=args.plugin, progress=progress if sys.stderr.isatty() or args.verify_each else None)
+                           plugins=args.plugin, progress=progress if sys.stderr.isatty() or args.verify_each else None,
+                           limits=limits_from_args(args), **targets.target_options(args))
+    result.model = lossy_cli.apply(args, result.model, quiet=args.quiet)  # opt-in, after the lossless pipeline
     external = {"auto": None, "always": True, "never": False}[args.external_data]
-    ir.save(result.model, out, external_data=external)
+    ir.save(result.model, out, external_data=external, protect=() if args.force else ir.input_files(src))
     if args.report:
         Path(args.report).write_text(result.report.to_json())
     if not args.quiet:

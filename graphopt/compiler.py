@@ -9,8 +9,10 @@ from pathlib import Path
 
 import onnx
 
-from . import ir
+from . import ir, targets
 from .errors import UsageError
+from .limits import DEFAULT as DEFAULT_LIMITS
+from .limits import Deadline, Limits
 from .pass_manager import DEFAULT_FOLD_LIMIT, PassManager
 from .report import CompileReport, summarize
 
@@ -42,18 +44,27 @@ class CompileResult:
 
 def compile_model(model_or_path, level: int = 2, passes=None, disable=(), verify_each: bool = False,
                   print_after=(), bisect_limit: int | None = None, trace=(), fold_limit: int = DEFAULT_FOLD_LIMIT,
-                  plugins=(), max_iterations: int = 8, progress=None, verify_options: dict | None = None
+                  plugins=(), max_iterations: int = 8, progress=None, verify_options: dict | None = None,
+                  target: str | None = None, opset: int | None = None, limits: Limits | None = None
                   ) -> CompileResult:
-    """Optimize a model; returns the new ModelProto and a CompileReport."""
+    """Optimize a model; returns the new ModelProto and a CompileReport.
+
+    target: 'onnx' (default, standard ops), 'ort' (ONNX Runtime contrib ops) or 'graphopt' (ai.graphopt
+    fused ops for graphopt.Session); opset: raise the model to this opset first (see graphopt.targets)."""
     load_builtin_passes()
     for plugin in plugins:
         load_plugin(plugin)
     start = time.perf_counter()
-    original = ir.load_model(model_or_path)
-    graph = ir.load(original)
+    target = targets.check_target(target, verify_each)
+    limits = (limits or DEFAULT_LIMITS).with_(fold_bytes=None if fold_limit == DEFAULT_FOLD_LIMIT else fold_limit)
+    deadline = Deadline(limits.time_limit)
+    original = targets.raise_opset(ir.load_model(model_or_path, limits=limits), opset)
+    graph = ir.load(original, limits=limits, validated=True)
     manager = PassManager(level=level, passes=passes, disable=disable, verify_each=verify_each,
                           print_after=print_after, bisect_limit=bisect_limit, max_iterations=max_iterations,
-                          fold_limit=fold_limit, trace=trace, progress=progress, verify_options=verify_options)
+                          fold_limit=limits.fold_bytes, trace=trace, progress=progress, verify_options=verify_options,
+                          options={"target": target, "opset": targets.model_opset(original),
+                                   "limits": limits, "deadline": deadline})
     ctx = manager.run(graph, original)
     model = ir.export(graph, original)
     _keep_functions(model, original)

@@ -9,16 +9,19 @@ from __future__ import annotations
 import itertools
 import os
 import tempfile
-from collections import deque
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
 
-from .errors import GraphoptError, InvalidModel, UnsafePath
+from .errors import GraphoptError, InvalidModel, UnsafePath, UsageError
+from .limits import DEFAULT as DEFAULT_LIMITS
+from .limits import Limits
+from . import external_data as _external
+from .external_data import external_data_files, input_files, tensors_with_external_data  # noqa: F401  (part of ir)
+from .validate import validate_model
 
 PROTOBUF_LIMIT = 2**31 - 1  # a serialized ModelProto cannot reach 2 GiB
 _CONTROL_FLOW = {"If", "Loop", "Scan"}  # the standard ops that carry subgraphs
@@ -28,114 +31,64 @@ gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR  # its warnings are about
 
 # ---------------------------------------------------------------- load / save
 
-def load_model(model_or_path, load_external_data: bool = True) -> onnx.ModelProto:
-    """Read a ModelProto from a path (checking external data stays inside the model's folder)."""
+def load_model(model_or_path, load_external_data: bool = True, limits: Limits = DEFAULT_LIMITS) -> onnx.ModelProto:
+    """Read a ModelProto (path, bytes or ModelProto) and reject anything unsafe or malformed
+    (graphopt.validate) before a pass sees it. External data must stay inside the model's folder."""
     if isinstance(model_or_path, onnx.ModelProto):
-        validate_structure(model_or_path.graph)
+        validate_model(model_or_path, limits)
         return model_or_path
-    path = Path(model_or_path)
-    if not path.exists():
-        raise InvalidModel(f"{path}: no such file")
-    if not path.is_file():
-        raise InvalidModel(f"{path}: not a file")
-    try:
-        model = onnx.load_model(str(path), load_external_data=False)
-    except (DecodeError, RuntimeError, ValueError, OSError) as e:
-        raise InvalidModel(f"{path}: not an ONNX model ({e.__class__.__name__}: {e})") from None
-    if not model.HasField("graph") or not model.opset_import:
-        raise InvalidModel(f"{path}: not an ONNX model (no graph or no opset_import)")
-    if load_external_data:
-        _load_external_data(model, path.resolve().parent)
-    validate_structure(model.graph)
+    if isinstance(model_or_path, (bytes, bytearray, memoryview)):
+        model, path = _parse(bytes(model_or_path), "<bytes>"), None
+    else:
+        path = Path(model_or_path)
+        if not path.exists():
+            raise InvalidModel(f"{path}: no such file")
+        if not path.is_file():
+            raise InvalidModel(f"{path}: not a file")
+        size = path.stat().st_size
+        if size > PROTOBUF_LIMIT:  # checked before reading: protobuf could not parse it anyway
+            raise InvalidModel(f"{path}: {size:,} bytes is more than a protobuf can hold (2 GiB); "
+                               f"weights that large must be stored as external data")
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise InvalidModel(f"{path}: cannot read ({e.strerror})") from None
+        model = _parse(data, str(path))
+    validate_model(model, limits)  # sizes and structure first: external data is read only if they pass
+    if load_external_data and any(True for _ in tensors_with_external_data(model.graph)):
+        if path is None:
+            raise UnsafePath("a model given as bytes cannot have external data (no folder to read it from)")
+        _external.load_external_data(model, path.resolve().parent, limits)
     return model
 
 
-def load(model_or_path) -> gs.Graph:
-    """Load a model (path or ModelProto) into graphsurgeon's IR."""
-    model = load_model(model_or_path)
+def _parse(data: bytes, where: str) -> onnx.ModelProto:
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as e:
+        raise InvalidModel(f"{where}: not an ONNX model ({e.__class__.__name__}: {e})") from None
+    if not model.HasField("graph") or not model.opset_import:
+        raise InvalidModel(f"{where}: not an ONNX model (no graph or no opset_import)")
+    return model
+
+
+def validate_structure(graph: onnx.GraphProto) -> None:
+    """Structure and limit checks of graphopt.validate on a bare graph (kept for callers of ir)."""
+    probe = onnx.ModelProto()
+    probe.graph.CopyFrom(graph)
+    validate_model(probe)
+
+
+def load(model_or_path, limits: Limits = DEFAULT_LIMITS, validated: bool = False) -> gs.Graph:
+    """Load a model (path, bytes or ModelProto) into graphsurgeon's IR (`validated`: a ModelProto
+    that load_model already returned, not checked twice)."""
+    model = model_or_path if validated and isinstance(model_or_path, onnx.ModelProto) \
+        else load_model(model_or_path, limits=limits)
     try:
         return gs.import_onnx(model)
     except Exception as e:  # graphsurgeon rejects some malformed graphs itself
         raise InvalidModel(f"cannot import model: {e}") from None
-
-
-def _tensors_with_external_data(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
-    for t in graph.initializer:
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            yield t
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_location == onnx.TensorProto.EXTERNAL:
-                yield attr.t
-            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                yield from _tensors_with_external_data(sub)
-
-
-def _load_external_data(model: onnx.ModelProto, base: Path) -> None:
-    """Resolve external data, refusing any location outside `base` (absolute, `..`, symlinks)."""
-    for t in _tensors_with_external_data(model.graph):
-        info = {e.key: e.value for e in t.external_data}
-        location = info.get("location", "")
-        if not location or os.path.isabs(location) or ".." in Path(location).parts:
-            raise UnsafePath(f"tensor '{t.name}': external data location '{location}' is not a plain relative path")
-        file = base / location
-        real = Path(os.path.realpath(file))
-        if base != real and base not in real.parents:
-            raise UnsafePath(f"tensor '{t.name}': external data '{location}' resolves outside the model's folder")
-        if not real.is_file():
-            raise InvalidModel(f"tensor '{t.name}': external data file '{location}' not found")
-        size = real.stat().st_size
-        offset, length = int(info.get("offset", 0)), int(info.get("length", size - int(info.get("offset", 0))))
-        if offset < 0 or length < 0 or offset + length > size:
-            raise InvalidModel(f"tensor '{t.name}': external data range [{offset}, {offset + length}) "
-                               f"is outside '{location}' ({size} bytes)")
-        with open(real, "rb") as f:
-            f.seek(offset)
-            t.raw_data = f.read(length)
-        del t.external_data[:]
-        t.data_location = onnx.TensorProto.DEFAULT
-
-
-def validate_structure(graph: onnx.GraphProto, outer: frozenset = frozenset()) -> None:
-    """Reject undefined inputs, duplicate outputs and cycles before any pass sees the graph."""
-    defined = set(outer) | {i.name for i in graph.input} | {t.name for t in graph.initializer}
-    defined |= {t.values.name for t in graph.sparse_initializer}
-    producers: dict[str, int] = {}
-    for idx, node in enumerate(graph.node):
-        for out in node.output:
-            if not out:
-                continue
-            if out in producers or out in defined:
-                raise InvalidModel(f"tensor '{out}' is produced twice (node '{node.name or node.op_type}')")
-            producers[out] = idx
-    known = defined | producers.keys()
-    indeg = [0] * len(graph.node)
-    users: dict[int, list[int]] = {}
-    for idx, node in enumerate(graph.node):
-        for name in node.input:
-            if name and name not in known:
-                raise InvalidModel(f"node '{node.name or node.op_type}' uses undefined tensor '{name}'")
-            if name in producers:
-                indeg[idx] += 1
-                users.setdefault(producers[name], []).append(idx)
-        for attr in node.attribute:  # subgraphs may read any outer value
-            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                validate_structure(sub, frozenset(known))
-    for out in graph.output:
-        if out.name not in known:
-            raise InvalidModel(f"graph output '{out.name}' is never produced")
-    ready = deque(i for i, d in enumerate(indeg) if d == 0)
-    seen = 0
-    while ready:
-        i = ready.popleft()
-        seen += 1
-        for j in users.get(i, ()):
-            indeg[j] -= 1
-            if indeg[j] == 0:
-                ready.append(j)
-    if seen != len(graph.node):
-        stuck = next(n for i, n in enumerate(graph.node) if indeg[i] > 0)
-        raise InvalidModel(f"graph has a cycle (through node '{stuck.name or stuck.op_type}')")
 
 
 def export(graph: gs.Graph, template: onnx.ModelProto | None = None) -> onnx.ModelProto:
@@ -149,9 +102,36 @@ def export(graph: gs.Graph, template: onnx.ModelProto | None = None) -> onnx.Mod
         del model.metadata_props[:]
         model.metadata_props.extend(template.metadata_props)
     prune_opset_imports(model)
-    _satisfy_ir3(model)
     _drop_outer_copies(model.graph, set())
+    _hoist_shared_initializers(model.graph)
+    _satisfy_ir3(model)
     return model
+
+
+def _hoist_shared_initializers(main: onnx.GraphProto) -> None:
+    """A weight read only inside several subgraphs is exported into each of them: keep one copy in
+    the main graph instead (every subgraph may read outer-scope values)."""
+    copies: dict[str, list] = {}
+
+    def walk(g, top):
+        if not top:
+            for t in g.initializer:
+                copies.setdefault(t.name, []).append(g)
+        for node in g.node:
+            for a in node.attribute:
+                for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                    walk(sub, False)
+    walk(main, True)
+    taken = {t.name for t in main.initializer} | {i.name for i in main.input} | {o for n in main.node for o in n.output}
+    for name, graphs in copies.items():
+        if len(graphs) < 2 or name in taken:
+            continue
+        first = next(t for t in graphs[0].initializer if t.name == name)
+        main.initializer.append(first)
+        for g in graphs:
+            keep = [t for t in g.initializer if t.name != name]
+            del g.initializer[:]
+            g.initializer.extend(keep)
 
 
 def _drop_outer_copies(graph: onnx.GraphProto, outer: set) -> None:
@@ -204,11 +184,12 @@ def prune_opset_imports(model: onnx.ModelProto) -> None:
     model.opset_import.extend(keep)
 
 
-def save(model: onnx.ModelProto | gs.Graph, path, external_data: bool | None = None) -> Path:
+def save(model: onnx.ModelProto | gs.Graph, path, external_data: bool | None = None, protect=()) -> Path:
     """Write atomically: a temp file in the target folder, then rename. Never a half-written output.
 
-    external_data=None picks external data (one `<name>.data` file beside the model) only when the
-    model would not fit in a single protobuf.
+    external_data=None picks external data (one `<name>.data` file beside the model, never anywhere
+    else) only when the model would not fit in a single protobuf. `protect`: files that must not be
+    replaced (the input model and its external data, see input_files), refused with UsageError.
     """
     if isinstance(model, gs.Graph):
         model = export(model)
@@ -218,6 +199,12 @@ def save(model: onnx.ModelProto | gs.Graph, path, external_data: bool | None = N
         raise GraphoptError(f"output folder '{path.parent}' does not exist")
     if external_data is None:
         external_data = _needs_external_data(model)
+    guarded = {Path(os.path.realpath(p)) for p in protect}
+    for target in [path] + ([folder / (path.name + ".data")] if external_data else []):
+        if Path(os.path.realpath(target)) in guarded:
+            raise UsageError(f"refusing to overwrite the input file '{target}' (use --force)")
+    if external_data:
+        _external.typed_data_to_raw(model.graph)
     tmpdir = Path(tempfile.mkdtemp(prefix=".graphopt-", dir=folder))
     try:
         tmp_model = tmpdir / path.name

@@ -103,7 +103,8 @@ class PassManager:
 
     def __init__(self, level: int = 2, passes=None, disable=(), verify_each: bool = False, print_after=(),
                  bisect_limit: int | None = None, max_iterations: int = 8, fold_limit: int = DEFAULT_FOLD_LIMIT,
-                 trace=(), progress: Callable[[str], None] | None = None, verify_options: dict | None = None):
+                 trace=(), progress: Callable[[str], None] | None = None, verify_options: dict | None = None,
+                 options: dict | None = None):
         if level not in (0, 1, 2, 3):
             raise UsageError(f"optimization level must be 0..3, got {level}")
         requested, disabled = list(passes or ()), set(disable or ())
@@ -115,6 +116,7 @@ class PassManager:
         self.bisect_limit, self.max_iterations = bisect_limit, max_iterations
         self.fold_limit, self.trace, self.progress = fold_limit, tuple(trace or ()), progress
         self.verify_options = verify_options or {}
+        self.options = dict(options or {})  # ctx.options for every pass (e.g. target, opset)
         self.records: list[PassRecord] = []
         self.printed: list[str] = []
 
@@ -129,13 +131,15 @@ class PassManager:
 
     def run(self, graph: gs.Graph, model: onnx.ModelProto) -> PassContext:
         ctx = PassContext(level=self.level, opset=_default_opset(model), fold_limit=self.fold_limit,
-                          trace=self.trace, model=model)
+                          trace=self.trace, model=model, options=dict(self.options))
         pipeline = self.selected()
         runs = 0
         for iteration in range(1, self.max_iterations + 1):
             any_change = False
             for info in pipeline:
                 runs += 1
+                if ctx.options.get("deadline") is not None:  # graphopt.limits.Deadline (--time-limit)
+                    ctx.options["deadline"].check(f"before pass '{info.name}', iteration {iteration}")
                 if self.bisect_limit is not None and runs > self.bisect_limit:
                     self.records.append(PassRecord(info.name, iteration, 0.0, False, {}, skipped=f"bisect (run #{runs})"))
                     continue

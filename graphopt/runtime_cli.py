@@ -46,6 +46,7 @@ def add_runtime_commands(sub) -> None:
     b.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
     b.add_argument("--threads", type=int, default=None, help="intra-op threads for both runtimes")
     b.add_argument("--compare", choices=["ort"], help="also time ONNX Runtime (ORT_ENABLE_ALL) in this process")
+    b.add_argument("--profile", action="store_true", help="also print time per op type (one profiled run)")
     _common(b)
     b.set_defaults(handler=cmd_bench)
 
@@ -60,9 +61,20 @@ def add_runtime_commands(sub) -> None:
 
 
 def _common(p) -> None:
+    p.add_argument("--device", choices=["cpu", "gpu"], default="cpu",
+                   help="cpu: NumPy runtime (default); gpu: CuPy runtime (needs graphopt[gpu] and a GPU)")
+    p.add_argument("--gpu-fallback", action="store_true",
+                   help="with --device gpu: run ops that have no GPU kernel on the CPU instead of failing")
     p.add_argument("--seed", type=int, default=0, help="seed for random inputs (default 0)")
     p.add_argument("--dim", action="append", type=_pair, default=[], metavar="NAME=VALUE",
                    help="value of a symbolic dimension for random inputs (default 1)")
+
+
+def _device(args) -> dict:
+    """Session options from --device / --gpu-fallback (nothing for the CPU: its call stays as it was)."""
+    if getattr(args, "device", "cpu") == "gpu":
+        return {"device": "gpu", "gpu_fallback": args.gpu_fallback}
+    return {}
 
 
 def _load(path: str):
@@ -78,7 +90,7 @@ def _random_feed(model, seed: int, dims: dict) -> dict:
 def cmd_run(args) -> int:
     from .session import Session
     model = _load(args.model)
-    sess = Session(model)
+    sess = Session(model, **_device(args))
     feed = {}
     for name, file in args.input:
         if not os.path.exists(file):
@@ -130,10 +142,17 @@ def cmd_bench(args) -> int:
     if args.runs < 1 or args.warmup < 0:
         raise UsageError("--runs must be >= 1 and --warmup >= 0")
     model = _load(args.model)
-    sess = Session(model, threads=args.threads)
+    sess = Session(model, threads=args.threads, **_device(args))
     feed = _random_feed(model, args.seed, _dims(args.dim))
     ours = _time(lambda: sess.run(None, feed), args.runs, args.warmup)
     print(_timing("graphopt", ours))
+    sess.run(None, feed, profile=True)  # one instrumented run: peak memory, time per op
+    print(f"peak activation memory: {sess.peak_activation_bytes / 2**20:.2f} MiB "
+          f"(intermediate values; weights and inputs not counted)")
+    if args.threads and not sess.threads_applied:
+        print("note: --threads could not cap NumPy's BLAS threads here (no threadpoolctl, no OpenBLAS found)")
+    if args.profile:
+        print(sess.last_profile.format())
     if args.compare == "ort":
         import onnxruntime as ort
         opts = ort.SessionOptions()
@@ -165,7 +184,7 @@ def cmd_verify(args) -> int:
         run_cand = lambda feed: cand.run(names, feed)  # noqa: E731
         label = f"{args.other} (onnxruntime) vs {args.model} (onnxruntime)"
     else:
-        sess = Session(a)
+        sess = Session(a, **_device(args))
         run_cand = lambda feed: sess.run(names, feed)  # noqa: E731
         label = f"graphopt runtime vs onnxruntime on {args.model}"
     names = [o.name for o in ref.get_outputs()]

@@ -49,6 +49,43 @@ def lookup(domain: str, op: str, opset: int, device: str = "cpu") -> KernelFn | 
     return best
 
 
+class _Dynamic:
+    def __repr__(self):
+        return "DYNAMIC"
+
+
+DYNAMIC = _Dynamic()  # in a prepare hook's `constants`: an input that is computed at run time
+
+# (domain, op, device) -> sorted list of (since, prepare); see `prepare`
+_PREPARE: dict[tuple[str, str, str], list[tuple[int, Callable]]] = {}
+
+
+def prepare(op: str, since: int = 1, device: str = "cpu", domain: str = ""):
+    """Register a build-time specializer for `op` from opset `since` on:
+    `prep(attrs, constants, generic) -> fn | None`, where `constants` holds, per formal input, its
+    value when it is a constant, DYNAMIC when it is computed at run time, None when it is absent,
+    and `generic` is the op's kernel. It returns a kernel
+    specialized for those constants (weights laid out once, not at every run), or None to keep
+    the generic one. Prepared kernels must give the generic kernel's results."""
+
+    def register(fn: Callable) -> Callable:
+        versions = _PREPARE.setdefault((norm_domain(domain), op, device), [])
+        versions[:] = [v for v in versions if v[0] != since]
+        bisect.insort(versions, (since, fn), key=lambda v: v[0])
+        return fn
+
+    return register
+
+
+def lookup_prepare(domain: str, op: str, opset: int, device: str = "cpu") -> Callable | None:
+    """The prepare hook with the highest `since` <= `opset`, or None."""
+    best = None
+    for since, fn in _PREPARE.get((norm_domain(domain), op, device), ()):
+        if since <= opset:
+            best = fn
+    return best
+
+
 def registered(device: str = "cpu") -> list[tuple[str, str, int]]:
     """Every (domain, op, since) registered for `device`, for reports and tests."""
     return sorted((d, op, s) for (d, op, dev), vs in _TABLE.items() if dev == device for s, _ in vs)

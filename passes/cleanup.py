@@ -57,6 +57,41 @@ def _cast_same_type(m) -> str | None:
     return None if same else "Cast changes the dtype"
 
 
+_MANTISSA_BITS = {2: 11, 4: 24, 8: 53}  # float16/32/64: integers up to 2**bits are exact
+
+
+def _exact_widening(src: np.dtype, mid: np.dtype) -> bool:
+    """Does every value of `src` survive a cast to `mid` (so casting back restores it exactly)?"""
+    if src == mid:
+        return True
+    if src.kind == "b":
+        return mid.kind in "biuf"  # 0/1 survive any numeric type
+    if src.kind == "f" and mid.kind == "f":
+        return mid.itemsize > src.itemsize
+    if src.kind in "iu" and mid.kind in "iu":
+        return bool(np.can_cast(src, mid, "safe"))
+    if src.kind in "iu" and mid.kind == "f":
+        return src.itemsize * 8 - (src.kind == "i") <= _MANTISSA_BITS.get(mid.itemsize, 0)
+    return False
+
+
+def _cast_roundtrip(m) -> str | None:
+    x = m["x"]
+    if x.dtype is None:
+        return "input dtype unknown"
+    try:
+        src = np.dtype(x.dtype)
+        mid = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(attr_value(m.nodes["inner"], "to", m.opset)))
+        back = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(attr_value(m.root, "to", m.opset)))
+    except (TypeError, KeyError, ValueError):
+        return "dtype not comparable"
+    if back != src:
+        return "the second Cast does not return to the input's type"
+    if not _exact_widening(src, mid):
+        return f"{src} -> {mid} loses values"
+    return _output_is_renamable(m)
+
+
 def _castlike_same_type(m) -> str | None:
     x, like = m["x"], m["like"]
     if x.dtype is None or like.dtype is None or np.dtype(x.dtype) != np.dtype(like.dtype):
@@ -177,6 +212,8 @@ NOOP_RULES = [
     Rule("dropout", Op("Dropout", Var("x"), allow_extra_inputs=True), lambda m: [m["x"], None],
          _dropout_inert),  # Dropout(x) at inference -> x
     Rule("cast-same-type", Op("Cast", Var("x")), x_, _both(_cast_same_type, _output_is_renamable)),  # Cast<T>(x:T) -> x
+    Rule("cast-roundtrip", Op("Cast", Op("Cast", Var("x"), name="inner", single_use=False)), x_,
+         _cast_roundtrip),  # Cast<f32>(Cast<f64>(x:f32)) -> x (a lossless round trip)
     Rule("castlike-same-type", Op("CastLike", Var("x"), Var("like")), x_,
          _both(_castlike_same_type, _output_is_renamable)),  # CastLike(x:T, y:T) -> x
     Rule("reshape-same-shape", Op("Reshape", Var("x"), Const("shape")), x_,
@@ -260,9 +297,17 @@ def merge_duplicate_initializers(graph: gs.Graph, ctx) -> PassResult:
         for t in node.inputs:
             if isinstance(t, gs.Constant) and not ir.is_graph_input(graph, t):
                 constants.setdefault(id(t), t)
+    by_layout: dict = {}  # only constants sharing dtype and shape can be equal: hash just those
     for t in constants.values():
-        values = t.values
-        key = (str(values.dtype), values.shape, hashlib.sha1(np.ascontiguousarray(values).tobytes()).hexdigest())
+        by_layout.setdefault((str(np.dtype(t.dtype)) if t.dtype is not None else None, tuple(t.shape or ())), []).append(t)
+    for t in (t for group in by_layout.values() if len(group) > 1 for t in group):
+        values = np.asarray(t.values)
+        flat = np.ascontiguousarray(values)  # (makes 0-d arrays 1-d: the key keeps values.shape)
+        if values.dtype.kind == "O":  # strings: hash the text, not the object pointers
+            digest = hashlib.sha1(repr(values.tolist()).encode()).hexdigest()
+        else:
+            digest = hashlib.sha1(memoryview(flat).cast("B") if flat.size else b"").hexdigest()  # no copy
+        key = (str(values.dtype), values.shape, digest)
         keep = first.setdefault(key, t)
         if keep is not t:
             ir.replace_all_uses(graph, t, keep, nested)

@@ -10,6 +10,9 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
+from graphopt.limits import DEFAULT as DEFAULT_LIMITS
+from graphopt.limits import check_count
+from graphopt.validate import tensor_bytes
 from graphopt.pass_manager import PassResult, register_pass, register_rules
 from graphopt.rewrite import STANDARD_DOMAINS, Const, Op, Rule, Var, attr_value
 
@@ -36,13 +39,18 @@ def infer_shapes(graph: gs.Graph, ctx) -> PassResult:
         return PassResult(False, {})  # nothing new to learn since the last run
     tried.update(unknown)
     # before any rewrite the input model *is* the graph: skip the export
-    model = ctx.model if not ctx.options.get("graph_changed") else ir.export(graph, ctx.model)
-    if model.ByteSize() >= ir.PROTOBUF_LIMIT:
+    model = _without_weights(ctx.model if not ctx.options.get("graph_changed") else ir.export(graph, ctx.model))
+    try:
+        too_large = model.ByteSize() >= ir.PROTOBUF_LIMIT
+    except Exception:  # protobuf refuses to even measure some messages past 2 GiB
+        too_large = True
+    if too_large:
         return PassResult(False, {"skipped_too_large": 1})
     try:
-        inferred = onnx.shape_inference.infer_shapes(_without_weights(model), strict_mode=False, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception:  # inference is best effort; passes simply see fewer shapes
         return PassResult(False, {"failed": 1})
+    _check_inferred_sizes(inferred.graph, ctx)
     wanted = {o.name: o for o in unknown.values()}
     learned = 0
     for name, (shape, dtype) in _value_infos(inferred.graph, wanted):
@@ -57,6 +65,26 @@ def infer_shapes(graph: gs.Graph, ctx) -> PassResult:
     return PassResult(False, {"values_annotated": learned})
 
 
+def _check_inferred_sizes(graph: onnx.GraphProto, ctx) -> None:
+    """A value whose inferred static shape is over Limits.max_elements (ConstantOfShape/Expand/Tile
+    of a computed shape, say) is refused now, before folding could try to materialize it."""
+    limits = ctx.options.get("limits") or DEFAULT_LIMITS
+    for vi, _ in _all_value_infos(graph):
+        tt = vi.type.tensor_type
+        if vi.type.HasField("tensor_type") and tt.HasField("shape") and all(d.HasField("dim_value") for d in tt.shape.dim):
+            check_count(f"tensor '{vi.name}' (inferred shape {[d.dim_value for d in tt.shape.dim]}): elements",
+                        ir.numel([d.dim_value for d in tt.shape.dim]), limits.max_elements, "--max-elements")
+
+
+def _all_value_infos(graph: onnx.GraphProto):
+    for vi in list(graph.value_info) + list(graph.output):
+        yield vi, graph
+    for node in graph.node:
+        for a in node.attribute:
+            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                yield from _all_value_infos(sub)
+
+
 def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     """Shape inference needs the shapes of large initializers, not their bytes: turn them into typed
     graph inputs (small ones stay, they may feed shape chains that data propagation follows)."""
@@ -64,8 +92,12 @@ def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     if not big:
         return model
     light = onnx.ModelProto()
-    light.CopyFrom(model)
-    del light.graph.initializer[:]
+    for fd, value in model.ListFields():  # everything but the graph: cheap
+        if fd.name != "graph":
+            _copy_field(light, fd, value)
+    for fd, value in model.graph.ListFields():  # the graph without its weights (never copy them)
+        if fd.name != "initializer":
+            _copy_field(light.graph, fd, value)
     light.graph.initializer.extend(t for t in model.graph.initializer if _raw_size(t) <= 4096)
     existing = {i.name for i in light.graph.input}
     light.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
@@ -73,8 +105,19 @@ def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     return light
 
 
+def _copy_field(dest, fd, value) -> None:
+    if hasattr(value, "extend"):  # a repeated field
+        getattr(dest, fd.name).extend(value)
+    elif hasattr(value, "CopyFrom"):  # a message
+        getattr(dest, fd.name).CopyFrom(value)
+    else:
+        setattr(dest, fd.name, value)
+
+
 def _raw_size(t: onnx.TensorProto) -> int:
-    return len(t.raw_data) or 8 * (len(t.float_data) + len(t.int32_data) + len(t.int64_data) + len(t.double_data))
+    if t.HasField("raw_data"):  # from the dims: reading t.raw_data would copy the bytes
+        return tensor_bytes(t) or 0
+    return 8 * (len(t.float_data) + len(t.int32_data) + len(t.int64_data) + len(t.double_data))
 
 
 def _value_infos(graph: onnx.GraphProto, wanted: dict):
@@ -285,12 +328,17 @@ def _within_size_limit(candidates, ctx):
         except (KeyError, TypeError):
             continue
         sizes[vi.name] = ir.numel(dims) * itemsize
+    limits = ctx.options.get("limits") or DEFAULT_LIMITS
+    budget = limits.fold_total_bytes - ctx.options.get("folded_bytes", 0)  # over the whole compile
     keep, kept_outputs = [], set()
     for n in candidates:  # topological: a node over the limit also drops everything built on it
         fits = all(o.is_empty() or sizes.get(o.name, ctx.fold_limit + 1) <= ctx.fold_limit for o in n.outputs)
-        if fits and all(_is_constant(t) or id(t) in kept_outputs for t in n.inputs):
+        created = sum(sizes.get(o.name, 0) for o in n.outputs if not o.is_empty())
+        if fits and created <= budget and all(_is_constant(t) or id(t) in kept_outputs for t in n.inputs):
             keep.append(n)
+            budget -= created
             kept_outputs.update(id(o) for o in n.outputs)
+    ctx.options["folded_bytes"] = limits.fold_total_bytes - budget
     return keep, len(candidates) - len(keep)
 
 
@@ -304,7 +352,10 @@ def _evaluate(candidates, graph, ctx) -> dict:
     except Exception:
         pass
     values = {}
+    deadline = ctx.options.get("deadline")
     for node in candidates:
+        if deadline is not None:  # one node at a time can take long: honour --time-limit in between
+            deadline.check(f"folding node '{node.name or node.op}'")
         node_outs = [o for o in node.outputs if not o.is_empty()]
         if not all(_is_constant(t) or t.name in values for t in node.inputs):
             continue  # something it needs could not be computed

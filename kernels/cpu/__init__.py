@@ -1,3 +1,4 @@
 """NumPy CPU kernels. Importing this package registers every kernel in graphopt.kernels.registry."""
 from . import (attention, control, detect, elementwise, gather, linalg, nn, norm, quant, reduce, resize, rnn,  # noqa: F401
-               shape, spectral, text, training)
+               prepared, shape, spectral, text, training)
+from . import fused  # noqa: F401,E402  (ai.graphopt fused ops, for compile --target graphopt)

@@ -66,8 +66,9 @@ def im2col(xp, kernel_shape, strides, dilations, out_shape):
 def _pad_spatial(x, begin, end, value=0):
     if not any(begin) and not any(end):
         return x
-    width = [(0, 0), (0, 0)] + [(max(b, 0), max(e, 0)) for b, e in zip(begin, end)]
-    y = np.pad(x, width, constant_values=value)
+    shape = x.shape[:2] + tuple(i + max(b, 0) + max(e, 0) for i, b, e in zip(x.shape[2:], begin, end))
+    y = np.full(shape, value, dtype=x.dtype)  # np.full + one copy: np.pad costs twice as much here
+    y[(slice(None), slice(None)) + tuple(slice(max(b, 0), max(b, 0) + i) for b, i in zip(begin, x.shape[2:]))] = x
     if any(b < 0 for b in begin) or any(e < 0 for e in end):
         crop = (slice(None), slice(None)) + tuple(
             slice(max(-b, 0), y.shape[2 + i] - max(-e, 0)) for i, (b, e) in enumerate(zip(begin, end)))
@@ -194,12 +195,23 @@ def _pool_geometry(x, at):
     return kshape, strides, dil, begin, end, extra, out
 
 
+def _along(y, axis, sl):
+    idx = [slice(None)] * y.ndim
+    idx[axis] = sl
+    return y[tuple(idx)]
+
+
 def _pool(xp, kshape, strides, dil, out, f):
-    """Reduce every window with the binary ufunc f, one kernel offset at a time."""
-    acc = None
-    for _, sl in window_slices(kshape, strides, dil, out):
-        acc = xp[sl].copy() if acc is None else f(acc, xp[sl], out=acc)
-    return acc
+    """Reduce every window with the binary ufunc f (max or add: both reduce a box one axis at a
+    time), axis by axis: k1 + k2 strided passes instead of k1 * k2."""
+    y = xp
+    for d, (k, s, dl, o) in enumerate(zip(kshape, strides, dil, out)):
+        taps = [_along(y, 2 + d, slice(off * dl, off * dl + s * (o - 1) + 1, s)) for off in range(k)]
+        acc = taps[0] if k == 1 else f(taps[0], taps[1])
+        for tap in taps[2:]:
+            f(acc, tap, out=acc)
+        y = acc
+    return y.copy() if all(k == 1 for k in kshape) else y  # a 1x1 window: never a view of the input
 
 
 @kernel("MaxPool", 1)

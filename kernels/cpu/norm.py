@@ -91,17 +91,27 @@ kernel("GroupNormalization", 21)(lambda ins, at: _group_norm(ins, at, True))
 
 @kernel("LRN", 1)
 def lrn(ins, at):
+    # the window sum over channels as `size` shifted adds (a cumsum difference is slower and loses
+    # precision); t ** 0.75, AlexNet's beta, as sqrt(t) * sqrt(sqrt(t)) (pow is several times slower)
     x = ins[0]
     size = at["size"]
-    sq = np.square(x)
     c = x.shape[1]
-    before, after = (size - 1) // 2, size - 1 - (size - 1) // 2
-    padded = np.pad(sq, [(0, 0), (before, after)] + [(0, 0)] * (x.ndim - 2))
-    csum = np.cumsum(padded, axis=1)
-    csum = np.concatenate([np.zeros_like(csum[:, :1]), csum], axis=1)
-    window = csum[:, size:size + c] - csum[:, :c]
-    y = x / (at["bias"] + at["alpha"] / size * window) ** at["beta"]
-    return (y.astype(x.dtype, copy=False),)
+    before = (size - 1) // 2
+    sq = np.square(x, dtype=np.float32 if x.dtype.itemsize < 4 else x.dtype)
+    padded = np.zeros((x.shape[0], c + size - 1) + x.shape[2:], sq.dtype)
+    padded[:, before:before + c] = sq
+    win = padded[:, 0:c].copy()
+    for i in range(1, size):
+        win += padded[:, i:i + c]
+    win *= at["alpha"] / size
+    win += at["bias"]
+    if at["beta"] == 0.75:
+        root = np.sqrt(win)
+        np.sqrt(root, out=win)
+        win *= root
+    else:
+        np.power(win, at["beta"], out=win)
+    return (np.divide(x, win).astype(x.dtype, copy=False),)
 
 
 @kernel("LpNormalization", 1)

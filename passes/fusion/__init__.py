@@ -1,2 +1,4 @@
-"""O2 fusions for target `onnx` (standard ops only). Importing registers them; order is pipeline order."""
-from . import conv, gemm, layout, transformer  # noqa: F401
+"""O2 fusions. Importing registers them; order is pipeline order. Transformer rules build canonical
+ai.graphopt ops that lower.py spells for the output target (onnx / ort / graphopt)."""
+from . import conv, gemm, layout, transformer, gelu, attention  # noqa: F401
+from . import activation  # noqa: F401,E402  (Conv/Gemm + activation -> FusedConv/FusedGemm, after BN folding)

@@ -1,4 +1,7 @@
-"""O2 layout simplification: chains of Transpose, Reshape and Squeeze/Unsqueeze collapse to one op or none."""
+"""O2 layout simplification: chains of Transpose, Reshape, Flatten and Squeeze/Unsqueeze collapse to one op or
+none; Split -> Concat of every part cancels; Reshape targets computed from Shape(x) become literals; Transposes
+move through elementwise ops when that lets them cancel or merge (never when it would add a node).
+The longer checks live in layout_shape.py."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +11,22 @@ from graphopt.pass_manager import register_rules
 from graphopt.rewrite import Const, Op, Rule, Var, attr_value
 
 from .common import axes_of, out_like, output_is_renamable
-
+from .layout_shape import (
+    BINARY,
+    ELEMENTWISE,
+    RESHAPES,
+    _hoist_transpose,
+    _hoist_transpose_check,
+    _pair_to_reshape,
+    _pair_to_reshape_check,
+    _reshape_literal,
+    _reshape_literal_check,
+    _reshape_noop_check,
+    _sink_transpose,
+    _sink_transpose_check,
+    _split_concat,
+    _split_concat_check,
+)
 
 # ---------------------------------------------------------------- Transpose(Transpose(x))
 
@@ -52,7 +70,8 @@ def _outer_shape(m):
     outer = [int(d) for d in m.const("s2").reshape(-1)]
     if attr_value(m.root, "allowzero", m.opset) or 0 not in outer:
         return outer  # nothing refers to the intermediate's dims
-    inner_shape = ir.const_value(m["s1"])
+    inner = m.nodes["inner"]
+    inner_shape = ir.const_value(inner.inputs[1]) if inner.op == "Reshape" else None
     inner_zero = attr_value(m.nodes["inner"], "allowzero", m.opset) or 0
     mid = m.nodes["inner"].outputs[0].shape
     resolved = []
@@ -63,7 +82,7 @@ def _outer_shape(m):
         s = None if inner_shape is None or i >= inner_shape.size else int(inner_shape.reshape(-1)[i])
         if s is not None and s > 0:
             resolved.append(s)  # the intermediate's dim i is a literal
-        elif s == 0 and not inner_zero:
+        elif s == 0 and not inner_zero and inner.op == "Reshape":
             resolved.append(0)  # it copied x's dim i, so copying from x is the same
         elif mid is not None and i < len(mid) and isinstance(mid[i], int) and mid[i] > 0:
             resolved.append(int(mid[i]))
@@ -123,13 +142,29 @@ def _pair_check(m) -> str | None:
 LAYOUT_RULES = [
     Rule("transpose-transpose", Op("Transpose", Op("Transpose", Var("x"), name="inner")), _merge_transposes,
          _transposes_check),  # Transpose(Transpose(x, p), q) -> Transpose(x, p∘q) | x
-    Rule("reshape-reshape", Op("Reshape", Op("Reshape", Var("x"), Var("s1"), name="inner"), Const("s2")),
-         _merge_reshapes, _reshapes_check),  # Reshape(Reshape(x, s1), s2) -> Reshape(x, s2)
+    Rule("reshape-reshape", Op("Reshape", Op(RESHAPES, Var("x"), allow_extra_inputs=True, name="inner"), Const("s2")),
+         _merge_reshapes, _reshapes_check),  # Reshape(Reshape|Flatten|Squeeze|Unsqueeze(x), s2) -> Reshape(x, s2)
     Rule("squeeze-unsqueeze", Op("Squeeze", Op("Unsqueeze", Var("x"), allow_extra_inputs=True, name="inner"),
                                  allow_extra_inputs=True), lambda m: m["x"], _pair_check),  # Squeeze(Unsqueeze(x, a), a) -> x
     Rule("unsqueeze-squeeze", Op("Unsqueeze", Op("Squeeze", Var("x"), allow_extra_inputs=True, name="inner"),
                                  allow_extra_inputs=True), lambda m: m["x"], _pair_check),  # Unsqueeze(Squeeze(x, a), a) -> x
+    Rule("reshape-like-pair", Op(("Flatten", "Squeeze", "Unsqueeze"), Op(RESHAPES, Var("x"), allow_extra_inputs=True,
+                                                                        name="inner"), allow_extra_inputs=True),
+         _pair_to_reshape, _pair_to_reshape_check),  # Flatten|Squeeze|Unsqueeze(Reshape-like(x)) -> Reshape(x, known)
+    Rule("reshape-noop", Op("Reshape", Var("x"), Const("shape")), lambda m: m["x"],
+         lambda m: _reshape_noop_check(m) or output_is_renamable(m)),  # Reshape(x[N,4], [0, 4] | [-1, 4]) -> x
+    Rule("split-concat", Op("Concat", Var("first"), allow_extra_inputs=True), _split_concat,
+         _split_concat_check),  # Concat(Split(x, a)..., a) -> x  (all parts, in order)
+    Rule("reshape-shape-chain", Op("Reshape", Var("x"), Op("Concat", Var("part0"), allow_extra_inputs=True,
+                                                           single_use=False, name="concat")),
+         _reshape_literal, _reshape_literal_check),  # Reshape(x, Concat(Shape(x)[0], 12, 64)) -> Reshape(x, [0, 12, 64])
+    Rule("sink-transpose", Op("Transpose", Op(ELEMENTWISE, Op("Transpose", Var("x"), name="inner"), allow_extra_inputs=True,
+                                              name="ew")),
+         _sink_transpose, _sink_transpose_check),  # Transpose(f(Transpose(x, p)), q) -> Transpose(f(x), p∘q) | f(x)
+    Rule("hoist-transpose", Op(BINARY, Op("Transpose", Var("a"), name="ta"), Op("Transpose", Var("b"), name="tb")),
+         _hoist_transpose, _hoist_transpose_check),  # f(Transpose(a, p), Transpose(b, p)) -> Transpose(f(a, b), p)
 ]
 
 register_rules("simplify-layout", LAYOUT_RULES, level=2,
-               doc="Merge or cancel Transpose/Transpose, Reshape/Reshape and Squeeze/Unsqueeze pairs")
+               doc="Merge or cancel Transpose/Reshape/Flatten/Squeeze/Unsqueeze chains, Split->Concat, literal Reshape shapes, "
+                   "sink Transposes through elementwise ops")

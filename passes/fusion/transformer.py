@@ -1,20 +1,23 @@
-"""O2 transformer fusions for target `onnx`: decomposed LayerNorm -> LayerNormalization (opset >= 17),
-erf-GELU spellings -> Gelu (opset >= 20). Neither raises the model's opset: below it they refuse.
+"""O2 normalization fusions (target-blind: each builds a canonical ai.graphopt op, see lower.py).
 
-LayerNorm is found as its core (x - mean) / sqrt(var + eps) with unit scale; the affine Mul(gamma)
-and Add(beta) that follow are then absorbed by two small rules, so every gamma/beta spelling folds.
+    (x - mean(x)) / sqrt(mean((x - mean(x))^2) + eps)  -> LayerNormalization(x, 1)   (and the Reciprocal spelling)
+    LayerNormalization(x, s, b) * gamma / + beta        -> LayerNormalization(x, s*gamma, b*gamma / b+beta)
+    x / sqrt(mean(x^2) + eps)                           -> RMSNormalization(x, 1)     (and * gamma absorbed)
+    LayerNormalization(a + b, s, b)                     -> SkipLayerNormalization(a, b, s, b)   (ort, graphopt)
+
+LayerNorm is found as its core with unit scale; the affine Mul(gamma) and Add(beta) that follow are
+absorbed by two small rules, so every gamma/beta spelling (or none) folds. Axes may be an attribute
+(opset < 18) or an input (18+); only the last axis is accepted.
 """
 from __future__ import annotations
-
-import math
 
 import numpy as np
 
 from graphopt import ir
-from graphopt.pass_manager import register_rules
 from graphopt.rewrite import Const, Op, Rule, Var, all_equal, attr_value
 
-from .common import axes_of, axis_vector, is_float, near, optional_input, out_like, scalar_like
+from .common import axes_of, axis_vector, optional_input, out_like
+from .lower import FUSED, emit, register_fusion_rules
 
 LAYERNORM_DTYPES = (np.float16, np.float32)  # computed in float32 (stash_type=1), as the original's float16/32
 
@@ -32,15 +35,29 @@ def _last_axis_only(node, opset: int, rank: int | None) -> str | None:
     return f"{who} reduces axes {axes}, not just the last axis"
 
 
-def _layernorm_check(m) -> str | None:
-    x, sub = m["x"], m.nodes["sub"]
+def _norm_check(m) -> str | None:
+    """Shared by LayerNorm and RMSNorm cores: dtype, last-axis reductions, epsilon, static last dim."""
+    x = m["x"]
     if x.dtype is None or np.dtype(x.dtype) not in [np.dtype(t) for t in LAYERNORM_DTYPES]:
         return "input is not float16/float32"
     rank = ir.rank(x)
     for name in ("mean", "var"):
-        reason = _last_axis_only(m.nodes[name], m.opset, rank)
-        if reason:
-            return reason
+        if name in m.nodes:
+            reason = _last_axis_only(m.nodes[name], m.opset, rank)
+            if reason:
+                return reason
+    eps = ir.const_value(m["eps"])
+    if eps is None or eps.size != 1:
+        return "epsilon is not a constant scalar"
+    if not np.isfinite(eps).all() or float(eps.reshape(-1)[0]) < 0:
+        return "epsilon is negative or not finite"
+    if x.shape is None or not isinstance(x.shape[-1], int):
+        return "the last dim is unknown (the fused op needs a scale of that size)"
+    return None
+
+
+def _layernorm_check(m) -> str | None:
+    sub = m.nodes["sub"]
     if m["d"] is not sub.outputs[0]:
         return "the variance is not taken of the same centered value"
     centered = sub.outputs[0]
@@ -49,36 +66,38 @@ def _layernorm_check(m) -> str | None:
     inside = {id(m.nodes["sq"]), id(m.nodes["norm"])}
     if any(id(c) not in inside for c in centered.outputs):
         return f"'{centered.name}' has other consumers"
-    eps = ir.const_value(m["eps"])
-    if eps is None or eps.size != 1:
-        return "epsilon is not a constant scalar"
-    if not np.isfinite(eps).all() or float(eps.reshape(-1)[0]) < 0:
-        return "epsilon is negative or not finite"
-    if x.shape is None or not isinstance(x.shape[-1], int):
-        return "the last dim is unknown (LayerNormalization needs a scale of that size)"
-    return None
+    return _norm_check(m)
 
 
-def _layernorm(m):
+def _rmsnorm_check(m) -> str | None:
+    return _norm_check(m)  # x itself is kept, so it may have other consumers
+
+
+def _normalize(m, kind: str):
     x = m["x"]
     eps = float(ir.const_value(m["eps"]).reshape(-1)[0])
     scale = m.constant(np.ones(x.shape[-1], dtype=np.dtype(x.dtype)), "scale")
-    return m.op("LayerNormalization", [x, scale], {"axis": -1, "epsilon": eps}, **out_like(m))
+    return emit(m, kind, [x, scale], {"axis": -1, "epsilon": eps}, **out_like(m))
 
 
-# ---------------------------------------------------------------- gamma / beta absorbed into LayerNormalization
+# ---------------------------------------------------------------- gamma / beta absorbed into the fused op
+
+SCALE_INDEX = {"LayerNormalization": 1, "RMSNormalization": 1, "SkipLayerNormalization": 2}
+
 
 def _affine_check(m) -> str | None:
     ln, scale, c = m.nodes["ln"], m.const("scale"), m.const("c")
     out = ln.outputs[0]
     axis, rank = attr_value(ln, "axis", m.opset), ir.rank(out)
-    if not (axis == -1 or (rank is not None and axis == rank - 1)):
-        return "LayerNormalization does not normalize the last axis only"
+    if ln.op != "SkipLayerNormalization" and not (axis == -1 or (rank is not None and axis == rank - 1)):
+        return f"{ln.op} does not normalize the last axis only"
+    if (ln.domain or "") == "" and attr_value(ln, "stash_type", m.opset) not in (None, 1):
+        return f"{ln.op} computes in the input type (stash_type 0)"
     if any(o.outputs or ir.is_graph_output(m.graph, o) for o in ln.outputs[1:]):
-        return "LayerNormalization mean/inv-std-dev outputs are used"
-    bias = optional_input(ln, 2)
+        return f"{ln.op} mean/inv-std-dev outputs are used"
+    bias = optional_input(ln, SCALE_INDEX[ln.op] + 1)
     if bias is not None and ir.const_value(bias) is None:
-        return "LayerNormalization bias is not a constant"
+        return f"{ln.op} bias is not a constant"
     if scale.ndim != 1 or c.dtype != scale.dtype:
         return "scale is not a vector of the constant's dtype"
     rank = rank if rank is not None else (1 if c.ndim <= 1 else None)
@@ -92,45 +111,65 @@ def _affine_check(m) -> str | None:
 
 def _absorb(m, mul: bool):
     ln, scale, c = m.nodes["ln"], m.const("scale"), m.const("c")
+    at = SCALE_INDEX[ln.op]
     vec = axis_vector(c, ir.rank(ln.outputs[0]) or 1, -1, scale.size).astype(np.float64)
-    bias_t = optional_input(ln, 2)
+    bias_t = optional_input(ln, at + 1)
     bias = None if bias_t is None else ir.const_value(bias_t).astype(np.float64)
     if mul:
         new_scale, new_bias = scale.astype(np.float64) * vec, None if bias is None else bias * vec
     else:
         new_scale, new_bias = scale, vec if bias is None else bias + vec
-    inputs = [m["x"], m.constant(np.asarray(new_scale).astype(scale.dtype), "scale")]
+    inputs = list(ln.inputs[:at]) + [m.constant(np.asarray(new_scale).astype(scale.dtype), "scale")]
     if new_bias is not None:
         inputs.append(m.constant(new_bias.astype(scale.dtype), "bias"))
-    return m.op("LayerNormalization", inputs, ln.attrs, **out_like(m))
+    attrs = {k: v for k, v in ln.attrs.items() if k != "stash_type"}
+    return emit(m, ln.op, inputs, attrs, **out_like(m))
 
 
-# ---------------------------------------------------------------- GELU
+# ---------------------------------------------------------------- Add + LayerNorm -> SkipLayerNormalization
 
-SQRT2 = math.sqrt(2.0)
+def _same_shape(a, b) -> bool:
+    return (a.shape is not None and b.shape is not None and len(a.shape) == len(b.shape)
+            and all(x == y and x is not None and x != "" for x, y in zip(a.shape, b.shape)))
 
 
-def _gelu_check(m) -> str | None:
-    x = m["x"]
-    if not is_float(x):
-        return "input is not floating point"
-    arg = m.nodes["arg"]
-    if arg.op == "Div" and arg.inputs[0] is not x:
-        return "erf argument divides a constant by x"
-    want = SQRT2 if arg.op == "Div" else 1 / SQRT2
-    if not near(m.const("k"), want):
-        return f"erf argument is x {'/' if arg.op == 'Div' else '*'} {m.const('k').reshape(-1)[:1]}, not the GELU constant"
-    if not (near(m.const("half"), 0.5, 1e-7) and near(m.const("one"), 1.0, 1e-7)):
-        return "the 0.5 or the 1 is not"
-    if not all(scalar_like(m.const(k), x) for k in ("k", "half", "one")):
-        return "a constant is not a scalar (it could broadcast x)"
-    if any(m.const(k).dtype != np.dtype(x.dtype) for k in ("k", "half", "one")):
-        return "dtypes differ"
+def _skip_check(m) -> str | None:
+    ln, a, b = m.nodes["ln"], m["a"], m["b"]
+    reason = _affine_check_shape(m)
+    if reason:
+        return reason
+    if not _same_shape(a, b):
+        return "the Add's inputs are not known to have one shape (SkipLayerNormalization does not broadcast)"
+    if ir.rank(a) not in (2, 3):
+        return "input is not 2-D or 3-D"
+    if a.dtype is None or np.dtype(a.dtype) not in [np.dtype(t) for t in LAYERNORM_DTYPES]:
+        return "input is not float16/float32"
+    bias = optional_input(ln, 2)
+    if bias is not None and (ir.const_value(bias) is None or ir.const_value(bias).ndim != 1):
+        return "LayerNormalization bias is not a constant vector"
     return None
 
 
-def _gelu(m):
-    return m.op("Gelu", [m["x"]], {}, **out_like(m))
+def _affine_check_shape(m) -> str | None:
+    ln, scale = m.nodes["ln"], m.const("scale")
+    out, rank = ln.outputs[0], ir.rank(ln.outputs[0])
+    axis = attr_value(ln, "axis", m.opset)
+    if not (axis == -1 or (rank is not None and axis == rank - 1)):
+        return "LayerNormalization does not normalize the last axis only"
+    if (ln.domain or "") == "" and attr_value(ln, "stash_type", m.opset) not in (None, 1):
+        return "LayerNormalization computes in the input type (stash_type 0)"
+    if any(o.outputs or ir.is_graph_output(m.graph, o) for o in ln.outputs[1:]):
+        return "LayerNormalization mean/inv-std-dev outputs are used"
+    if scale.ndim != 1 or out.shape is None or out.shape[-1] != scale.size:
+        return "scale is not a vector over the last axis"
+    return None
+
+
+def _skip(m):
+    ln = m.nodes["ln"]
+    eps = attr_value(ln, "epsilon", m.opset)
+    inputs = [m["a"], m["b"], ln.inputs[1]] + ([ln.inputs[2]] if optional_input(ln, 2) is not None else [])
+    return emit(m, "SkipLayerNormalization", inputs, {"epsilon": float(1e-5 if eps is None else eps)}, **out_like(m))
 
 
 # ---------------------------------------------------------------- the rules
@@ -138,45 +177,54 @@ def _gelu(m):
 def _layernorm_rules():
     x = Var("x")
     centered = Op("Sub", x, Op("ReduceMean", x, allow_extra_inputs=True, name="mean"), single_use=False, name="sub")
-    squares = (Op("Pow", Var("d"), Const("two", all_equal(2)), name="sq"), Op("Mul", Var("d"), Var("d"), name="sq"))
     rules = []
-    for square in squares:
-        var = Op("ReduceMean", square, allow_extra_inputs=True, name="var")
-        std = Op("Sqrt", Op("Add", var, Var("eps"), commutative=True))
-        suffix = "" if square.ops == ("Pow",) else "-mul"
-        rules += [
-            Rule("layernorm" + suffix, Op("Div", centered, std, name="norm"), _layernorm,
-                 _layernorm_check, min_opset=17),  # (x-mean(x)) / sqrt(mean((x-mean)^2)+eps) -> LayerNormalization(x, 1)
-            Rule("layernorm-reciprocal" + suffix, Op("Mul", centered, Op("Reciprocal", std), commutative=True,
-                                                     name="norm"), _layernorm,
-                 _layernorm_check, min_opset=17),  # (x-mean) * 1/sqrt(var+eps) -> LayerNormalization(x, 1)
-        ]
+    for sq in ("pow", "mul"):
+        suffix = "" if sq == "pow" else "-mul"
+        for kind, value in (("layernorm", Var("d")), ("rmsnorm", x)):
+            square = (Op("Pow", value, Const("two", all_equal(2)), name="sq") if sq == "pow"
+                      else Op("Mul", value, value, name="sq"))
+            var = Op("ReduceMean", square, allow_extra_inputs=True, name="var")
+            std = Op("Sqrt", Op("Add", var, Var("eps"), commutative=True))
+            top = centered if kind == "layernorm" else x
+            make = (lambda m: _normalize(m, "LayerNormalization")) if kind == "layernorm" else \
+                (lambda m: _normalize(m, "RMSNormalization"))
+            check = _layernorm_check if kind == "layernorm" else _rmsnorm_check
+            rules += [
+                Rule(kind + suffix, Op("Div", top, std, name="norm"), make, check),
+                # x / sqrt(mean(x^2) + eps), with x centered for LayerNorm -> canonical op with unit scale
+                Rule(kind + "-reciprocal" + suffix, Op("Mul", top, Op("Reciprocal", std), commutative=True,
+                                                      name="norm"), make, check),
+                # x * 1/sqrt(mean(x^2) + eps) -> the same
+            ]
     return rules
 
 
-LN = Op("LayerNormalization", Var("x"), Const("scale"), allow_extra_inputs=True, name="ln")
+def _fused_or_standard(op: str, *inputs):
+    """The op as a canonical fused node or as the standard op the model (or an earlier pass) holds."""
+    return [Op(op, *inputs, allow_extra_inputs=True, domain=d, name="ln") for d in ("", FUSED)]
 
-LAYERNORM_RULES = _layernorm_rules() + [
-    Rule("mul-into-layernorm", Op("Mul", LN, Const("c"), commutative=True), lambda m: _absorb(m, True),
-         _affine_check, min_opset=17),  # LayerNormalization(x, s, b) * g -> LayerNormalization(x, s*g, b*g)
-    Rule("add-into-layernorm", Op("Add", LN, Const("c"), commutative=True), lambda m: _absorb(m, False),
-         _affine_check, min_opset=17),  # LayerNormalization(x, s, b) + beta -> LayerNormalization(x, s, b+beta)
-]
 
-register_rules("fuse-layernorm", LAYERNORM_RULES, level=2,
-               doc="Decomposed LayerNorm (last axis) -> LayerNormalization, gamma/beta absorbed (opset >= 17)")
+LAYERNORM_RULES = _layernorm_rules()
+for _ln in _fused_or_standard("LayerNormalization", Var("x"), Const("scale")):
+    LAYERNORM_RULES += [
+        Rule("mul-into-layernorm", Op("Mul", _ln, Const("c"), commutative=True), lambda m: _absorb(m, True),
+             _affine_check),  # LayerNormalization(x, s, b) * g -> LayerNormalization(x, s*g, b*g)
+        Rule("add-into-layernorm", Op("Add", _ln, Const("c"), commutative=True), lambda m: _absorb(m, False),
+             _affine_check),  # LayerNormalization(x, s, b) + beta -> LayerNormalization(x, s, b+beta)
+    ]
+for _rms in _fused_or_standard("RMSNormalization", Var("x"), Const("scale")):
+    LAYERNORM_RULES.append(Rule("mul-into-rmsnorm", Op("Mul", _rms, Const("c"), commutative=True),
+                                lambda m: _absorb(m, True), _affine_check))  # RMSNorm(x, s) * g -> RMSNorm(x, s*g)
 
-ERF_PLUS_ONE = Op("Add", Op("Erf", Op(("Div", "Mul"), Var("x"), Const("k"), commutative=True, name="arg")),
-                  Const("one"), commutative=True)
+PRODUCES = {r.name: ("RMSNormalization" if "rms" in r.name else "LayerNormalization") for r in LAYERNORM_RULES}
 
-GELU_RULES = [
-    Rule("gelu", Op("Mul", Op("Mul", Var("x"), ERF_PLUS_ONE, commutative=True), Const("half"), commutative=True),
-         _gelu, _gelu_check, min_opset=20),  # x * (1 + erf(x/√2)) * 0.5 -> Gelu(x)
-    Rule("gelu-half-first", Op("Mul", Op("Mul", Var("x"), Const("half"), commutative=True), ERF_PLUS_ONE,
-                               commutative=True), _gelu, _gelu_check, min_opset=20),  # (x * 0.5) * (1 + erf(x/√2)) -> Gelu(x)
-    Rule("gelu-half-last", Op("Mul", Var("x"), Op("Mul", ERF_PLUS_ONE, Const("half"), commutative=True),
-                              commutative=True), _gelu, _gelu_check, min_opset=20),  # x * ((1 + erf(x/√2)) * 0.5) -> Gelu(x)
-]
+register_fusion_rules("fuse-layernorm", LAYERNORM_RULES, PRODUCES, level=2,
+                      doc="Decomposed LayerNorm/RMSNorm (last axis) -> fused op, gamma/beta absorbed "
+                          "(onnx target: LayerNormalization >= 17, RMSNormalization >= 23)")
 
-register_rules("fuse-gelu", GELU_RULES, level=2,
-               doc="erf-GELU spellings -> Gelu (opset >= 20; x*sigmoid(1.702x) is not GELU and stays)")
+SKIP_RULES = [Rule("skip-layernorm", Op("LayerNormalization", Op("Add", Var("a"), Var("b"), name="add"), Const("scale"),
+                                        allow_extra_inputs=True, domain=d, name="ln"), _skip, _skip_check)
+              for d in ("", FUSED)]  # LayerNormalization(a + b, s, bias) -> SkipLayerNormalization(a, b, s, bias)
+
+register_fusion_rules("fuse-skip-layernorm", SKIP_RULES, {"skip-layernorm": "SkipLayerNormalization"}, level=2,
+                      doc="Add + LayerNormalization -> SkipLayerNormalization (targets ort, graphopt)")

@@ -54,17 +54,25 @@ def _run_ort(model: onnx.ModelProto, feed: dict) -> dict:
     return golden.reference_outputs(model, feed)
 
 
-def _compile_and_check(path: Path, level: int, inputs: dict, expected: dict) -> onnx.ModelProto:
-    """Compile from the file, check it, run it in ONNX Runtime, compare; the input files must not change."""
+def _run_graphopt(model: onnx.ModelProto, feed: dict) -> dict:
+    """--target graphopt outputs hold ai.graphopt ops that only graphopt's runtime executes."""
+    names = [o.name for o in model.graph.output]
+    return dict(zip(names, graphopt.Session(model).run(None, feed)))
+
+
+def _compile_and_check(path: Path, level: int, inputs: dict, expected: dict, target: str = "onnx") -> onnx.ModelProto:
+    """Compile from the file, check it, run it in ONNX Runtime (graphopt's runtime for target graphopt),
+    compare; the input files must not change."""
     files = golden.model_files(path.parent.name) if path.parent.parent == golden.models_dir() else [path]
     before = golden.fingerprint(files)
-    compiled = graphopt.compile_model(path, level=level).model
+    compiled = graphopt.compile_model(path, level=level, target=target).model
     assert golden.fingerprint(files) == before, "compiling modified the input model's files"
     onnx.checker.check_model(compiled, full_check=True)
     assert sorted(_real_inputs(compiled)) == sorted(inputs), "the compiled model's inputs changed"
-    got = _run_ort(compiled, inputs)
+    got = (_run_graphopt if target == "graphopt" else _run_ort)(compiled, inputs)
     problems = golden.compare(expected, got)
-    assert not problems, f"{path.parent.name if path.name == 'model.onnx' else path.stem} O{level}: " + "; ".join(problems)
+    where = path.parent.name if path.name == "model.onnx" else path.stem
+    assert not problems, f"{where} O{level} --target {target}: " + "; ".join(problems)
     return compiled
 
 
@@ -102,6 +110,24 @@ def test_golden_model(name, level):
         for o in original.opset_import:
             if any(f.domain == o.domain for f in original.functions):
                 assert domains.get(o.domain) == o.version, f"opset import of '{o.domain}' lost"
+
+
+TARGETS = ["ort", "graphopt"]  # "onnx" (the default) is what every other test compiles for
+TARGET_LEVELS = [2, 3]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("level", TARGET_LEVELS, ids=lambda lv: f"O{lv}")
+@pytest.mark.parametrize("name", MODELS)
+def test_golden_model_target(name, level, target):
+    """Fused outputs for ONNX Runtime (contrib ops, run in ORT) and for graphopt's runtime reproduce
+    the golden outputs ORT computed on the original."""
+    g = golden.load_golden(name)
+    compiled = _compile_and_check(golden.model_path(name), level, g.inputs, g.outputs, target)
+    domains = {n.domain for n in compiled.graph.node}
+    assert domains <= {"", "ai.onnx", "com.microsoft", "ai.graphopt"} | {f.domain for f in compiled.functions}
+    if target == "ort":
+        assert "ai.graphopt" not in domains, "an ai.graphopt op reached the ort target"
 
 
 def test_custom_domain_model_has_custom_ops():
@@ -286,3 +312,11 @@ def test_light_zoo_random_weights(path, level, randomized_zoo):
     model_file, feed, expected = randomized_zoo(path)
     assert all(np.isfinite(v).all() and np.std(v) > 1e-3 for v in expected.values())  # a meaningful model
     _compile_and_check(model_file, level, feed, expected)
+
+
+@pytest.mark.parametrize("path", ZOO_RANDOM, ids=lambda p: p.stem)
+def test_light_zoo_random_weights_target_ort(path, randomized_zoo):
+    """--target ort at O2 on the randomized zoo (random weights catch channel mix-ups in fused ops;
+    graphopt's NumPy runtime on these CNNs would cost minutes, so the graphopt target runs on models/)."""
+    model_file, feed, expected = randomized_zoo(path)
+    _compile_and_check(model_file, 2, feed, expected, "ort")

@@ -76,3 +76,44 @@ def assert_refused(text: str, passes, rule: str, reason: str, fixed=None):
     assert reason in got, f"reason {got!r} does not mention {reason!r}"
     check_numbers(model, out, fixed=fixed)
     return got
+
+
+def run_target(text: str, passes, target: str, trace=()):
+    """(original, optimized, stats, ctx) after infer-shapes + `passes` run with ctx.options["target"] set
+    (the compile API may not take a target yet; the passes read it from the context either way)."""
+    from graphopt import ir
+    from graphopt.pass_manager import REGISTRY, PassContext, _default_opset
+
+    model = parse(text)
+    shaped = compile_model(model, level=0, passes=["infer-shapes"]).model
+    graph = ir.load(shaped)
+    ctx = PassContext(level=2, opset=_default_opset(shaped), trace=tuple(trace), model=shaped,
+                      options={"target": target})
+    stats: dict = {}
+    for name in passes:
+        for g in ir.all_graphs(graph):
+            for rule, n in REGISTRY[name].run(g, ctx).stats.items():
+                stats[rule] = stats.get(rule, 0) + n
+        ir.toposort(graph)
+    return model, ir.export(graph, shaped), stats, ctx
+
+
+def assert_fused_target(text: str, passes, rule: str, expect_ops, target: str = "ort", fixed=None):
+    """Like assert_fused, with ctx.options["target"] set; ORT runs the contrib ops of the output."""
+    model, out, stats, _ = run_target(text, passes, target)
+    assert ops(out) == list(expect_ops), ops(out)
+    assert stats.get(rule, 0) >= 1, f"{rule} did not fire"
+    check_numbers(model, out, fixed=fixed)
+    return out
+
+
+def assert_refused_target(text: str, passes, rule: str, reason: str, target: str = "ort", fixed=None):
+    """Nothing changes for this target, and the trace of `rule` says why with `reason`."""
+    model, out, stats, ctx = run_target(text, passes, target, trace=[rule])
+    assert ops(out) == ops(model), ops(out)
+    assert stats.get(rule, 0) == 0
+    assert rule in ctx.near_misses, f"no near-miss recorded for {rule}"
+    got = ctx.near_misses[rule][2]
+    assert reason in got, f"reason {got!r} does not mention {reason!r}"
+    check_numbers(model, out, fixed=fixed)
+    return got

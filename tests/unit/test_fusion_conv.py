@@ -1,7 +1,6 @@
 """fuse-conv: BatchNormalization / per-channel Mul, Add / zero Pad folded into Conv, ConvTranspose, Gemm, pools."""
 import numpy as np
 import pytest
-
 from fusion_check import assert_fused, assert_refused, ops, rand, run, tensor
 
 P = ["fuse-conv"]
@@ -219,3 +218,137 @@ def test_densenet_block_at_O2():
     assert_fused(text, [], "add-into-conv", ["Conv", "Relu"], level=2)
     _, out, _ = run(text, [], level=1)
     assert "BatchNormalization" in ops(out)  # O1 leaves it: fusion is O2
+
+
+# ---------------------------------------------------------------- Conv/Gemm + activation (--target ort)
+
+from fusion_check import assert_fused_target, assert_refused_target, run_target
+
+A = ["fuse-activation"]
+
+
+def conv_act(act_line, opset=13, inits_extra=(), outputs="float[1,4,6,6] y"):
+    inits = [tensor("W", rand(4, 3, 3, 3)), tensor("B", rand(4, seed=9)), *inits_extra]
+    return HEAD.format(opset=opset) + f"""g (float[1,3,8,8] x) => ({outputs})
+<{", ".join(inits)}>
+{{
+  c = Conv(x, W, B)
+  {act_line}
+}}"""
+
+
+@pytest.mark.parametrize("line,opset,inits", [
+    ("y = Relu(c)", 13, ()),
+    ("y = Tanh(c)", 13, ()),
+    ("y = Sigmoid(c)", 13, ()),
+    ("y = LeakyRelu<alpha=0.2>(c)", 13, ()),
+    ("y = HardSigmoid<alpha=0.3, beta=0.4>(c)", 13, ()),
+    ("y = HardSwish(c)", 14, ()),
+    ("y = Clip(c, lo, hi)", 13, (tensor("lo", np.array(0.0, np.float32)), tensor("hi", np.array(6.0, np.float32)))),
+    ("y = Clip(c, , hi)", 13, (tensor("hi", np.array(0.5, np.float32)),)),
+    ("y = Clip<min=-0.5, max=0.5>(c)", 9, ()),
+])
+def test_conv_activation_ort(line, opset, inits):
+    out = assert_fused_target(conv_act(line, opset, inits), A, "conv-activation", ["FusedConv"])
+    assert out.graph.node[0].domain == "com.microsoft"
+
+
+def test_conv_hardswish_spelled_with_hardsigmoid():
+    text = conv_act("h = HardSigmoid<alpha=0.16666667, beta=0.5>(c)\n  y = Mul(h, c)")
+    out = assert_fused_target(text, A, "conv-hardswish", ["FusedConv"])
+    assert {a.name: a for a in out.graph.node[0].attribute}["activation"].s == b"HardSwish"
+
+
+def test_conv_activation_off_for_target_onnx():
+    """Standard ONNX has no fused conv+activation: the onnx target keeps Conv + Relu."""
+    _, out, stats, _ = run_target(conv_act("y = Relu(c)"), A, "onnx")
+    assert ops(out) == ["Conv", "Relu"] and not stats
+
+
+@pytest.mark.parametrize("text,rule,reason", [
+    (conv_act("y = Relu(c)", outputs="float[1,4,6,6] y, float[1,4,6,6] c"), "conv-activation", "graph output"),
+    (conv_act("h = HardSigmoid<alpha=0.2, beta=0.5>(c)\n  y = Mul(c, h)"), "conv-hardswish", "not HardSwish"),
+    (conv_act("h = HardSigmoid<alpha=0.16666667, beta=0.5>(c)\n  m = Mul(c, h)\n  y = Add(m, c)"),
+     "conv-hardswish", "other consumers"),
+])
+def test_conv_activation_refuses(text, rule, reason):
+    assert_refused_target(text, A, rule, reason)
+
+
+def test_conv_activation_refuses_runtime_clip_bound():
+    text = conv_act("y = Clip(c, lo)").replace("float[1,3,8,8] x)", "float[1,3,8,8] x, float lo)")
+    assert_refused_target(text, A, "conv-activation", "not constant")
+
+
+def gemm_act(line):
+    inits = [tensor("W", rand(8, 5)), tensor("C", rand(5, seed=4))]
+    return HEAD.format(opset=13) + f"""g (float[3,8] x) => (float[3,5] y)
+<{", ".join(inits)}>
+{{
+  g = Gemm(x, W, C)
+  {line}
+}}"""
+
+
+@pytest.mark.parametrize("line", ["y = Relu(g)", "y = LeakyRelu<alpha=0.1>(g)", "y = Tanh(g)",
+                                  "y = HardSigmoid<alpha=0.25, beta=0.5>(g)"])
+def test_gemm_activation_ort(line):
+    assert_fused_target(gemm_act(line), A, "gemm-activation", ["FusedGemm"])
+
+
+def gemm_act_with_bounds():
+    inits = [tensor("W", rand(8, 5)), tensor("C", rand(5, seed=4)), tensor("lo", np.array(0.0, np.float32)),
+             tensor("hi", np.array(6.0, np.float32))]
+    return HEAD.format(opset=13) + f"""g (float[3,8] x) => (float[3,5] y)
+<{", ".join(inits)}>
+{{
+  g = Gemm(x, W, C)
+  y = Clip(g, lo, hi)
+}}"""
+
+
+def test_gemm_activation_refuses_clip():
+    assert_refused_target(gemm_act_with_bounds(), A, "gemm-activation", "does not execute Clip")
+
+
+def conv_add_relu(z_shape="1,4,6,6", bias=True, add="Add"):
+    inits = [tensor("W", rand(4, 3, 3, 3))] + ([tensor("B", rand(4, seed=9))] if bias else [])
+    return HEAD.format(opset=13) + f"""g (float[1,3,8,8] x, float[{z_shape}] z) => (float[1,4,6,6] y)
+<{", ".join(inits)}>
+{{
+  c = Conv(x, W{", B" if bias else ""})
+  s = {add}(z, c)
+  y = Relu(s)
+}}"""
+
+
+@pytest.mark.parametrize("bias,add", [(True, "Add"), (False, "Add"), (True, "Sum")])
+def test_conv_add_activation_ort(bias, add):
+    out = assert_fused_target(conv_add_relu(bias=bias, add=add), A, "conv-add-activation", ["FusedConv"])
+    assert len(out.graph.node[0].input) == 4
+
+
+def test_conv_add_activation_refuses_broadcast():
+    assert_refused_target(conv_add_relu(z_shape="1,4,1,1"), A, "conv-add-activation", "does not broadcast")
+
+
+def silu(dtype="float"):
+    return HEAD.format(opset=13) + f"""g ({dtype}[2,5,7] x) => ({dtype}[2,5,7] y)
+{{
+  s = Sigmoid(x)
+  y = Mul(s, x)
+}}"""
+
+
+def test_silu_to_quickgelu_ort():
+    out = assert_fused_target(silu(), A, "silu", ["QuickGelu"])
+    assert out.graph.node[0].domain == "com.microsoft"
+
+
+def test_silu_stays_for_target_onnx():
+    _, out, stats, _ = run_target(silu(), A, "onnx")
+    assert ops(out) == ["Sigmoid", "Mul"] and not stats
+
+
+def test_silu_refuses_double():
+    assert_refused_target(silu("double"), A, "silu", "not float32")

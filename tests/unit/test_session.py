@@ -341,9 +341,11 @@ def test_cli_run_random_and_from_files(tmp_path, capsys):
 def test_cli_bench_and_verify(tmp_path, capsys):
     path = tmp_path / "cnn.onnx"
     onnx.save(_conv_net(), path)
-    assert _cli(["bench", str(path), "--runs", "2", "--warmup", "1", "--compare", "ort", "--threads", "1"]) == 0
+    assert _cli(["bench", str(path), "--runs", "2", "--warmup", "1", "--compare", "ort", "--threads", "1",
+                 "--profile"]) == 0
     out = capsys.readouterr().out
     assert "graphopt: median" in out and "onnxruntime: median" in out and "ratio" in out
+    assert "peak activation memory" in out and "Conv" in out  # --profile: time per op type
     assert _cli(["verify", str(path), "--runs", "1"]) == 0
     assert "PASS" in capsys.readouterr().out
     other = _conv_net()  # same structure, different random weights: must FAIL with exit status 1

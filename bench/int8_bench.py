@@ -1,0 +1,263 @@
+"""int8 side by side: graphopt's static/dynamic quantization vs onnxruntime.quantization, on real models.
+
+Models: the PP-OCR models that ship inside the rapidocr-onnxruntime wheel (a real CNN text
+detector, DBNet/MobileNetV3; a real text recognizer, PP-OCRv4 SVTR with self-attention blocks; a
+CNN text-direction classifier). Data: real text (the Python standard library's module docstrings)
+rendered with PIL and DejaVu fonts; calibration and evaluation use different lines. Both quantizers get the same float model (graphopt -O2 output)
+and the same calibration feeds; agreement is measured against the float model on the evaluation
+feeds, latency with ONNX Runtime (all graph optimizations, 1 thread, best of N runs).
+
+    pip install pillow && pip install --no-deps rapidocr-onnxruntime==1.4.4
+    python bench/int8_bench.py [--quick] [--out bench/results/int8_bench.md]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import platform
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+import graphopt
+from graphopt import lossy
+
+ROOT = Path(__file__).resolve().parent.parent
+FONTS = sorted(Path("/usr/share/fonts/truetype/dejavu").glob("DejaVuSans*.ttf"))
+
+
+def text_lines() -> list[str]:
+    """Real prose that does not change between runs: the Python standard library's module
+    docstrings (lines of 12-60 ASCII characters, deduplicated, in a fixed order)."""
+    import importlib
+    lines = []
+    for name in ("argparse", "json", "pathlib", "textwrap", "collections", "functools", "itertools", "subprocess",
+                 "logging", "random", "statistics", "string", "csv", "zipfile", "tarfile", "shutil", "typing",
+                 "unittest", "email", "http.client", "urllib.parse", "datetime", "decimal", "fractions", "heapq",
+                 "bisect", "difflib", "pickle", "sqlite3", "tempfile", "threading", "queue", "socket", "ssl"):
+        try:
+            lines += (importlib.import_module(name).__doc__ or "").splitlines()
+        except ImportError:
+            continue
+    clean = []
+    for line in lines:
+        line = " ".join(line.strip(" #*`|-").split())
+        if 12 <= len(line) and line.isascii():
+            clean.append(line[:60])
+    return list(dict.fromkeys(clean))
+
+
+def _font(size: int, i: int):
+    from PIL import ImageFont
+    return ImageFont.truetype(str(FONTS[i % len(FONTS)]), size) if FONTS else ImageFont.load_default()
+
+
+def _normalize(img) -> np.ndarray:
+    a = np.asarray(img.convert("RGB"), np.float32) / 255.0
+    return ((a - 0.5) / 0.5).transpose(2, 0, 1)[None].astype(np.float32)
+
+
+def det_feeds(lines, count, rng):
+    from PIL import Image, ImageDraw
+    feeds = []
+    for k in range(count):
+        img = Image.new("RGB", (640, 320), tuple(int(v) for v in rng.integers(200, 256, 3)))
+        d = ImageDraw.Draw(img)
+        for j in range(6):
+            line = lines[(k * 6 + j) % len(lines)]
+            d.text((int(rng.integers(5, 60)), 10 + j * 50), line[:40], font=_font(int(rng.integers(18, 28)), k + j),
+                   fill=tuple(int(v) for v in rng.integers(0, 80, 3)))
+        feeds.append({"x": _normalize(img)})
+    return feeds
+
+
+def line_image(line, width, height, rng, k, flip=False):
+    from PIL import Image, ImageDraw
+    img = Image.new("RGB", (width, height), (255, 255, 255))
+    ImageDraw.Draw(img).text((4, 8), line, font=_font(int(rng.integers(20, 26)), k), fill=(0, 0, 0))
+    return img.rotate(180) if flip else img
+
+
+def rec_feeds(lines, count, rng):
+    return [{"x": _normalize(line_image(lines[k % len(lines)][:28], 320, 48, rng, k))} for k in range(count)]
+
+
+def cls_feeds(lines, count, rng):
+    return [{"x": _normalize(line_image(lines[k % len(lines)][:16], 192, 48, rng, k, flip=k % 2 == 1))}
+            for k in range(count)]
+
+
+# ------------------------------------------------------------------------------------- metrics
+def ctc_decode(probs: np.ndarray) -> list[tuple]:
+    out = []
+    for row in probs.argmax(-1):
+        seq, prev = [], -1
+        for c in row:
+            if c != prev and c != 0:
+                seq.append(int(c))
+            prev = c
+        out.append(tuple(seq))
+    return out
+
+
+def agreement(kind, ref: list, got: list) -> dict:
+    cos = np.mean([1 - float(a.ravel() @ b.ravel()) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30)
+                   for a, b in zip(ref, got)])
+    res = {"cosine": 1 - cos}
+    if kind == "det":  # pixels on the same side of rapidocr's 0.3 threshold
+        res["mask agree"] = float(np.mean([np.mean((a > 0.3) == (b > 0.3)) for a, b in zip(ref, got)]))
+    elif kind == "rec":  # decoded strings equal, and per-step top-1
+        res["text equal"] = float(np.mean([ctc_decode(a) == ctc_decode(b) for a, b in zip(ref, got)]))
+        res["top1"] = float(np.mean([np.mean(a.argmax(-1) == b.argmax(-1)) for a, b in zip(ref, got)]))
+    else:
+        res["top1"] = float(np.mean([np.mean(a.argmax(-1) == b.argmax(-1)) for a, b in zip(ref, got)]))
+    return res
+
+
+def session(model_or_path, threads=1):
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    data = model_or_path.SerializeToString() if isinstance(model_or_path, onnx.ModelProto) else str(model_or_path)
+    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+
+
+def interleaved_latency_ms(models, feed, runs):
+    """Best-of-N latency per model, the models taking turns run by run, so that load from other
+    processes on a shared machine falls on all of them alike."""
+    sessions = [session(m) for m in models]
+    for s in sessions:
+        for _ in range(3):
+            s.run(None, feed)
+    best = [float("inf")] * len(sessions)
+    for _ in range(runs):
+        for i, s in enumerate(sessions):
+            t = time.perf_counter()
+            s.run(None, feed)
+            best[i] = min(best[i], time.perf_counter() - t)
+    return [1000 * b for b in best]
+
+
+def outputs(model, feeds):
+    s = session(model)
+    return [s.run(None, f)[0] for f in feeds]
+
+
+# ------------------------------------------------------------------------------ ORT quantizers
+def ort_static(float_path: Path, calib, out: Path, unsigned: bool = False):
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(calib)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    quantize_static(str(float_path), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8 if unsigned else QuantType.QInt8, weight_type=QuantType.QInt8)
+    return onnx.load(out)
+
+
+def ort_dynamic(float_path: Path, out: Path):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    quantize_dynamic(str(float_path), str(out), per_channel=True, weight_type=QuantType.QInt8)
+    return onnx.load(out)
+
+
+def bench_model(name, kind, path, calib, evals, runs, tmp: Path, modes):
+    print(f"== {name}: compiling float model (graphopt -O2)", flush=True)
+    original = onnx.load(path)
+    for vi in list(original.graph.input) + list(original.graph.output):  # the cls model declares -1 dims
+        for d in vi.type.tensor_type.shape.dim:
+            if d.HasField("dim_value") and d.dim_value < 0:
+                d.dim_param = "N"
+    base = graphopt.compile(original, level=2)
+    from graphopt.passes.quantize.common import at_least_opset
+    base = at_least_opset(base, 13)  # ORT's quantizers emit per-axis DequantizeLinear (opset 13) too
+    float_path = tmp / f"{name}.float.onnx"
+    onnx.save(base, float_path)
+    ref = outputs(base, evals)
+    rows = [("float (graphopt -O2)", base, None)]
+    for mode in modes:
+        t = time.perf_counter()
+        if mode == "static":
+            q, rep = lossy.int8_static(base, calib)
+            rows.append((f"graphopt int8 static ({time.perf_counter() - t:.1f} s)", q, None))
+            if any("final layer" in why for why in rep.kept_float.values()):  # ORT quantizes the head too
+                q, _ = lossy.int8_static(base, calib, keep_final=False)
+                rows.append(("graphopt int8 static, classifier int8 too", q, None))
+            q, _ = lossy.int8_static(base, calib, method="percentile", percentile=99.99)
+            rows.append(("graphopt int8 static, percentile 99.99", q, None))
+            t = time.perf_counter()
+            theirs = ort_static(float_path, calib, tmp / f"{name}.ort_s8.onnx")
+            rows.append((f"ORT quantize_static ({time.perf_counter() - t:.1f} s)", theirs, None))
+            q, _ = lossy.int8_static(base, calib, activations="uint8")
+            rows.append(("graphopt int8 static U8S8", q, None))
+            rows.append(("ORT quantize_static U8S8",
+                         ort_static(float_path, calib, tmp / f"{name}.ort_u8.onnx", unsigned=True), None))
+        else:
+            q, _ = lossy.int8_dynamic(base)
+            rows.append((f"graphopt int8 dynamic ({time.perf_counter() - t:.1f} s)", q, None))
+            rows.append(("ORT quantize_dynamic", ort_dynamic(float_path, tmp / f"{name}.ort_dyn.onnx"), None))
+    times = interleaved_latency_ms([model for _, model, _ in rows], evals[0], runs)
+    float_ms = times[0]
+    table = []
+    for (label, model, _), ms in zip(rows, times):
+        agree = agreement(kind, ref, outputs(model, evals)) if model is not base else {}
+        table.append((label, ms, float_ms / ms, model.ByteSize() / 2**20, agree))
+        print(f"  {label:40} {ms:8.2f} ms  x{float_ms / ms:4.2f}  {model.ByteSize() / 2**20:6.2f} MiB  "
+              + "  ".join(f"{k} {v:.4f}" for k, v in agree.items()), flush=True)
+    return table
+
+
+MODELS = [("PP-OCRv4 det (CNN)", "det", "ch_PP-OCRv4_det_infer.onnx", det_feeds, ("static",)),
+          ("PP-OCR cls (CNN)", "cls", "ch_ppocr_mobile_v2.0_cls_infer.onnx", cls_feeds, ("static", "dynamic")),
+          ("PP-OCRv4 rec (SVTR transformer)", "rec", "ch_PP-OCRv4_rec_infer.onnx", rec_feeds, ("static", "dynamic"))]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer feeds and timing runs")
+    ap.add_argument("--only", help="det, cls or rec")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "int8_bench.md"))
+    args = ap.parse_args(argv)
+    spec = importlib.util.find_spec("rapidocr_onnxruntime")
+    if spec is None:
+        print("needs: pip install pillow && pip install --no-deps rapidocr-onnxruntime==1.4.4", file=sys.stderr)
+        return 2
+    models_dir = Path(spec.origin).parent / "models"
+    lines = text_lines()
+    calib_lines, eval_lines = lines[0::2], lines[1::2]  # disjoint: evaluation never sees calibration text
+    n_cal, n_eval, runs = (8, 8, 10) if args.quick else (16, 24, 15)
+    report = [f"# int8 bench ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
+              f"{platform.processor() or 'cpu'}, onnxruntime {ort.__version__}, 1 thread)", "",
+              f"{n_cal} calibration / {n_eval} evaluation feeds of rendered real text (disjoint lines); "
+              "latency: ORT best of {runs} runs on one evaluation feed, the models taking turns run by run.".replace("{runs}", str(runs)), ""]
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, kind, file, make, modes in MODELS:
+            if args.only and args.only != kind:
+                continue
+            rng_c, rng_e = np.random.default_rng(1), np.random.default_rng(2)
+            calib, evals = make(calib_lines, n_cal, rng_c), make(eval_lines, n_eval, rng_e)
+            table = bench_model(name, kind, models_dir / file, calib, evals, runs, Path(tmp), modes)
+            report += [f"## {name}", "", "| model | ORT ms | speedup vs float | MiB | agreement with float |",
+                       "|---|---:|---:|---:|---|"]
+            for label, ms, ratio, mib, agree in table:
+                report.append(f"| {label} | {ms:.2f} | {ratio:.2f} | {mib:.2f} | "
+                              + ", ".join(f"{k} {v:.4f}" for k, v in agree.items()) + " |")
+            report.append("")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("\n".join(report) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

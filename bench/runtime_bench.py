@@ -1,0 +1,259 @@
+"""graphopt's NumPy runtime vs ONNX Runtime vs onnx.reference: latency per model, ratios, geomeans.
+
+Models: the onnx package's light model zoo (onnx/backend/test/data/light/*.onnx) and every
+models/*/model.onnx. For each model, in one process, on the same input (models/ use their golden
+inputs, the zoo a seeded random input):
+  * graphopt Session on the model as given, and on graphopt.compile(model, level=2) (the intended
+    use: compile, then run);
+  * ONNX Runtime on the model as given, all graph optimizations on, the same intra-op thread count;
+  * onnx.reference.ReferenceEvaluator, 1-2 runs (it is slow); a model whose first reference run
+    passes --ref-cap seconds gets no further reference run and is marked.
+Reported: median latency of --runs timed runs after --warmup untimed ones (the runtimes take
+turns run by run, so load from other processes hits them alike), graphopt/ORT ratio
+(below 1 = graphopt faster), reference/graphopt speedup, max relative error of graphopt's first
+output vs ORT, peak activation memory and the op taking most time (from Session.run(profile=True)).
+
+    python bench/runtime_bench.py                                # all models, 1 thread
+    python bench/runtime_bench.py --models resnet,squeezenet --runs 5
+    python bench/runtime_bench.py --markdown-out bench/results/runtime_bench.md
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import math
+import os
+import platform
+import signal
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+
+
+def model_list(selected):
+    from graphopt import golden
+    items = [(p.stem.replace("light_", ""), p, None) for p in sorted(LIGHT.glob("light_*.onnx"))]
+    items += [(name, golden.model_path(name), name) for name in golden.list_models()]
+    if selected:
+        items = [it for it in items if any(s in it[0] for s in selected)]
+    return items
+
+
+def interleaved_medians(fns: dict, runs, warmup):
+    """Median seconds per callable, the callables taking turns run by run, so that load from
+    other processes on a shared machine falls on all of them alike (the ratios stay fair)."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times = {k: [] for k in fns}
+    for _ in range(runs):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+class _Timeout(Exception):
+    pass
+
+
+def reference_seconds(model, feed, cap, runs=2):
+    """Median of up to `runs` ReferenceEvaluator runs; (None, note) when the first passes `cap`."""
+    from onnx.reference import ReferenceEvaluator
+
+    def alarm(signum, frame):
+        raise _Timeout()
+    old = signal.signal(signal.SIGALRM, alarm)
+    try:
+        ref = ReferenceEvaluator(model)
+        times = []
+        for _ in range(runs):
+            signal.alarm(math.ceil(cap))
+            t0 = time.perf_counter()
+            with np.errstate(all="ignore"):
+                ref.run(None, feed)
+            signal.alarm(0)
+            times.append(time.perf_counter() - t0)
+            if times[-1] > cap / 2:  # slow: one run is enough
+                break
+        return statistics.median(times), f"{len(times)} run(s)"
+    except _Timeout:
+        return None, f"> {cap:.0f} s"
+    except Exception as e:  # noqa: BLE001  (the reference lacks some ops: a cell, not the run)
+        return None, f"error: {type(e).__name__}"
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def ort_session(model, threads):
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def max_rel_error(got, want):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    if got.shape != want.shape:
+        return float("inf")
+    scale = max(float(np.max(np.abs(want))) if want.size else 0.0, 1e-12)
+    return float(np.max(np.abs(got - want))) / scale if want.size else 0.0
+
+
+def bench_model(name, path, golden_name, args):
+    import graphopt
+    from graphopt import golden
+    from graphopt.session import Session
+    from graphopt.verify import random_feed
+    model = onnx.load(str(path))
+    feed = golden.load_golden(golden_name).inputs if golden_name else random_feed(model, seed=0, default_dim=1)
+    row = {"model": name, "nodes": len(model.graph.node)}
+    timed, want = {}, None
+    try:
+        ort_sess = ort_session(model, args.threads)
+        want = ort_sess.run(None, feed)
+        timed["ort"] = lambda: ort_sess.run(None, feed)
+    except Exception as e:  # noqa: BLE001
+        row["ort_note"] = f"ORT error: {type(e).__name__}"
+    variants = [("raw", model)]
+    try:
+        variants.append(("O2", graphopt.compile(model, level=2)))
+    except Exception as e:  # noqa: BLE001
+        row["O2_note"] = f"compile failed: {type(e).__name__}: {str(e)[:80]}"
+    for label, m in variants:
+        try:
+            sess = Session(m, threads=args.threads)
+            got = sess.run(None, feed)
+            sess.run(None, feed, profile=True)
+            prof = sess.last_profile
+            row[f"{label}_peak"] = prof.peak_activation_bytes
+            total = prof.total_seconds or 1e-12
+            row[f"{label}_top"] = ", ".join(f"{op} {100 * s / total:.0f}%" for op, _, s in prof.by_op()[:2])
+            row[f"{label}_nodes"] = len(m.graph.node)
+            if want is not None:
+                row[f"{label}_err"] = max((max_rel_error(g, w) for g, w in zip(got, want)
+                                           if isinstance(w, np.ndarray) and w.dtype.kind in "fiu"), default=0.0)
+            timed[label] = functools.partial(sess.run, None, feed)
+        except Exception as e:  # noqa: BLE001
+            row[f"{label}_note"] = f"{type(e).__name__}: {str(e)[:80]}"
+    row.update(interleaved_medians(timed, args.runs, args.warmup))
+    if not args.skip_reference:
+        row["ref"], row["ref_note"] = reference_seconds(model, feed, args.ref_cap)
+    return row
+
+
+def geomean(values):
+    values = [v for v in values if v and v > 0 and math.isfinite(v)]
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
+
+
+def fmt_ms(s):
+    return "-" if s is None else f"{s * 1e3:.2f}"
+
+
+def table(rows, args):
+    head = ("| model | nodes | graphopt ms | graphopt -O2 ms | ORT ms | raw/ORT | O2/ORT | onnx.reference ms "
+            "| reference/graphopt-O2 | peak act. MiB | err vs ORT | most time (O2) |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        ort_s = r.get("ort")
+        best = r.get("O2") or r.get("raw")
+
+        def ratio(k, r=r, ort_s=ort_s):
+            return f"{r[k] / ort_s:.2f}" if r.get(k) and ort_s else "-"
+        if r.get("ref") and best:
+            speed = f"{r['ref'] / best:.0f}x"
+        elif r.get("ref_note", "").startswith(">") and best:  # the cap over our time: a lower bound
+            speed = f"> {args.ref_cap / best:.0f}x"
+        else:
+            speed = r.get("ref_note", "-")
+        err = r.get("O2_err", r.get("raw_err"))
+        peak = r.get("O2_peak", r.get("raw_peak"))
+        notes = "; ".join(r[k] for k in ("ort_note", "raw_note", "O2_note") if k in r)
+        lines.append(f"| {r['model']} | {r['nodes']}→{r.get('O2_nodes', '-')} | {fmt_ms(r.get('raw'))} | "
+                     f"{fmt_ms(r.get('O2'))} | {fmt_ms(ort_s)} | {ratio('raw')} | {ratio('O2')} | "
+                     f"{fmt_ms(r.get('ref')) if r.get('ref') else r.get('ref_note', '-')} | {speed} | {'-' if peak is None else f'{peak / 2**20:.1f}'} | "
+                     f"{'-' if err is None else f'{err:.1e}'} | {r.get('O2_top', r.get('raw_top', ''))}"
+                     f"{' — ' + notes if notes else ''} |")
+    raw_g = geomean([r["raw"] / r["ort"] for r in rows if r.get("raw") and r.get("ort")])
+    o2_g = geomean([r["O2"] / r["ort"] for r in rows if r.get("O2") and r.get("ort")])
+    ref_g = geomean([r["ref"] / (r.get("O2") or r["raw"]) for r in rows if r.get("ref") and (r.get("O2") or r.get("raw"))])
+    capped = [r for r in rows if r.get("ref_note", "").startswith(">") and (r.get("O2") or r.get("raw"))]
+    zoo = [r for r in rows if r.get("zoo")]
+    zoo_g = geomean([r["O2"] / r["ort"] for r in zoo if r.get("O2") and r.get("ort")])
+    zoo_ref = geomean([r["ref"] / (r.get("O2") or r["raw"]) for r in zoo if r.get("ref") and (r.get("O2") or r.get("raw"))])
+    summary = [
+        f"geomean graphopt/ORT latency: raw models {raw_g:.2f}x, after graphopt -O2 {o2_g:.2f}x "
+        f"(light zoo only, -O2: {zoo_g:.2f}x); target <= 1.5x",
+        f"geomean speedup over onnx.reference (graphopt -O2, models the reference finished): {ref_g:.0f}x "
+        f"(light zoo only: {zoo_ref:.0f}x); target >= 30x" + (f"; on {len(capped)} more model(s) one reference run passed the {args.ref_cap:.0f} s "
+                           f"cap (speedup > {min(args.ref_cap / (r.get('O2') or r['raw']) for r in capped):.0f}x)"
+                           if capped else ""),
+    ]
+    return lines, summary
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", help="comma-separated substrings of model names")
+    ap.add_argument("--threads", type=int, default=1, help="threads for both runtimes (default 1)")
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--ref-cap", type=float, default=60.0, help="seconds one onnx.reference run may take")
+    ap.add_argument("--skip-reference", action="store_true")
+    ap.add_argument("--markdown-out", help="write the table to this file")
+    args = ap.parse_args(argv)
+    load = "load average %.2f %.2f %.2f at start" % os.getloadavg()
+    rows = []
+    for name, path, golden_name in model_list(args.models.split(",") if args.models else None):
+        row = bench_model(name, path, golden_name, args)
+        row["zoo"] = golden_name is None
+        rows.append(row)
+        print(f"{name}: raw {fmt_ms(row.get('raw'))} ms, O2 {fmt_ms(row.get('O2'))} ms, ORT {fmt_ms(row.get('ort'))} ms, "
+              f"reference {fmt_ms(row.get('ref'))} ms ({row.get('ref_note', '')}) "
+              f"{row.get('O2_note', '')} {row.get('raw_note', '')}", flush=True)
+    lines, summary = table(rows, args)
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    import onnxruntime
+    machine = (f"{platform.machine()} {os.cpu_count()} CPUs ({_cpu_name()}), Python {platform.python_version()}, "
+               f"NumPy {np.__version__}, onnxruntime {onnxruntime.__version__}, onnx {onnx.__version__}")
+    header = [f"Runtime benchmark, {when}: {machine}; {args.threads} thread(s), median of {args.runs} runs "
+              f"after {args.warmup} warm-up; {load} (shared machine: timings are noisy).", ""]
+    text = "\n".join(header + lines + [""] + summary) + "\n"
+    print(text)
+    if args.markdown_out:
+        Path(args.markdown_out).parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.markdown_out + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, args.markdown_out)
+    return 0
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,415 @@
+"""The execution plan: a graph compiled once into steps over numbered slots.
+
+At build: nodes in topological order, attributes resolved with schema defaults, each node bound to
+its kernel; nodes whose inputs are all constants are run once (ConstantOfShape weights, shape
+arithmetic) and become constants; a kernel with a `prepare` hook gets its constant inputs
+up front and returns a specialized callable (conv weights laid out for GEMM, BatchNorm reduced to
+scale/shift, ...). Every value is dropped right after its last use, before the consuming kernel
+runs, so a kernel that holds the only reference to a dying input may write its result into it
+(kernels/cpu/_inplace.py decides that from the reference count). `run` is then a loop over
+(kernel, input slots, output slots, attributes, slots to free) tuples.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .errors import GraphoptError, InvalidModel, Unsupported
+from .profile import Profile, held_bytes
+
+# A folded constant larger than this stays a runtime computation (it would otherwise be held in
+# memory for the whole life of the session).
+FOLD_LIMIT_BYTES = 1 << 30
+# Ops whose output is not a function of their inputs: never run at build.
+_NOT_FOLDABLE = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+                 "Bernoulli", "Dropout"}
+
+
+class KernelFailed(GraphoptError):
+    """A kernel raised while the plan ran; the message names the node and its op."""
+
+
+@dataclass
+class BuildContext:
+    device: str
+    functions: dict  # (domain, name) -> FunctionProto, the model's local functions
+    unsupported: set = field(default_factory=set)
+    fold_limit: int = FOLD_LIMIT_BYTES
+
+
+def opset_map(imports) -> dict[str, int]:
+    from graphopt.kernels.registry import norm_domain
+    return {norm_domain(o.domain): o.version for o in imports}
+
+
+class Plan:
+    """A graph compiled to steps over numbered slots; subgraphs (If/Loop/Scan bodies, function
+    bodies) are Plans too, reading the values they borrow from enclosing scopes via `outer`.
+    A step is (fn, input slots, output slots, attrs, slots freed before fn runs, description)."""
+
+    def __init__(self, nodes, input_names, output_names, constants: dict, opsets: dict,
+                 ctx: BuildContext, nested: bool, function: bool = False):
+        from graphopt.kernels import registry
+        self.input_names = list(input_names)
+        self.output_names = list(output_names)
+        self.output_args = []
+        slots: dict[str, int] = {}
+        template: list = []
+
+        def slot(name):
+            if name not in slots:
+                slots[name] = len(template)
+                template.append(None)
+            return slots[name]
+
+        none_slot, trash_slot = slot("\0none"), slot("\0trash")
+        defined = set()
+        for name in self.input_names:
+            slot(name)
+            defined.add(name)
+        constants = dict(constants)
+        for name, value in constants.items():
+            template[slot(name)] = value
+            defined.add(name)
+
+        def convert_graph(g):
+            return Plan.from_graph(g, opsets, ctx, nested=True)
+
+        built = []  # (node, attrs, implicit names, fn, explicit input names, domain, opset)
+        for node in nodes:
+            domain = registry.norm_domain(node.domain)
+            opset = opsets.get(domain, 1 if domain else 21)
+            attrs = registry.resolve_attributes(node, opset, convert_graph)
+            attrs["__n_outputs__"] = len(node.output)
+            implicit = sorted({n for v in attrs.values() for p in (v if isinstance(v, list) else [v])
+                               if isinstance(p, Plan) for n in p.free_names})
+            if domain == "" and node.op_type == "Constant" and not implicit:
+                value = _constant_value(attrs)
+                constants[node.output[0]] = value
+                template[slot(node.output[0])] = value
+                defined.add(node.output[0])
+                continue
+            fn = _bind(node, domain, opset, attrs, opsets, ctx)
+            if fn is None:
+                ctx.unsupported.add((domain, node.op_type, opset))
+            explicit = _formal_inputs(node, domain, opset)
+            if implicit:
+                fn = _with_outer(fn, len(explicit), implicit)
+            built.append((node, attrs, implicit, fn, explicit, domain, opset))
+
+        built = _toposort(built, defined)
+        keep = set(self.output_names)
+        self.folded = 0  # nodes run once at build
+        if not ctx.unsupported:
+            built = self._fold(built, constants, keep, ctx, lambda n, v: template.__setitem__(slot(n), v))
+            defined |= set(constants)
+            built = [_prepared(b, constants, ctx) for b in built]
+        produced = {o for b in built for o in b[0].output if o}
+        uses = [b[4] + b[2] for b in built]
+        self.free_names = sorted({u for us in uses for u in us if u and u not in defined and u not in produced}
+                                 | {o for o in self.output_names if o not in defined and o not in produced})
+        if function:  # a function body may leave optional outputs undefined: they come out as None
+            for o in self.output_names:
+                if o not in defined and o not in produced:
+                    slots[o] = none_slot
+            self.free_names = [n for n in self.free_names if n not in self.output_names]
+        if self.free_names and not nested:
+            raise InvalidModel(f"the graph uses value(s) that nothing defines: {self.free_names}")
+        self.outer_slots = [(name, slot(name)) for name in self.free_names]
+
+        last_use = {}
+        for i, us in enumerate(uses):
+            for u in us:
+                if u:
+                    last_use[u] = i
+        self.steps = []
+        self.ops = []  # (domain, op_type) per step, for profiles
+        for i, (b, us) in enumerate(zip(built, uses)):
+            node, attrs, fn = b[0], b[1], b[3]
+            ins = [slot(u) if u else none_slot for u in us]
+            # an output nobody reads goes to the trash slot, overwritten by the next one
+            outs = [slot(o) if o and (o in keep or o in last_use) else trash_slot for o in node.output]
+            frees = [slot(u) for u in dict.fromkeys(us) if u and last_use.get(u) == i and u not in keep]
+            desc = f"node {node.name or '#' + str(i)} ({node.op_type})"
+            self.steps.append((fn, ins, outs, attrs, frees, desc))
+            self.ops.append((b[5], node.op_type))
+        self.template = template
+        self.slots = slots
+        self.constant_slots = {slots[n] for n in constants if n in slots}
+        self.input_slots = [slots[n] for n in self.input_names]
+        self.output_slots = [slot(n) for n in self.output_names]
+
+    def _fold(self, built, constants, keep, ctx, store):
+        """Run, once, every node whose inputs are all constants; its outputs become constants."""
+        rest = []
+        for b in built:
+            node, attrs, implicit, fn, explicit = b[:5]
+            if (fn is None or implicit or node.op_type in _NOT_FOLDABLE or isinstance(fn, _LocalFunction)
+                    or any(isinstance(v, Plan) or (isinstance(v, list) and v and isinstance(v[0], Plan))
+                           for v in attrs.values())  # a subgraph may hold random ops
+                    or any(o in keep for o in node.output) or not all(u in constants for u in explicit if u)):
+                rest.append(b)
+                continue
+            try:
+                res = fn([constants[u] if u else None for u in explicit], attrs)
+            except Exception:  # noqa: BLE001  (a failing kernel fails at run time, naming the node)
+                rest.append(b)
+                continue
+            if not all(isinstance(r, np.ndarray) for r in res) or len(res) < sum(1 for o in node.output if o) \
+                    or sum(r.nbytes for r in res) > ctx.fold_limit:
+                rest.append(b)
+                continue
+            for o, r in zip(node.output, res):
+                if o:
+                    constants[o] = r
+                    store(o, r)
+            self.folded += 1
+        return rest
+
+    @classmethod
+    def from_graph(cls, graph: onnx.GraphProto, opsets: dict, ctx: BuildContext, nested: bool = False):
+        from graphopt.kernels.registry import sparse_to_dense
+        constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        for sp in graph.sparse_initializer:
+            constants[sp.values.name] = sparse_to_dense(sp)
+        plan = cls(graph.node, [i.name for i in graph.input], [o.name for o in graph.output],
+                   constants, opsets, ctx, nested)
+        plan.output_args = [_node_arg_shape(o) for o in graph.output]  # lets Loop/Scan shape empty scan outputs
+        return plan
+
+    def run(self, inputs: list, outer: dict | None = None) -> list:
+        """Run with positional inputs (missing trailing ones are None); `outer` feeds free names."""
+        env = self.template.copy()
+        for s, v in zip(self.input_slots, inputs):
+            env[s] = v
+        return self._loop(env, outer)
+
+    def run_named(self, feeds: dict, outer: dict | None, profile: Profile | None = None) -> list:
+        env = self.template.copy()
+        slots = self.slots
+        for name, v in feeds.items():
+            env[slots[name]] = v
+        if profile is not None:
+            return self._loop_profiled(env, outer, profile, {id(v) for v in feeds.values()})
+        return self._loop(env, outer)
+
+    def _loop(self, env, outer):
+        for name, s in self.outer_slots:
+            env[s] = outer[name]
+        step = None
+        try:
+            for step in self.steps:
+                fn, ins, outs, attrs, frees, _ = step
+                args = [env[i] for i in ins]
+                for s in frees:  # dropped before the call: the kernel may reuse a dying input
+                    env[s] = None
+                res = fn(args, attrs)
+                for s, v in zip(outs, res):
+                    env[s] = v
+                res = v = None  # holds no output into the next step (it would block reuse there)
+        except GraphoptError:
+            raise
+        except Exception as e:
+            raise KernelFailed(f"{step[5] if step else 'plan'} failed: {type(e).__name__}: {e}") from e
+        return [env[s] for s in self.output_slots]
+
+    def _loop_profiled(self, env, outer, profile, feed_ids):
+        """_loop with a timer per step and a count of the bytes held by live intermediates."""
+        for name, s in self.outer_slots:
+            env[s] = outer[name]
+        skip = {id(env[s]) for s in self.constant_slots} | feed_ids
+        live: set[int] = set()
+        clock = time.perf_counter
+        for i, step in enumerate(self.steps):
+            fn, ins, outs, attrs, frees, desc = step
+            args = [env[j] for j in ins]
+            for s in frees:
+                env[s] = None
+                live.discard(s)
+            t0 = clock()
+            try:
+                res = fn(args, attrs)
+            except GraphoptError:
+                raise
+            except Exception as e:
+                raise KernelFailed(f"{desc} failed: {type(e).__name__}: {e}") from e
+            dt = clock() - t0
+            for s, v in zip(outs, res):
+                env[s] = v
+                live.add(s)
+            # during the call the dying inputs were still held: count them with the outputs
+            held = held_bytes([env[s] for s in live] + args, skip)
+            args = res = v = None
+            profile.add(self.ops[i], desc, dt, held)
+        return [env[s] for s in self.output_slots]
+
+
+def _node_arg_shape(vi):
+    from .session import node_arg
+    return node_arg(vi)
+
+
+def _constant_value(attrs: dict):
+    from graphopt.kernels.cpu.shape import constant
+    try:
+        return constant([], attrs)[0]
+    except ValueError:
+        raise InvalidModel("Constant node without a value attribute") from None
+
+
+def _formal_inputs(node, domain, opset) -> list[str]:
+    """The node's inputs padded with "" (absent: the kernel sees None) up to the schema's count."""
+    from graphopt.kernels.registry import get_schema
+    names = list(node.input)
+    schema = get_schema(domain, node.op_type, opset)
+    if schema is not None and schema.inputs and all(
+            f.option != onnx.defs.OpSchema.FormalParameterOption.Variadic for f in schema.inputs):
+        names += [""] * (len(schema.inputs) - len(names))
+    return names
+
+
+def _with_outer(fn, n_explicit: int, names: list):
+    """Kernels of If/Loop/Scan get the outer values their subgraphs read as attrs['__outer__']."""
+    if fn is None:
+        return None
+
+    def call(inputs, attrs):
+        outer = dict(zip(names, inputs[n_explicit:]))
+        return fn(inputs[:n_explicit], {**attrs, "__outer__": outer})
+    return call
+
+
+def _prepared(b, constants, ctx):
+    """Give the kernel's prepare hook (if any) the node's constant inputs; use what it returns."""
+    from graphopt.kernels import registry
+    node, attrs, implicit, fn, explicit, domain, opset = b
+    if fn is None or implicit or isinstance(fn, (_LocalFunction, _SchemaFunction)):
+        return b
+    prep = registry.lookup_prepare(domain, node.op_type, opset, ctx.device)
+    if prep is None:
+        return b
+    consts = [constants.get(u, registry.DYNAMIC) if u else None for u in explicit]
+    try:
+        fast = prep(attrs, consts, fn)
+    except (ValueError, TypeError, IndexError):  # a shape the hook cannot lay out: the generic kernel copes
+        fast = None
+    return b if fast is None else (node, attrs, implicit, fast, explicit, domain, opset)
+
+
+def _bind(node, domain, opset, attrs, opsets, ctx):
+    """The callable that runs `node`: a model-local function, a kernel, or the schema's function body."""
+    from graphopt.kernels import registry
+    local = ctx.functions.get((node.domain, node.op_type))
+    if local is not None:
+        return _LocalFunction(local, node, opsets, ctx)
+    fn = registry.lookup(domain, node.op_type, opset, ctx.device)
+    if fn is not None:
+        return fn
+    schema = registry.get_schema(domain, node.op_type, opset)
+    if schema is not None and (schema.has_function or schema.has_context_dependent_function):
+        return _SchemaFunction(schema, node, opset, opsets, ctx)
+    return None
+
+
+class _LocalFunction:
+    """A call of a function defined in the model: its body, bound to the caller's attributes."""
+
+    def __init__(self, fproto, node, opsets, ctx):
+        from graphopt.kernels.registry import instantiate_function
+        body_opsets = {**opsets, **opset_map(fproto.opset_import)}
+        nodes = instantiate_function(fproto, node)
+        self.plan = Plan(nodes, list(fproto.input), list(fproto.output), {}, body_opsets, ctx,
+                         nested=False, function=True)
+
+    def __call__(self, inputs, attrs):
+        return self.plan.run(inputs)
+
+
+class _SchemaFunction:
+    """An op without a kernel whose schema defines it as a function of other ops: run that body.
+    Context-dependent bodies depend on input types, so they are built per input signature."""
+
+    def __init__(self, schema, node, opset, opsets, ctx):
+        from graphopt.kernels.registry import fill_default_attributes
+        self.schema, self.opset, self.opsets, self.ctx = schema, opset, opsets, ctx
+        self.node = fill_default_attributes(node, schema)
+        self.plans = {}
+        if schema.has_function:
+            self.plans[None] = self._build(self._function_proto(None))
+
+    def _function_proto(self, types):
+        s = self.schema
+        if types is None:
+            versions = [v for v in s.function_opset_versions if v <= self.opset] or [s.since_version]
+            data = s.get_function_with_opset_version(max(versions))
+        else:
+            versions = [v for v in s.context_dependent_function_opset_versions if v <= self.opset]
+            ver = max(versions) if versions else s.since_version
+            data = s.get_context_dependent_function_with_opset_version(
+                ver, self.node.SerializeToString(), [t.SerializeToString() for t in types])
+        f = onnx.FunctionProto()
+        f.ParseFromString(data)
+        return f
+
+    def _build(self, fproto):
+        from graphopt.kernels.registry import instantiate_function
+        nodes = instantiate_function(fproto, self.node)
+        body_opsets = {**self.opsets, **opset_map(fproto.opset_import)}
+        return Plan(nodes, list(fproto.input), list(fproto.output), {}, body_opsets, self.ctx, nested=False,
+                    function=True)
+
+    def __call__(self, inputs, attrs):
+        plan = self.plans.get(None)
+        if plan is None:
+            key = tuple((None if x is None else (np.asarray(x).dtype.str, np.ndim(x))) for x in inputs)
+            plan = self.plans.get(key)
+            if plan is None:
+                types = [onnx.TypeProto() if x is None else helper.make_tensor_type_proto(
+                    _np_elem(np.asarray(x).dtype), np.shape(x)) for x in inputs]
+                plan = self.plans[key] = self._build(self._function_proto(types))
+                if self.ctx.unsupported:
+                    raise Unsupported(f"function body of {self.node.op_type} uses ops without kernels: "
+                                      f"{sorted(self.ctx.unsupported)}")
+        return plan.run(inputs)
+
+
+def _np_elem(dtype) -> int:
+    try:
+        return helper.np_dtype_to_tensor_dtype(dtype)
+    except (KeyError, ValueError, TypeError):
+        return 0
+
+
+def _toposort(built, defined: set):
+    """Nodes in dependency order (graphs are usually sorted already: then this is one pass)."""
+    available = set(defined)
+    produced_by = {}
+    for idx, (node, *_) in enumerate(built):
+        for o in node.output:
+            if o:
+                produced_by[o] = idx
+    order = []
+    remaining = list(range(len(built)))
+    while remaining:
+        progress, later = False, []
+        for idx in remaining:
+            node, _, implicit, *_ = built[idx]
+            deps = [u for u in list(node.input) + implicit if u and u in produced_by and u not in available]
+            if deps:
+                later.append(idx)
+                continue
+            order.append(built[idx])
+            progress = True
+            available.update(o for o in node.output if o)
+        if not progress:
+            names = [built[i][0].name or built[i][0].op_type for i in later[:5]]
+            raise InvalidModel(f"the graph has a cycle through node(s) {names}")
+        remaining = later
+    return order
+
+
+__all__ = ["FOLD_LIMIT_BYTES", "BuildContext", "KernelFailed", "Plan", "Profile", "opset_map"]

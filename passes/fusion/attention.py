@@ -1,0 +1,256 @@
+"""O2 scaled dot-product attention fusion (canonical ai.graphopt Attention, spelled by lower.py:
+onnx Attention >= 23; ort com.microsoft Attention with packed QKV weights when Q/K/V are projections
+of one value, else MultiHeadAttention, and the standard Attention from opset 23; graphopt kernel).
+
+    q = Transpose(Reshape(Q, [b, s, H, D]), [0,2,1,3])           (optionally * a scalar)
+    k = Transpose(Reshape(K, [b, s, H, D]), [0,2,3,1])           (or [0,2,1,3] then [0,1,3,2])
+    v = Transpose(Reshape(V, [b, s, H, Dv]), [0,2,1,3])
+    p = Softmax(MatMul(q, k) (/ or *) scalar (+ mask), axis=-1)
+    Reshape(Transpose(MatMul(p, v), [0,2,1,3]), (batch, seq, H*Dv))   -> Attention(Q, K, V, mask; H, scale)
+
+The pattern names the merge-heads end; the rest is walked by `_parse` because the score chain comes
+in many orders (scale on q, k or the scores; mask before or after it). Every walked value must feed
+only the next step, the additive mask must broadcast to (B, H, S, T), Q/K/V must be 3-D with a
+static hidden size, and the head split/merge shapes must be constant (or provably (B, S, H*Dv)).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from graphopt import ir
+from graphopt.rewrite import Op, Rule, Var, attr_value
+
+from .common import out_like
+from .lower import emit, register_fusion_rules
+
+DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
+
+
+class Refuse(Exception):
+    pass
+
+
+def _only_feeds(graph, t):
+    """t feeds exactly one node (and is not a graph output), else Refuse."""
+    if ir.is_graph_output(graph, t):
+        raise Refuse(f"'{t.name}' is a graph output")
+    if len(t.outputs) != 1:
+        raise Refuse(f"'{t.name}' has other consumers")
+
+
+def _producer(t, ops, what):
+    node = ir.producer(t)
+    if node is None or node.op not in ops or (node.domain or "") not in ("", "ai.onnx"):
+        raise Refuse(f"{what} '{t.name}' is not produced by {'/'.join(ops)}")
+    return node
+
+
+def _scalar(t, what) -> float:
+    value = ir.const_value(t)
+    if value is None or value.size != 1 or not np.issubdtype(value.dtype, np.floating):
+        raise Refuse(f"{what} '{t.name}' is not a constant float scalar")
+    if value.ndim > 4 or not np.isfinite(value).all() or float(value.reshape(-1)[0]) == 0:
+        raise Refuse(f"{what} '{t.name}' is zero, not finite or of too high rank")
+    return float(value.reshape(-1)[0])
+
+
+def _strip_scale(graph, t, what):
+    """t = x * c or x / c (c a scalar constant) -> (x, factor); otherwise (t, 1.0)."""
+    node = ir.producer(t)
+    if node is None or node.op not in ("Mul", "Div") or len(node.inputs) != 2:
+        return t, 1.0
+    a, b = node.inputs
+    if ir.const_value(b) is not None:
+        value = _scalar(b, f"{what} scale")
+        factor = value if node.op == "Mul" else 1.0 / value
+    elif node.op == "Mul" and ir.const_value(a) is not None:
+        factor, b, a = _scalar(a, f"{what} scale"), a, b
+    else:
+        return t, 1.0
+    _only_feeds(graph, a)
+    return a, factor
+
+
+def _reaches_qk(t) -> bool:
+    """t is MatMul(a, b), possibly times/over a constant, with a and b both from Transpose/Mul (the
+    score side of the mask Add, told apart from a mask built by Mul/Where/Cast)."""
+    node = ir.producer(t)
+    if node is not None and node.op in ("Mul", "Div") and len(node.inputs) == 2:
+        other = [i for i in node.inputs if ir.const_value(i) is None]
+        node = ir.producer(other[0]) if len(other) == 1 else None
+    if node is None or node.op != "MatMul":
+        return False
+    return all(ir.producer(i) is not None and ir.producer(i).op in ("Transpose", "Mul", "Div") for i in node.inputs)
+
+
+def _perm(node, opset):
+    perm = attr_value(node, "perm", opset)
+    return None if perm is None else [int(p) for p in perm]
+
+
+def _split_heads(graph, t, opset, perms, what):
+    """t = Transpose(Reshape(X, [.., .., H, D]), perm) (or two Transposes, perms: list of chains)."""
+    chain = []
+    for _ in range(2):
+        node = _producer(t, ("Transpose",), what)
+        chain.insert(0, _perm(node, opset))
+        src = node.inputs[0]
+        _only_feeds(graph, src)
+        if chain in perms:
+            return _reshape_heads(graph, src, opset, what)
+        t = src
+    raise Refuse(f"{what} transposes {chain} do not split heads as {' or '.join(map(str, perms))}")
+
+
+def _reshape_heads(graph, t, opset, what):
+    node = _producer(t, ("Reshape",), f"{what} head split")
+    x, shape_t = node.inputs[0], node.inputs[1]
+    shape = ir.const_value(shape_t)
+    if shape is None or shape.size != 4:
+        raise Refuse(f"{what} head split shape '{shape_t.name}' is not a constant of 4 dims")
+    if attr_value(node, "allowzero", opset):
+        raise Refuse(f"{what} head split Reshape has allowzero=1")
+    heads, dim = int(shape[2]), int(shape[3])
+    if heads <= 0 or dim <= 0:
+        raise Refuse(f"{what} head split shape {shape.tolist()} has no static heads/head size")
+    if ir.rank(x) != 3 or x.shape[-1] != heads * dim:
+        raise Refuse(f"{what} '{x.name}' is not 3-D with a static last dim of {heads}*{dim}")
+    if x.dtype is None or np.dtype(x.dtype) not in DTYPES:
+        raise Refuse(f"{what} '{x.name}' is not float16/float32")
+    lead = [int(shape[0]), int(shape[1])]
+    for i, d in enumerate(lead):
+        if not (d == 0 or d == x.shape[i] or (d == -1 and lead[1 - i] in (0, x.shape[1 - i]))):
+            raise Refuse(f"{what} head split shape {shape.tolist()} does not keep (batch, seq)")
+    return x, heads, dim
+
+
+def _merge_ok(m, q3, heads, dv) -> str | None:
+    merge = m.nodes["merge"]
+    if attr_value(merge, "allowzero", m.opset):
+        return "merge-heads Reshape has allowzero=1"
+    shape = ir.const_value(m["merge_shape"])
+    out = merge.outputs[0]
+    if shape is not None:
+        shape = [int(d) for d in shape.reshape(-1)]
+        if len(shape) == 3 and shape[2] in (heads * dv, -1) and all(
+                d in (0, q3.shape[i]) for i, d in enumerate(shape[:2])) and (shape[2] != -1 or shape[:2] == [0, 0]):
+            return None
+        if len(shape) == 3 and shape[2] == heads * dv and -1 in shape[:2] and all(
+                d in (0, -1, q3.shape[i]) for i, d in enumerate(shape[:2])) and shape[:2].count(-1) == 1:
+            return None
+        return f"merge-heads shape {shape} is not (batch, seq, {heads}*{dv})"
+    if (out.shape is not None and len(out.shape) == 3 and out.shape[2] == heads * dv
+            and all(isinstance(d, (int, str)) and d == q3.shape[i] for i, d in enumerate(out.shape[:2]))):
+        return None  # a runtime shape chain whose result shape inference pins to (B, S, H*Dv)
+    return "merge-heads Reshape target is not known to be (batch, seq, heads*head_dim)"
+
+
+def _mask_ok(mask, q3, k3, heads) -> str | None:
+    if mask.dtype is None or np.dtype(mask.dtype) != np.dtype(q3.dtype):
+        return f"mask '{mask.name}' is not of the query's dtype"
+    if mask.shape is None or len(mask.shape) > 4:
+        return f"mask '{mask.name}' has an unknown shape or a rank above 4"
+    dims = [1] * (4 - len(mask.shape)) + list(mask.shape)
+    targets = [q3.shape[0], heads, q3.shape[1], k3.shape[1]]
+    for i, (d, want) in enumerate(zip(dims, targets)):
+        if d == want or (d == 1 and i != 3):
+            continue
+        # an exported padding mask is (batch, 1, 1, kv_seq) named after the attention_mask input, while
+        # inference often loses the names on Q/K: a symbolic batch/kv dim against a non-static one is
+        # taken to be that dim (the original Add could not broadcast the scores to a larger batch/kv)
+        if i in (0, 3) and isinstance(d, str) and d and not isinstance(want, int):
+            continue
+        return f"mask '{mask.name}' shape {list(mask.shape)} does not broadcast to (batch, heads, seq, kv_seq)"
+    return None
+
+
+def _parse(m):
+    graph, opset = m.graph, m.opset
+    softmax = m.nodes["softmax"]
+    if _perm(m.nodes["merge_t"], opset) != [0, 2, 1, 3]:
+        raise Refuse("merge-heads Transpose perm is not [0, 2, 1, 3]")
+    if attr_value(softmax, "axis", opset) not in (-1, 3):
+        raise Refuse("Softmax is not over the last axis")
+    t, scale, mask = m["scores"], 1.0, None
+    _only_feeds(graph, t)
+    for _ in range(2):  # the mask Add and the scale come in either order
+        t, factor = _strip_scale(graph, t, "scores")
+        scale *= factor
+        node = ir.producer(t)
+        if mask is None and node is not None and node.op == "Add" and len(node.inputs) == 2:
+            for i in (0, 1):
+                if _reaches_qk(node.inputs[i]) and not _reaches_qk(node.inputs[1 - i]):
+                    t, mask = node.inputs[i], node.inputs[1 - i]
+                    _only_feeds(graph, t)
+                    break
+            else:
+                raise Refuse(f"neither input of the score Add '{node.name}' comes from the Q*K MatMul")
+    qk = _producer(t, ("MatMul",), "scores")
+    qh, kh = qk.inputs
+    for h in (qh, kh):
+        _only_feeds(graph, h)
+    qh, qf = _strip_scale(graph, qh, "query")
+    kh, kf = _strip_scale(graph, kh, "key")
+    q3, heads, d = _split_heads(graph, qh, opset, [[[0, 2, 1, 3]]], "query")
+    k3, kheads, kd = _split_heads(graph, kh, opset, [[[0, 2, 3, 1]], [[0, 2, 1, 3], [0, 1, 3, 2]]], "key")
+    vh = m["vh"]
+    _only_feeds(graph, vh)
+    v3, vheads, dv = _split_heads(graph, vh, opset, [[[0, 2, 1, 3]]], "value")
+    if not (heads == kheads == vheads and d == kd):
+        raise Refuse(f"query/key/value heads ({heads}, {kheads}, {vheads}) or head sizes ({d}, {kd}) differ")
+    unnamed = [d for d in (q3.shape[0], k3.shape[0], k3.shape[1], v3.shape[0], v3.shape[1]) if d is None or d == ""]
+    if unnamed or q3.shape[0] != k3.shape[0] or k3.shape[:2] != v3.shape[:2]:
+        raise Refuse("query/key/value batch or key/value lengths are not known to agree")
+    if len({np.dtype(x.dtype) for x in (q3, k3, v3)}) != 1:
+        raise Refuse("query/key/value dtypes differ")
+    reason = _merge_ok(m, q3, heads, dv) or (mask is not None and _mask_ok(mask, q3, k3, heads)) or None
+    if reason:
+        raise Refuse(reason)
+    return q3, k3, v3, mask, heads, scale * qf * kf
+
+
+def _check(m) -> str | None:
+    try:
+        m.parsed = _parse(m)
+    except Refuse as e:
+        return str(e)
+    # the walked nodes join the match so the driver removes them once the fused op replaces their use
+    seen = {id(n) for n in m.matched}
+    m.matched.extend(n for n in _walked(m) if id(n) not in seen)
+    return None
+
+
+def _walked(m):
+    """Every node between the Softmax's input / the V heads and the 3-D Q, K, V (producers, upwards)."""
+    q3, k3, v3, mask, _, _ = m.parsed
+    stop = {id(t) for t in (q3, k3, v3) + ((mask,) if mask is not None else ())}
+    todo, found = [m["scores"], m["vh"]], {}
+    while todo:
+        t = todo.pop()
+        node = ir.producer(t)
+        if id(t) in stop or node is None or id(node) in found or ir.const_value(t) is not None:
+            continue
+        found[id(node)] = node
+        todo.extend(node.inputs)
+    return list(found.values())
+
+
+def _attention(m):
+    q3, k3, v3, mask, heads, scale = m.parsed
+    inputs = [q3, k3, v3] + ([mask] if mask is not None else [])
+    hidden_v = v3.shape[2]  # static (checked); the output is (B, S, H*Dv), known better than the merge's
+    shape = [q3.shape[0], q3.shape[1], hidden_v]
+    return emit(m, "Attention", inputs, {"num_heads": heads, "scale": float(scale)},
+                dtype=out_like(m)["dtype"], shape=shape)
+
+
+ATTENTION_RULES = [
+    Rule("attention", Op("Reshape", Op("Transpose", Op("MatMul", Op("Softmax", Var("scores"), name="softmax"),
+                                                         Var("vh"), name="pv"), name="merge_t"),
+                         Var("merge_shape"), name="merge"), _attention, _check),
+    # merge(softmax(split(Q) split(K)^T * scale + mask) split(V)) -> Attention(Q, K, V, mask)
+]
+
+register_fusion_rules("fuse-attention", ATTENTION_RULES, {"attention": "Attention"}, level=2,
+                      doc="Multi-head scaled dot-product attention -> one Attention op "
+                          "(onnx target: opset >= 23; ort: Attention/MultiHeadAttention)")

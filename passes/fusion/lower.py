@@ -1,0 +1,265 @@
+"""Target lowering: fusion rules stay declarative and target-blind.
+
+A fusion rule builds one *canonical* fused op in the ai.graphopt domain with `emit(m, kind, ...)`
+(Gelu, BiasGelu, LayerNormalization, SkipLayerNormalization, RMSNormalization, Attention, or any
+kind another rule file adds). The pass that ran the rule then spells every canonical node for the
+output target (ctx.options["target"]) and opset, using the table of spellings below:
+
+    graphopt  keeps the canonical op (graphopt.kernels.cpu.fused executes it)
+    ort       com.microsoft contrib op, or a standard op where ORT has one
+    onnx      the standard op, only from the opset that defines it
+
+A rule whose kind has no spelling for the target/opset is switched off before matching, so the
+decomposed form stays and nothing is fused only to be expanded again; `--trace` says why.
+
+Hook for other rule files (e.g. conv/gemm):
+    register_spelling("FusedConv", "ort", spell=to_domain(ORT, "FusedConv"))   # once per target
+    register_fusion_rules("fuse-x", RULES, produces={"rule-name": "FusedConv"}, level=2, doc=...)
+    ... and in a rewrite: return emit(m, "FusedConv", [x, w, b], {"activation": "Relu"}, **out_like(m))
+A kind without a kernel in graphopt.kernels.cpu.fused goes into NO_KERNEL (off for target graphopt too).
+The ort spellings were checked against onnxruntime 1.32 (tests/unit/test_targets.py runs each one).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from graphopt import ir
+from graphopt.pass_manager import REGISTRY, PassInfo, PassResult
+from graphopt.rewrite import Rule, RuleStats, apply_rules
+
+FUSED = "ai.graphopt"
+ORT = "com.microsoft"
+DEFAULT_TARGET = "onnx"
+
+
+@dataclass
+class Spelling:
+    min_opset: int
+    spell: Callable[[gs.Graph, gs.Node, int], None]  # edits the canonical node in place (may add nodes)
+
+
+SPELLINGS: dict[tuple[str, str], Spelling] = {}  # (kind, target) -> how to write it
+NO_KERNEL: set[str] = set()  # kinds graphopt.Session cannot run: off for target graphopt too
+
+
+def register_spelling(kind: str, target: str, spell: Callable, min_opset: int = 1) -> None:
+    SPELLINGS[(kind, target)] = Spelling(min_opset, spell)
+
+
+def target_of(ctx) -> str:
+    return ctx.options.get("target") or DEFAULT_TARGET
+
+
+def unavailable(kind: str, ctx) -> str | None:
+    """Why the target/opset cannot hold a fused `kind` (None when it can)."""
+    target = target_of(ctx)
+    if target == "graphopt" and (kind not in NO_KERNEL or _has_kernel(kind)):
+        return None
+    spelling = SPELLINGS.get((kind, target))
+    if spelling is None:
+        return f"target '{target}' has no fused {kind} (--target ort or graphopt has)"
+    if ctx.opset < spelling.min_opset:
+        return (f"target '{target}' has {kind} only from opset {spelling.min_opset}, the model has "
+                f"{ctx.opset} (--opset {spelling.min_opset} raises it)")
+    return None
+
+
+def _has_kernel(kind: str) -> bool:
+    """graphopt.Session can run the canonical `kind` (a kernel in graphopt.kernels.cpu.fused)."""
+    try:
+        import graphopt.kernels.cpu  # noqa: F401  (registers the kernels)
+        from graphopt.kernels import registry
+    except ImportError:
+        return False
+    return registry.lookup(FUSED, kind, 1) is not None
+
+
+def emit(m, kind: str, inputs, attrs=None, **out):
+    """The canonical fused node, built through the match (the driver inserts it)."""
+    return m.op(kind, inputs, attrs, domain=FUSED, **out)
+
+
+def spell_all(graph: gs.Graph, ctx) -> int:
+    target, count = target_of(ctx), 0
+    if target == "graphopt":
+        return 0
+    for node in list(graph.nodes):
+        if node.domain == FUSED and (node.op, target) in SPELLINGS:
+            SPELLINGS[(node.op, target)].spell(graph, node, ctx.opset)
+            count += 1
+    return count
+
+
+def register_fusion_rules(name: str, rules: list[Rule], produces: dict[str, str], level: int = 2,
+                          doc: str = "") -> None:
+    """Like register_rules, but a rule runs only when the target can hold what it produces
+    (produces: rule name -> canonical kind), and the pass spells its fused nodes for the target."""
+
+    def run(graph, ctx):
+        allowed, off = [], {}
+        for rule in rules:
+            why = unavailable(produces[rule.name], ctx) if rule.name in produces else None
+            if why:
+                off[rule.name] = why
+            else:
+                allowed.append(rule)
+        stats = apply_rules(graph, allowed, ctx.opset, trace=ctx.trace, stats=RuleStats())
+        traced = set(ctx.trace)
+        for rule in rules:
+            if rule.name in off and ({rule.name, "all"} & traced):
+                root = next((n for n in graph.nodes if n.op in rule.pattern.ops), None)
+                if root is not None:
+                    ctx.near_misses[rule.name] = (0, root.name or root.op, off[rule.name])
+        ctx.trace_lines.extend(stats.trace)
+        for rule_name, near in stats.near_miss.items():  # keep the nearest miss over all iterations
+            if rule_name not in ctx.near_misses or near[0] >= ctx.near_misses[rule_name][0]:
+                ctx.near_misses[rule_name] = near
+        spell_all(graph, ctx)
+        return PassResult(stats.total > 0, dict(stats.hits))
+
+    run.__module__ = rules[0].rewrite.__module__ if rules else __name__
+    REGISTRY[name] = PassInfo(name, level, run, doc, per_graph=True, origin=run.__module__)
+    REGISTRY[name].rules = rules  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------- spelling helpers
+
+def to_domain(domain: str, op: str | None = None, keep=None, drop=(), rename=None) -> Callable:
+    """A spelling that renames the node (domain, op) and filters/renames its attributes."""
+
+    def spell(graph, node, opset):
+        attrs = {k: v for k, v in node.attrs.items() if k not in drop and (keep is None or k in keep)}
+        for old, new in (rename or {}).items():
+            if old in attrs:
+                attrs[new] = attrs.pop(old)
+        node.domain, node.op, node.attrs = domain or None, op or node.op, attrs
+    return spell
+
+
+def _gelu_ort(graph, node, opset):
+    tanh = node.attrs.get("approximate", "none") == "tanh"
+    node.domain, node.attrs = ORT, {}
+    node.op = "FastGelu" if tanh else ("BiasGelu" if node.op == "BiasGelu" else "Gelu")
+
+
+def _gelu_onnx(graph, node, opset):
+    node.domain = None
+    if node.attrs.get("approximate", "none") == "none":
+        node.attrs = {}
+
+
+def _projected_from(t: gs.Tensor) -> gs.Tensor | None:
+    """x when t = MatMul(x, W) or MatMul(x, W) + b (the projection keeps x's leading dims)."""
+    node = ir.producer(t)
+    if node is not None and node.op == "Add" and len(node.inputs) == 2:
+        node = next((ir.producer(i) for i in node.inputs if ir.producer(i) is not None
+                     and ir.producer(i).op == "MatMul"), None)
+    return node.inputs[0] if node is not None and node.op == "MatMul" else None
+
+
+def _mask_rows(graph, node, mask: gs.Tensor) -> gs.Tensor:
+    """ORT's attention kernels need the additive mask's row dim (-2) to equal the query length; a
+    (B,1,1,T) padding mask is expanded to (B,1,S,T) at run time. In self-attention (Q and K projected
+    from one value, so S == T) S is read from the mask itself: every layer then builds the same
+    Expand, which CSE shares; otherwise from the query's shape."""
+    q, k = node.inputs[0], node.inputs[1]
+    rows = mask.shape[-2] if mask.shape is not None and len(mask.shape) >= 2 else None
+    if rows is not None and q.shape is not None and len(q.shape) == 3 and rows == q.shape[1] and rows != 1:
+        return mask
+    source = _projected_from(q)
+    self_attention = source is not None and source is _projected_from(k) and mask.shape is not None \
+        and len(mask.shape) == 4
+    base = ir.fresh_name(f"{node.name or 'attention'}_mask")
+
+    def add(op, inputs, attrs=None, dtype=np.int64, shape=None):
+        out = gs.Variable(ir.fresh_name(f"{base}_{op}"), dtype=dtype, shape=shape)
+        graph.nodes.append(gs.Node(op, name=ir.fresh_name(f"{base}_{op}"), attrs=attrs or {}, inputs=inputs,
+                                   outputs=[out]))
+        return out
+
+    if self_attention:
+        shape = add("Shape", [mask], shape=[4])
+        seq = add("Slice", [shape, gs.Constant(ir.fresh_name(f"{base}_three"), np.array([3], np.int64)),
+                            gs.Constant(ir.fresh_name(f"{base}_four"), np.array([4], np.int64))], shape=[1])
+    else:
+        shape = add("Shape", [q], shape=[3])
+        seq = add("Slice", [shape, gs.Constant(ir.fresh_name(f"{base}_one"), np.array([1], np.int64)),
+                            gs.Constant(ir.fresh_name(f"{base}_two"), np.array([2], np.int64))], shape=[1])
+    ones = gs.Constant(ir.fresh_name(f"{base}_ones"), np.array([1, 1], np.int64))
+    last = gs.Constant(ir.fresh_name(f"{base}_last"), np.array([1], np.int64))
+    target = add("Concat", [ones, seq, last], {"axis": 0}, shape=[4])
+    return add("Expand", [mask, target], dtype=mask.dtype, shape=None)
+
+
+def _packed_projection(graph, node):
+    """(x, [Wq|Wk|Wv], [bq|bk|bv], nodes that die) when Q, K, V are MatMul(x, W) + b of one x with
+    constant 2-D weights and vector biases of one size, each used only by this attention; else None."""
+    x, weights, biases, dead = None, [], [], []
+    for t in node.inputs[:3]:
+        add = ir.producer(t)
+        if add is None or add.op != "Add" or len(t.outputs) != 1 or ir.is_graph_output(graph, t):
+            return None
+        mm_out = next((i for i in add.inputs if ir.producer(i) is not None and ir.producer(i).op == "MatMul"), None)
+        bias_t = next((i for i in add.inputs if i is not mm_out), None)
+        if mm_out is None or bias_t is None or len(mm_out.outputs) != 1 or ir.is_graph_output(graph, mm_out):
+            return None
+        mm = ir.producer(mm_out)
+        w, b = ir.const_value(mm.inputs[1]), ir.const_value(bias_t)
+        if w is None or b is None or w.ndim != 2 or b.ndim != 1 or b.shape[0] != w.shape[1] or w.dtype != np.float32:
+            return None
+        if x is not None and mm.inputs[0] is not x:
+            return None
+        x = mm.inputs[0]
+        weights.append(w)
+        biases.append(b.astype(w.dtype))
+        dead += [add, mm]
+    if len({w.shape for w in weights}) != 1 or ir.rank(x) != 3:
+        return None
+    name = ir.fresh_name(f"{node.name or 'attention'}_qkv")
+    return (x, gs.Constant(name + "_weight", np.concatenate(weights, axis=1)),
+            gs.Constant(name + "_bias", np.concatenate(biases)), dead)
+
+
+def _attention(graph, node, opset, ort: bool):
+    q, k, v = node.inputs[:3]
+    mask = node.inputs[3] if len(node.inputs) > 3 and not node.inputs[3].is_empty() else None
+    if mask is not None:
+        mask = _mask_rows(graph, node, mask)
+    heads, scale = node.attrs["num_heads"], float(node.attrs["scale"])
+    packed = _packed_projection(graph, node) if ort else None
+    if packed is not None:  # ORT's own Attention: one GEMM for the three projections
+        x, weight, bias, dead = packed
+        empty = gs.Variable.empty()
+        node.inputs = [x, weight, bias] + ([empty, empty, mask] if mask is not None else [])
+        node.domain, node.op, node.attrs = ORT, "Attention", {"num_heads": heads, "scale": scale}
+        for n in dead:
+            ir.detach(n)
+        graph.nodes = [n for n in graph.nodes if all(n is not d for d in dead)]
+    elif ort:
+        empty = gs.Variable.empty()
+        node.inputs = [q, k, v] + ([empty, empty, mask] if mask is not None else [])
+        node.domain, node.op, node.attrs = ORT, "MultiHeadAttention", {"num_heads": heads, "scale": scale}
+    else:
+        node.inputs = [q, k, v] + ([mask] if mask is not None else [])
+        node.domain, node.op = None, "Attention"
+        node.attrs = {"q_num_heads": heads, "kv_num_heads": heads, "scale": scale}
+
+
+# ---------------------------------------------------------------- the table (kinds of this family)
+
+register_spelling("Gelu", "onnx", _gelu_onnx, min_opset=20)
+register_spelling("Gelu", "ort", _gelu_ort)
+register_spelling("BiasGelu", "ort", _gelu_ort)
+register_spelling("LayerNormalization", "onnx", to_domain("", keep=("axis", "epsilon")), min_opset=17)
+register_spelling("LayerNormalization", "ort", to_domain("", keep=("axis", "epsilon")), min_opset=17)
+register_spelling("SkipLayerNormalization", "ort", to_domain(ORT, keep=("epsilon",)))
+register_spelling("RMSNormalization", "onnx", to_domain("", keep=("axis", "epsilon")), min_opset=23)
+register_spelling("RMSNormalization", "ort", to_domain("", keep=("axis", "epsilon")), min_opset=23)
+register_spelling("Attention", "onnx", lambda g, n, o: _attention(g, n, o, ort=False), min_opset=23)
+# ORT runs the standard Attention-23 faster than MultiHeadAttention on CPU (bert_encoder: 0.83x vs 1.1x
+# of the original's latency), so the contrib op serves only models below opset 23
+register_spelling("Attention", "ort", lambda g, n, o: _attention(g, n, o, ort=o < 23))

@@ -1,0 +1,198 @@
+"""int8 static QDQ: structure, ORT and graphopt agreement, accuracy vs the float model (ORT),
+calibration methods and the streaming histogram.
+
+Measured on these seeded models (minmax): cosine error vs float ~3e-5, max relative error ~1e-2;
+the bounds below leave ~5x headroom. Expected values come from ORT on the float model.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import graphopt
+from graphopt import lossy
+from graphopt.calibrate import BINS, TensorStats, calibrate
+from graphopt.passes.quantize import plan_static
+
+import quant_models as qm
+
+
+def _ort(model, optimize=False):
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                     else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def _cosine_err(a, b):
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return 1 - a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
+
+
+@pytest.fixture(scope="module")
+def cnn_int8():
+    model = qm.cnn()
+    q, report = lossy.int8_static(model, qm.feeds("x", (4, 3, 8, 8), 8, seed=1))
+    return model, q, report
+
+
+def test_structure_weights_int8_and_float_ops_kept(cnn_int8):
+    model, q, report = cnn_int8
+    onnx.checker.check_model(q, full_check=True)
+    ops = [n.op_type for n in q.graph.node]
+    assert ops.count("Conv") == 3 and "Relu" not in ops  # Relus after quantized Convs become the Q's clamp
+    assert "Softmax" in ops and ops.count("Gemm") == 1
+    gemm = next(n for n in q.graph.node if n.op_type == "Gemm")
+    assert gemm.input[1] == "w4"  # the classifier stays float
+    inits = {t.name: t for t in q.graph.initializer}
+    dq_w = [n for n in q.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    dtypes = sorted(onnx.helper.tensor_dtype_to_np_dtype(inits[n.input[0]].data_type).name for n in dq_w)
+    assert dtypes == ["int32"] * 3 + ["int8"] * 3  # 3 weights per-channel int8, 3 biases int32
+    assert all(onnx.numpy_helper.to_array(inits[n.input[1]]).shape == (onnx.numpy_helper.to_array(
+        inits[n.input[0]]).shape[0],) for n in dq_w)  # one scale per output channel
+    assert report.kept_float == {"Gemm:h": "final layer (classifier) kept float"}
+    assert all(db > 35 for db in report.weight_sqnr.values())
+    assert set(report.activation_sqnr) >= {"x", "r1", "r3"} and all(db > 25 for db in report.activation_sqnr.values())
+
+
+def test_ort_and_graphopt_agree_bit_exact_on_quantized_tensors(cnn_int8):
+    _, q, _ = cnn_int8
+    feed = qm.feeds("x", (2, 3, 8, 8), 1, seed=7)[0]
+    qouts = [n.output[0] for n in q.graph.node if n.op_type == "QuantizeLinear"]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(q)
+    probe.graph.output.extend(onnx.ValueInfoProto(name=t) for t in qouts)
+    names = [o.name for o in probe.graph.output]
+    want = _ort(probe).run(names, feed)
+    got = graphopt.Session(probe).run(names, feed)
+    for name, w, g in zip(names, want, got):
+        if name in qouts:
+            assert w.dtype == np.int8 and np.array_equal(w, g), name
+        else:
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_accuracy_vs_float_model_on_held_out_data(cnn_int8):
+    model, q, _ = cnn_int8
+    ref, fused = _ort(model), _ort(q, optimize=True)  # ORT fuses the QDQ islands into integer kernels
+    for feed in qm.feeds("x", (4, 3, 8, 8), 4, seed=2):
+        want, got = ref.run(None, feed)[0], fused.run(None, feed)[0]
+        assert _cosine_err(want, got) < 2e-4
+        assert np.abs(want - got).max() / np.abs(want).max() < 0.05
+        assert (want.argmax(1) == got.argmax(1)).mean() >= 0.75
+
+
+def test_transformer_style_mlp_layernorm_stays_float():
+    model = qm.mlp()
+    q, report = lossy.int8_static(model, qm.feeds("x", (8, 16), 8, seed=1))
+    onnx.checker.check_model(q, full_check=True)
+    assert "LayerNormalization" in [n.op_type for n in q.graph.node]
+    assert set(report.quantized) >= {"MatMul:m1", "MatMul:m2"} and "MatMul:m3" in report.kept_float
+    feed = qm.feeds("x", (8, 16), 1, seed=5)[0]
+    want = _ort(model).run(None, feed)[0]
+    got_ort, got_go = _ort(q, optimize=True).run(None, feed)[0], graphopt.Session(q).run(None, feed)[0]
+    assert _cosine_err(want, got_ort) < 1e-3
+    np.testing.assert_allclose(got_go, _ort(q).run(None, feed)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_exclude_by_op_type_and_by_node_name():
+    model = qm.cnn()
+    data = qm.feeds("x", (2, 3, 8, 8), 2, seed=1)
+    _, rep = lossy.int8_static(model, data, exclude=["Conv"])
+    assert not any(n.startswith("Conv") for n in rep.quantized)
+    _, rep = lossy.int8_static(model, data, exclude=["Conv:c2"])
+    assert "Conv:c2" in rep.kept_float and "Conv:c1" in rep.quantized
+    with pytest.raises(graphopt.UsageError, match="'Cnov'"):
+        lossy.int8_static(model, data, exclude=["Cnov"])
+
+
+def test_calibration_methods_order_ranges():
+    model = qm.cnn()
+    data = qm.feeds("x", (4, 3, 8, 8), 8, seed=1)
+    tensors = plan_static(model).tensors
+    mm = calibrate(model, tensors, data, "minmax")
+    pc = calibrate(model, tensors, data, "percentile", percentile=99.0)
+    en = calibrate(model, tensors, data, "entropy")
+    # minmax is the true extreme (checked against ORT's own outputs for the input tensor)
+    xs = np.concatenate([d["x"].ravel() for d in data])
+    assert mm["x"] == (float(xs.min()), float(xs.max()))
+    for t in tensors:
+        assert mm[t][0] <= pc[t][0] <= pc[t][1] <= mm[t][1]
+        assert mm[t][0] <= en[t][0] <= en[t][1] <= mm[t][1]
+    # 99% keeps ~99% of the input values (histogram bin edges, so within a bin or two)
+    inside = np.mean((xs >= pc["x"][0]) & (xs <= pc["x"][1]))
+    assert 0.985 <= inside <= 0.995
+
+
+def test_streaming_histogram_rebins_exactly():
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(0, s, 1000).astype(np.float32) for s in (0.1, 1.0, 30.0)]  # the range grows twice
+    st = TensorStats(with_hist=True)
+    for b in batches:
+        st.update(b)
+    everything = np.concatenate(batches)
+    want, _ = np.histogram(everything, bins=BINS, range=(-st.radius, st.radius))
+    assert st.radius >= np.abs(everything).max() and st.hist.sum() == everything.size
+    # re-binning merges whole bins, so only values within float rounding of an edge may move one bin
+    assert np.abs(st.hist - want).sum() <= 4
+
+
+def test_calibration_from_a_generator_streams_once():
+    model = qm.cnn()
+    seen = []
+
+    def feeds():
+        for feed in qm.feeds("x", (2, 3, 8, 8), 3, seed=1):
+            seen.append(1)
+            yield feed
+    q, report = lossy.int8_static(model, feeds())
+    assert len(seen) == 3 and report.quantized and not report.activation_sqnr
+    onnx.checker.check_model(q, full_check=True)
+
+
+def test_qoperator_format_matches_qdq(cnn_int8):
+    model, qdq, _ = cnn_int8
+    qop, _ = lossy.int8_static(model, qm.feeds("x", (4, 3, 8, 8), 8, seed=1), fmt="qoperator")
+    onnx.checker.check_model(qop, full_check=True)
+    ops = [n.op_type for n in qop.graph.node]
+    assert ops.count("QLinearConv") == 3 and "Conv" not in ops
+    feed = qm.feeds("x", (2, 3, 8, 8), 1, seed=7)[0]
+    want = _ort(qdq).run(None, feed)[0]  # the QDQ form, run op by op by ORT
+    np.testing.assert_allclose(_ort(qop).run(None, feed)[0], want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(graphopt.Session(qop).run(None, feed)[0], want, rtol=1e-5, atol=1e-6)
+
+
+def test_uint8_activations_u8s8():
+    model = qm.cnn()
+    q, report = lossy.int8_static(model, qm.feeds("x", (4, 3, 8, 8), 8, seed=1), activations="uint8")
+    onnx.checker.check_model(q, full_check=True)
+    assert "U8S8" in report.mode
+    feed = qm.feeds("x", (2, 3, 8, 8), 1, seed=7)[0]
+    qouts = [n.output[0] for n in q.graph.node if n.op_type == "QuantizeLinear"]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(q)
+    probe.graph.output.extend(onnx.ValueInfoProto(name=t) for t in qouts)
+    want, got = _ort(probe).run(qouts, feed), graphopt.Session(probe).run(qouts, feed)
+    assert all(w.dtype == np.uint8 and np.array_equal(w, g) for w, g in zip(want, got))
+    ref, fused = _ort(model).run(None, feed)[0], _ort(q, optimize=True).run(None, feed)[0]
+    assert _cosine_err(ref, fused) < 2e-4
+
+
+def test_constant_operands_quantized_only_with_uint8_activations():
+    model = qm.mlp()
+    data = qm.feeds("x", (8, 16), 4, seed=1)
+    _, s8 = lossy.int8_static(model, data)
+    q, u8 = lossy.int8_static(model, data, activations="uint8")
+    assert "Add:a1" in s8.kept_float and "Add:a1" in u8.quantized
+    add = next(n for n in q.graph.node if n.output[0] == "a1")
+    dq = next(n for n in q.graph.node if n.output[0] == add.input[1])
+    bias = next(t for t in q.graph.initializer if t.name == dq.input[0])
+    assert dq.op_type == "DequantizeLinear" and bias.data_type == onnx.TensorProto.UINT8
+    feed = qm.feeds("x", (8, 16), 1, seed=5)[0]
+    np.testing.assert_allclose(graphopt.Session(q).run(None, feed)[0], _ort(q).run(None, feed)[0],
+                               rtol=1e-4, atol=1e-5)
+    assert _cosine_err(_ort(model).run(None, feed)[0], _ort(q, optimize=True).run(None, feed)[0]) < 1e-3
