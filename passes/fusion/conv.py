@@ -346,5 +346,7 @@ CONV_RULES = [
          _pad_maxpool_check),  # MaxPool(Pad(x>=0, p, 0 | -inf)) -> MaxPool(x, pads+p)
 ]
 
-register_rules("fuse-conv", CONV_RULES, level=2,
+# O1: every rule here folds constants into weights (standard ops only, any target), which is the
+# constant folding users expect from -O1 (onnxsim does the same by default).
+register_rules("fuse-conv", CONV_RULES, level=1,
                doc="Fold BatchNormalization, per-channel Mul/Add and zero Pad into Conv/ConvTranspose/Gemm/pools")

@@ -6,16 +6,21 @@ geometry and kernel arguments; the CUDA code itself is compiled by test_gpu_sour
 tests/gpu only."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
 
 
 def test_gpu_runtime_host_side_matches_onnxruntime_with_emulated_kernels():
     # a subprocess: the fake cupy modules must not leak into this test session
-    res = subprocess.run([sys.executable, str(HERE / "gpu_fake.py")], capture_output=True, text=True, timeout=300)
+    # PYTHONPATH: the same graphopt (this checkout, with models/) as the test session, not an installed wheel
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    res = subprocess.run([sys.executable, str(HERE / "gpu_fake.py")], capture_output=True, text=True, timeout=300,
+                         env=env)
     report = res.stdout + res.stderr
     assert res.returncode == 0, report[-4000:]
     assert "fake cupy in use" in res.stdout and " passed" in res.stdout.splitlines()[-1], report[-2000:]
