@@ -21,12 +21,13 @@ class ModelSummary:
     outputs: list
 
 
-def _walk_nodes(graph: onnx.GraphProto):
+def walk_nodes(graph: onnx.GraphProto):
+    """Every node of the graph and, depth first, of its If/Loop/Scan bodies."""
     for node in graph.node:
         yield node
         for a in node.attribute:
             for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                yield from _walk_nodes(sub)
+                yield from walk_nodes(sub)
 
 
 def _walk_initializers(graph: onnx.GraphProto):
@@ -47,7 +48,7 @@ def _value_info(vi: onnx.ValueInfoProto) -> dict:
 
 def summarize(model: onnx.ModelProto) -> ModelSummary:
     ops = Counter()
-    for node in _walk_nodes(model.graph):
+    for node in walk_nodes(model.graph):
         ops[f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type] += 1
     params = nbytes = inits = 0
     for t in _walk_initializers(model.graph):

@@ -18,6 +18,7 @@ from onnx import numpy_helper
 
 import graphopt
 from graphopt import golden
+from graphopt.report import walk_nodes
 from graphopt.verify import random_feed
 
 LEVELS = [0, 1, 2, 3]
@@ -27,21 +28,13 @@ MODELS = golden.list_models()
 ZOO = sorted((Path(onnx.__file__).parent / "backend" / "test" / "data" / "light").glob("light_*.onnx"))
 
 
-def _walk(graph: onnx.GraphProto):
-    for n in graph.node:
-        yield n
-        for a in n.attribute:
-            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                yield from _walk(sub)
-
-
 def _custom_nodes(model: onnx.ModelProto) -> Counter:
     """Calls of model-local functions (custom-domain ops), with their attributes and arity (the
     value names may change when cleanup removes the ops around them)."""
     local = {(f.domain, f.name) for f in model.functions}
     return Counter((n.domain, n.op_type, len(n.input), len(n.output),
                     tuple(a.SerializeToString(deterministic=True) for a in n.attribute))
-                   for n in _walk(model.graph) if (n.domain, n.op_type) in local)
+                   for n in walk_nodes(model.graph) if (n.domain, n.op_type) in local)
 
 
 def _real_inputs(model: onnx.ModelProto) -> list[str]:

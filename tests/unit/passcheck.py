@@ -13,6 +13,7 @@ import onnx.parser
 import onnxruntime as ort
 
 import graphopt
+from graphopt.report import walk_nodes
 
 
 def parse(text: str, check: bool = True) -> onnx.ModelProto:
@@ -27,18 +28,10 @@ def optimize(model, passes, **options) -> graphopt.CompileResult:
     return graphopt.compile_model(model, level=0, passes=list(passes), **options)
 
 
-def _walk(graph: onnx.GraphProto):
-    for node in graph.node:
-        yield node
-        for a in node.attribute:
-            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                yield from _walk(sub)
-
-
 def ops(model_or_graph, nested: bool = False) -> list[str]:
     """Op types of the main graph (or of every graph when nested), sorted."""
     graph = model_or_graph.graph if isinstance(model_or_graph, onnx.ModelProto) else model_or_graph
-    nodes = _walk(graph) if nested else graph.node
+    nodes = walk_nodes(graph) if nested else graph.node
     return sorted(n.op_type for n in nodes)
 
 
