@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,7 @@ def load_model(model_or_path, load_external_data: bool = True, limits: Limits = 
     (graphopt.validate) before a pass sees it. External data must stay inside the model's folder."""
     if isinstance(model_or_path, onnx.ModelProto):
         validate_model(model_or_path, limits)
-        return model_or_path
+        return _unknown_dims_cleared(model_or_path, copy=True)
     if isinstance(model_or_path, (bytes, bytearray, memoryview)):
         model, path = _parse(bytes(model_or_path), "<bytes>"), None
     else:
@@ -59,6 +60,30 @@ def load_model(model_or_path, load_external_data: bool = True, limits: Limits = 
         if path is None:
             raise UnsafePath("a model given as bytes cannot have external data (no folder to read it from)")
         _external.load_external_data(model, path.resolve().parent, limits)
+    return _unknown_dims_cleared(model, copy=False)  # parsed here: ours to change
+
+
+def _shape_dims(graph: onnx.GraphProto) -> Iterator:
+    for vi in (*graph.input, *graph.output, *graph.value_info):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
+            yield from vi.type.tensor_type.shape.dim
+    for node in graph.node:
+        for a in node.attribute:
+            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else a.graphs):
+                yield from _shape_dims(sub)
+
+
+def _unknown_dims_cleared(model: onnx.ModelProto, copy: bool) -> onnx.ModelProto:
+    """A dim of -1 in a declared shape means "unknown" to the exporters that write it (and to ONNX
+    Runtime); make it an unknown dim so no pass reads it as a size. The caller's proto is not modified."""
+    if not any(d.HasField("dim_value") and d.dim_value == -1 for d in _shape_dims(model.graph)):
+        return model
+    if copy:
+        original, model = model, onnx.ModelProto()
+        model.CopyFrom(original)
+    for d in _shape_dims(model.graph):
+        if d.HasField("dim_value") and d.dim_value == -1:
+            d.Clear()
     return model
 
 

@@ -232,21 +232,12 @@ def _np_elem(dtype) -> int:
 
 
 def load_model(model_or_path) -> onnx.ModelProto:
-    if isinstance(model_or_path, onnx.ModelProto):
-        return model_or_path
-    if isinstance(model_or_path, (bytes, bytearray)):
-        try:
-            return onnx.load_from_string(bytes(model_or_path))
-        except Exception as e:  # protobuf raises its own DecodeError
-            raise InvalidModel(f"bytes are not an ONNX model: {e}") from e
-    path = os.fspath(model_or_path)
-    if not os.path.exists(path):
-        raise UsageError(f"model file not found: {path}")
-    try:
-        # external data is resolved relative to the model's folder
-        return onnx.load(path, load_external_data=True)
-    except Exception as e:
-        raise InvalidModel(f"cannot load ONNX model {path}: {e}") from e
+    """The compiler's loader, with all its checks (graphopt.ir.load_model): a Session reads models
+    from strangers too. A missing file is a usage error here, as in onnxruntime."""
+    from graphopt import ir
+    if isinstance(model_or_path, (str, os.PathLike)) and not os.path.exists(model_or_path):
+        raise UsageError(f"model file not found: {os.fspath(model_or_path)}")
+    return ir.load_model(model_or_path)
 
 
 def _import_kernels(device: str):

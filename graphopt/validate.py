@@ -100,8 +100,9 @@ def check_value_info(vi: onnx.ValueInfoProto, limits: Limits, where: str) -> Non
     if not tt.HasField("shape"):
         return
     dims = [d.dim_value for d in tt.shape.dim if d.HasField("dim_value")]
-    if any(d < 0 for d in dims):
+    if any(d < -1 for d in dims):  # -1 is how some exporters (paddle2onnx, tf2onnx) write "unknown"
         raise InvalidModel(f"{where} '{vi.name}': negative dimension in its shape")
+    dims = [d for d in dims if d >= 0]
     check_count(f"{where} '{vi.name}': rank", len(tt.shape.dim), limits.max_rank, "--max-rank")
     if len(dims) == len(tt.shape.dim):
         check_count(f"{where} '{vi.name}': elements", _numel(dims), limits.max_elements, "--max-elements")

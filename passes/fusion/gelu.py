@@ -117,7 +117,10 @@ def _bias_check(m) -> str | None:
 def _bias_gelu(m):
     gelu = m.nodes["gelu"]
     attrs = {k: v for k, v in gelu.attrs.items() if k == "approximate" and v != "none"}
-    return emit(m, "BiasGelu", [m["x"], m["bias"]], attrs, **out_like(m))
+    bias, x = m["bias"], m["x"]
+    if m.const("bias").shape != (x.shape[-1],):  # a broadcast [1] bias: ORT's BiasGelu/FastGelu need one per channel
+        bias = m.constant(axis_vector(m.const("bias"), ir.rank(x), -1, x.shape[-1]), "bias")
+    return emit(m, "BiasGelu", [x, bias], attrs, **out_like(m))
 
 
 # ---------------------------------------------------------------- the rules

@@ -568,3 +568,25 @@ def test_model_over_2gb_compiles_and_round_trips(tmp_path):
     np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3)
     reloaded = ir.load_model(out_dir / "big.opt.onnx")
     assert sum(len(t.raw_data) for t in reloaded.graph.initializer) == count * k * m * 4
+
+
+def test_minus_one_dims_mean_unknown_as_exporters_write_them(tmp_path):
+    """paddle2onnx and tf2onnx write -1 for an unknown dim and ONNX Runtime runs such models: graphopt
+    must accept them (as unknown dims, never as a size), in compile and in Session, without touching
+    the caller's proto. Other negative dims stay invalid (tests/hostile)."""
+    import graphopt
+    import onnxruntime as ort
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [-1, 3])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [-1, 3])
+    nodes = [onnx.helper.make_node("Relu", ["x"], ["r"]), onnx.helper.make_node("Identity", ["r"], ["y"])]
+    model = onnx.helper.make_model(onnx.helper.make_graph(nodes, "g", [x], [y]),
+                                   opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=8)
+    out = graphopt.compile(model, level=2)
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == -1  # caller's proto unchanged
+    dim0 = out.graph.input[0].type.tensor_type.shape.dim[0]
+    assert not dim0.HasField("dim_value")
+    feed = {"x": np.linspace(-1, 1, 15, dtype=np.float32).reshape(5, 3)}
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    got = ort.InferenceSession(out.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(graphopt.Session(model).run(None, feed)[0], want)
