@@ -173,14 +173,24 @@ def _timing(label: str, times: list[float]) -> str:
             f"({len(ms)} runs)")
 
 
+def _has_graphopt_ops(model) -> bool:
+    """ONNX Runtime cannot run graphopt's own fused ops; such a model is verified in graphopt's runtime."""
+    from .report import walk_nodes
+    return any(n.domain == "ai.graphopt" for n in walk_nodes(model.graph))
+
+
 def cmd_verify(args) -> int:
     from .session import Session
     from .verify import compare_arrays, ort_session
     a = _load(args.model)
     dims = _dims(args.dim)
     ref = ort_session(a)
-    if args.other:
-        cand = ort_session(_load(args.other))
+    if args.other and _has_graphopt_ops(b := _load(args.other)):  # `compile --target graphopt` output
+        sess = Session(b, **_device(args))
+        run_cand = lambda feed: sess.run(names, feed)  # noqa: E731
+        label = f"{args.other} (graphopt runtime: it has ai.graphopt ops) vs {args.model} (onnxruntime)"
+    elif args.other:
+        cand = ort_session(b)
         run_cand = lambda feed: cand.run(names, feed)  # noqa: E731
         label = f"{args.other} (onnxruntime) vs {args.model} (onnxruntime)"
     else:

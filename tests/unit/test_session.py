@@ -1,5 +1,7 @@
 """graphopt.Session: the onnxruntime.InferenceSession surface, feed checking, build-time errors, and
 outputs on handmade models compared with ONNX Runtime (the oracle; never graphopt itself)."""
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -352,6 +354,20 @@ def test_cli_bench_and_verify(tmp_path, capsys):
     onnx.save(other, tmp_path / "other.onnx")
     assert _cli(["verify", str(path), str(tmp_path / "other.onnx"), "--runs", "1"]) == 1
     assert "FAIL" in capsys.readouterr().out
+
+
+def test_cli_verify_runs_a_graphopt_target_output_in_the_graphopt_runtime(tmp_path, capsys):
+    """ORT cannot load ai.graphopt ops: verify must run such a model in graphopt's runtime, against ORT
+    on the original."""
+    import graphopt
+    src = Path(__file__).resolve().parents[2] / "models" / "transformer_block" / "model.onnx"
+    fused = graphopt.compile(src, level=2, target="graphopt")
+    assert any(n.domain == "ai.graphopt" for n in fused.graph.node)
+    onnx.save(fused, tmp_path / "fused.onnx")
+    assert _cli(["verify", str(src), str(tmp_path / "fused.onnx"), "--runs", "2", "--dim", "batch=2",
+                 "--dim", "seq=5"]) == 0
+    out = capsys.readouterr().out
+    assert "graphopt runtime" in out and out.strip().endswith("PASS")
 
 
 # --- single ops with awkward attributes, against ONNX Runtime ---------------------------------------
