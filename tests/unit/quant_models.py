@@ -64,3 +64,9 @@ def mlp(seed: int = 0) -> onnx.ModelProto:
 def feeds(name: str, shape, count: int, seed: int) -> list[dict]:
     rng = np.random.default_rng(seed)
     return [{name: rng.normal(size=shape).astype(np.float32)} for _ in range(count)]
+
+
+def cosine_err(a, b) -> float:
+    """1 - cosine similarity of two arrays (float64)."""
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return 1 - a @ b / (np.linalg.norm(a) * np.linalg.norm(b))

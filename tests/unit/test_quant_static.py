@@ -8,29 +8,16 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 
 import graphopt
 from graphopt import lossy
+from graphopt.verify import ort_session as _ort
 from graphopt.calibrate import BINS, TensorStats, calibrate
 from graphopt.passes.quantize import plan_static
 
 import quant_models as qm
-
-
-def _ort(model, optimize=False):
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                     else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    opts.intra_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-
-
-def _cosine_err(a, b):
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    return 1 - a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
+from quant_models import cosine_err as _cosine_err
 
 
 @pytest.fixture(scope="module")
