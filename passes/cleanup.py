@@ -253,6 +253,25 @@ def _attr_key(value):
     return tuple(_attr_key(v) for v in value)  # lists, tuples, protobuf repeated fields
 
 
+# Non-standard ops CSE may merge: graphopt's own fused ops and the ONNX Runtime contrib ops the
+# fusion passes emit, all pure functions of their inputs. Other custom ops may be stateful or random.
+PURE_CUSTOM_OPS = {"ai.graphopt": None, "com.microsoft": {
+    "FusedConv", "FusedGemm", "FusedMatMul", "Attention", "MultiHeadAttention", "SkipLayerNormalization",
+    "SkipSimplifiedLayerNormalization", "SimplifiedLayerNormalization", "BiasGelu", "FastGelu", "QuickGelu",
+    "Gelu", "MatMulNBits", "QLinearConv", "QLinearAdd", "QLinearMul", "QLinearSigmoid"}}
+
+
+def _mergeable(node: gs.Node) -> bool:
+    if node.op in NONDETERMINISTIC:
+        return False
+    if node.domain in STANDARD_DOMAINS or node.domain == "ai.onnx.ml":
+        return True
+    if node.domain in PURE_CUSTOM_OPS:
+        ops = PURE_CUSTOM_OPS[node.domain]
+        return ops is None or node.op in ops
+    return False
+
+
 def _input_key(t: gs.Tensor):
     return "" if t.is_empty() else id(t)
 
@@ -264,7 +283,7 @@ def eliminate_common_subexpressions(graph: gs.Graph, ctx) -> PassResult:
     dead: set[int] = set()
     nested = ir.nested_graphs(graph)
     for node in graph.nodes:
-        if node.op in NONDETERMINISTIC or (node.domain not in STANDARD_DOMAINS and node.domain != "ai.onnx.ml"):
+        if not _mergeable(node):
             continue
         try:
             attrs = tuple(sorted((k, _attr_key(v)) for k, v in node.attrs.items()))

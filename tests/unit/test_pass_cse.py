@@ -171,3 +171,38 @@ def test_outer_duplicate_used_inside_branch_is_redirected():
         feeds=[{"c": np.array(c), "x": np.array([1.0, -2.0, 3.0], np.float32)} for c in (True, False)])
     then_add = subgraph(result.model, "If", "then_branch").node[0]
     assert then_add.input[0] == then_add.input[1]
+
+
+def test_unknown_custom_ops_never_merged():
+    # a custom-domain op may be stateful or random: two calls stay two calls
+    result = optimize(parse('<ir_version: 8, opset_import: ["" : 17, "vendor" : 1]>' + """
+        g (float[2,3] x) => (float[2,3] y) {
+            a = vendor.Sample(x)
+            b = vendor.Sample(x)
+            y = Sub(a, b)
+        }"""), ["cse"])
+    assert ops(result.model) == ["Sample", "Sample", "Sub"]
+
+
+def test_twin_fused_convs_merged_for_target_ort():
+    # two equal Conv+Relu branches on one input (equal weights under different names): fused to
+    # com.microsoft FusedConv for ORT, they must still merge (ORT's own CSE merges the originals)
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from graphopt.verify import compare_arrays, random_feed, run_ort
+    import graphopt
+    w = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c1"], ["r1"]),
+         helper.make_node("Conv", ["x", "w2"], ["c2"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c2"], ["r2"]),
+         helper.make_node("Concat", ["r1", "r2"], ["y"], axis=1)], "twins",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 8, 8, 8])],
+        [numpy_helper.from_array(w, "w1"), numpy_helper.from_array(w.copy(), "w2")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    out = graphopt.compile(model, level=2, target="ort")
+    assert sorted(n.op_type for n in out.graph.node) == ["Concat", "FusedConv"]
+    feed = random_feed(model, 0)
+    want, got = run_ort(model, feed), run_ort(out, feed)
+    assert compare_arrays("y", want["y"], got["y"], 1e-4, 1e-5).ok
