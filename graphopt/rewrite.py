@@ -81,6 +81,7 @@ class Match:
     nodes: dict = field(default_factory=dict)  # Op name -> gs.Node
     matched: list = field(default_factory=list)  # every matched node, root first
     new_nodes: list = field(default_factory=list)
+    rebound: list = field(default_factory=list)  # (old, new): non-root values the rewrite also replaces
 
     def __getitem__(self, name):
         return self.values[name]
@@ -96,6 +97,12 @@ class Match:
                        inputs=list(inputs), outputs=outs, domain=domain or None)
         self.new_nodes.append(node)
         return outs[0] if outputs == 1 else outs
+
+    def rebind(self, old: gs.Tensor, new: gs.Tensor) -> None:
+        """Also replace `old`, the output of a matched non-root node (matched with single_use=False),
+        by `new` everywhere: for a fused op that computes that intermediate too (e.g. the sum output
+        of SkipLayerNormalization), so the node that made it can go."""
+        self.rebound.append((old, new))
 
     def constant(self, array, base: str = "c") -> gs.Constant:
         return gs.Constant(ir.fresh_name(f"{self.root.name or 'const'}_{base}"), np.asarray(array))
@@ -312,7 +319,7 @@ def _commit(graph, m: Match, results, alive: set, added: list, push, nested) -> 
     root = m.root
     graph.nodes.extend(m.new_nodes)
     before = len(graph.nodes)
-    for old, new in zip(list(root.outputs), results):
+    for old, new in list(zip(list(root.outputs), results)) + m.rebound:
         if new is not None:
             ir.replace_all_uses(graph, old, new, nested)
     # replace_all_uses appends an Identity when a graph output must keep its name
@@ -335,7 +342,7 @@ def _commit(graph, m: Match, results, alive: set, added: list, push, nested) -> 
         for out in node.outputs:
             for c in out.outputs:
                 push(c)
-    for new in results:
+    for new in results + [new for _, new in m.rebound]:
         if isinstance(new, gs.Tensor):
             for c in new.outputs:
                 push(c)

@@ -16,6 +16,8 @@ from graphopt.validate import tensor_bytes
 from graphopt.pass_manager import PassResult, register_pass, register_rules
 from graphopt.rewrite import STANDARD_DOMAINS, Const, Op, Rule, Var, attr_value
 
+from .slice_shapes import refine_slices
+
 NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
                     "Bernoulli"}
 # Ops never evaluated at compile time: random, quantization boundaries (folding a
@@ -34,10 +36,12 @@ def infer_shapes(graph: gs.Graph, ctx) -> PassResult:
     """Run ONNX shape inference (with data propagation) and record shapes/dtypes on the IR."""
     unknown = {id(o): o for g in ir.all_graphs(graph) for n in g.nodes for o in n.outputs
                if isinstance(o, gs.Variable) and (o.shape is None or o.dtype is None or ir.static_shape(o) is None)}
-    tried = ctx.options.setdefault("shape_inference_tried", set())
-    if not unknown or set(unknown) <= tried:
-        return PassResult(False, {})  # nothing new to learn since the last run
-    tried.update(unknown)
+    # a rewrite since the last run (a folded constant, a new node) may make old values inferable;
+    # with no rewrite there is nothing new to learn
+    seen = _wiring(graph)
+    if not unknown or ctx.options.get("shape_inference_wiring") == seen:
+        return PassResult(False, {})
+    ctx.options["shape_inference_wiring"] = seen
     # before any rewrite the input model *is* the graph: skip the export
     model = _without_weights(ctx.model if not ctx.options.get("graph_changed") else ir.export(graph, ctx.model))
     try:
@@ -50,6 +54,7 @@ def infer_shapes(graph: gs.Graph, ctx) -> PassResult:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception:  # inference is best effort; passes simply see fewer shapes
         return PassResult(False, {"failed": 1})
+    inferred = refine_slices(model, inferred)
     _check_inferred_sizes(inferred.graph, ctx)
     wanted = {o.name: o for o in unknown.values()}
     learned = 0
@@ -63,6 +68,12 @@ def infer_shapes(graph: gs.Graph, ctx) -> PassResult:
             learned += 1
     # shapes are facts about the graph, not rewrites: they never make the pipeline iterate
     return PassResult(False, {"values_annotated": learned})
+
+
+def _wiring(graph: gs.Graph) -> int:
+    """A fingerprint of which tensors feed which nodes, subgraphs included (changes with any rewrite)."""
+    return hash(frozenset((id(n), tuple(id(t) for t in n.inputs), tuple(id(t) for t in n.outputs))
+                          for g in ir.all_graphs(graph) for n in g.nodes))
 
 
 def _check_inferred_sizes(graph: onnx.GraphProto, ctx) -> None:
@@ -143,9 +154,21 @@ def _value_infos(graph: onnx.GraphProto, wanted: dict):
 
 
 def _more_known(new, old) -> bool:
+    """new refines old: every dim at least as known (an int over a name, a model's name over an
+    unk__ one inference invented, either over none) and one strictly more; never a conflict."""
     if len(new) != len(old):
         return False
-    return sum(isinstance(d, int) for d in new) > sum(isinstance(d, int) for d in old)
+    rank = [(_dim_rank(n), _dim_rank(o)) for n, o in zip(new, old)]
+    if any(rn < ro or (ro == 2 and n != o) or (ro == 1 and rn == 1 and n != o)
+           for (rn, ro), n, o in zip(rank, new, old)):
+        return False
+    return any(rn > ro for rn, ro in rank)
+
+
+def _dim_rank(d) -> int:
+    if isinstance(d, int):
+        return 2
+    return 1 if isinstance(d, str) and d and not d.startswith("unk__") else 0
 
 
 # ---------------------------------------------------------------- shape-chain folding (rules)
@@ -228,7 +251,7 @@ register_rules("fold-shapes", SHAPE_RULES, level=1,
 @register_pass("fold-constants", level=1)
 def fold_constants(graph: gs.Graph, ctx) -> PassResult:
     """Evaluate nodes whose inputs are all constant (with ONNX Runtime) and store the results."""
-    changed = _constant_nodes_to_initializers(graph)
+    changed = _constant_nodes_to_initializers(graph, ctx)
     candidates = _candidates(graph)
     if not candidates:
         return PassResult(changed > 0, {"constant_nodes": changed} if changed else {})
@@ -243,7 +266,7 @@ def fold_constants(graph: gs.Graph, ctx) -> PassResult:
     return PassResult(bool(folded or changed), stats)
 
 
-def _constant_nodes_to_initializers(graph: gs.Graph) -> int:
+def _constant_nodes_to_initializers(graph: gs.Graph, ctx) -> int:
     converted = set()
     nested = ir.nested_graphs(graph)
     for node in graph.nodes:
@@ -251,11 +274,9 @@ def _constant_nodes_to_initializers(graph: gs.Graph) -> int:
             continue
         out = node.outputs[0]
         value = ir.const_value(out)
-        if value is None or ir.is_graph_output(graph, out):
+        if value is None or (ir.is_graph_output(graph, out) and not _may_become_output_initializer(graph, out, value, ctx)):
             continue
-        const = gs.Constant(out.name, np.asarray(value))
-        out.name = ir.fresh_name(out.name)
-        ir.replace_all_uses(graph, out, const, nested)
+        _bind_constant(graph, out, np.asarray(value), nested)
         converted.add(id(node))
         ir.detach(node)  # left in place it would be converted again on every run
     if converted:
@@ -275,8 +296,8 @@ def _candidates(graph: gs.Graph) -> list[gs.Node]:
         if (node.domain not in STANDARD_DOMAINS or node.op in NEVER_FOLD or node.op == "Constant"
                 or not node.outputs or ir.subgraphs(node)):
             continue
-        if any(ir.is_graph_output(graph, o) for o in node.outputs):
-            continue  # the output must keep its name; folding it would only add an Identity
+        # an output that is a graph output becomes an initializer of its name (_bind_constant); the
+        # size cap (_within_size_limit) applies to it as to every folded value
         if all(_is_constant(t) or id(t) in computable for t in node.inputs):
             chosen.append(node)
             computable.update(id(o) for o in node.outputs)
@@ -375,10 +396,7 @@ def _replace_with_constants(graph, candidates, values) -> int:
         if not all(o.name in values for o in outs):
             continue
         for out in outs:
-            value = np.asarray(values[out.name])
-            name = out.name
-            out.name = ir.fresh_name(name)
-            ir.replace_all_uses(graph, out, gs.Constant(name, value), nested)
+            _bind_constant(graph, out, np.asarray(values[out.name]), nested)
         folded += 1
     if folded:
         dead = {id(n) for n in candidates if all(not o.outputs for o in n.outputs)}
@@ -387,3 +405,18 @@ def _replace_with_constants(graph, candidates, values) -> int:
                 ir.detach(n)
         graph.nodes = [n for n in graph.nodes if id(n) not in dead]
     return folded
+
+
+def _may_become_output_initializer(graph: gs.Graph, out: gs.Tensor, value, ctx) -> bool:
+    """ONNX lets a graph output name an initializer (onnx.checker, ORT and graphopt.Session accept
+    it), as onnxsim writes them; only for a value within the fold cap that is not also an input."""
+    return not ir.is_graph_input(graph, out) and np.asarray(value).nbytes <= ctx.fold_limit
+
+
+def _bind_constant(graph: gs.Graph, out: gs.Tensor, value: np.ndarray, nested) -> None:
+    """Replace `out` by an initializer of its name. A graph output of `graph` becomes that
+    initializer itself (replace_all_uses would keep the name with an Identity of the constant)."""
+    const = gs.Constant(out.name, value)
+    out.name = ir.fresh_name(out.name)
+    graph.outputs = [const if o is out else o for o in graph.outputs]
+    ir.replace_all_uses(graph, out, const, nested)

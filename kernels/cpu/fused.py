@@ -4,7 +4,8 @@ Each replaces a chain of standard ops with one NumPy pass over the data; semanti
     Gelu(X; approximate)            0.5*x*(1+erf(x/sqrt2)), or the tanh form
     BiasGelu(X, B; approximate)     Gelu(X + B)
     LayerNormalization(X, S, B?)    as ONNX LayerNormalization-17 (axis, epsilon; float32 statistics)
-    SkipLayerNormalization(X, R, S, B?; epsilon)   LayerNormalization(X + R) over the last axis
+    SkipLayerNormalization(X, R, S, B?; epsilon)   LayerNormalization(X + R) over the last axis; a 4th
+                                                   output (2nd and 3rd empty) is the sum X + R, as ORT's
     RMSNormalization(X, S; axis, epsilon)          x / sqrt(mean(x^2) + eps) * S
     Attention(Q, K, V, M?; num_heads, scale)       softmax(Q K^T * scale + M) V per head, Q/K/V (B, S, H*D)
     FusedConv(X, W, B?, Z?; Conv attrs, activation, activation_params)   act(Conv(X, W, B) + Z), as ORT's
@@ -12,6 +13,8 @@ Each replaces a chain of standard ops with one NumPy pass over the data; semanti
 Conv and Gemm reuse the standard kernels and their build-time weight layout (kernels/cpu/prepared.py).
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -78,11 +81,20 @@ def bias_gelu(ins, at):
 
 
 def _normalize(x: np.ndarray, axis: int, eps: float, center: bool) -> np.ndarray:
-    xs = x if x.dtype == np.float64 else x.astype(np.float32)
+    # np.mean's own steps (add.reduce, then an in-place divide by an intp count): same results,
+    # without np.mean's argument handling, which costs more than the arithmetic on small tensors
+    xs = x if x.dtype == np.float64 or x.dtype == np.float32 else x.astype(np.float32)  # never written to
     axes = tuple(range(axis % x.ndim, x.ndim))
+    count = np.intp(math.prod(x.shape[a] for a in axes))
     if center:
-        xs = xs - xs.mean(axis=axes, keepdims=True)
-    inv = 1.0 / np.sqrt(np.mean(xs * xs, axis=axes, keepdims=True) + np.float32(eps))
+        m = np.add.reduce(xs, axis=axes, keepdims=True)
+        np.true_divide(m, count, out=m, casting="unsafe")
+        xs = xs - m
+    inv = np.add.reduce(xs * xs, axis=axes, keepdims=True)
+    np.true_divide(inv, count, out=inv, casting="unsafe")
+    inv += np.float32(eps)
+    np.sqrt(inv, out=inv)
+    np.divide(1.0, inv, out=inv)
     return xs * inv
 
 
@@ -98,7 +110,10 @@ def layer_norm(ins, at):
 @kernel("SkipLayerNormalization", 1, domain=DOMAIN)
 def skip_layer_norm(ins, at):
     x = ins[0] + ins[1]
-    return layer_norm([x, *ins[2:]], {"axis": -1, "epsilon": at.get("epsilon", 1e-5)})
+    y = layer_norm([x, *ins[2:]], {"axis": -1, "epsilon": at.get("epsilon", 1e-5)})
+    if at.get("__n_outputs__", 1) < 4:
+        return y
+    return (y[0], None, None, x)  # ORT's output order: mean and inv_std_var are not written
 
 
 @kernel("RMSNormalization", 1, domain=DOMAIN)
@@ -123,9 +138,9 @@ def attention(ins, at):
     scores *= calc(scale)
     if mask is not None:
         scores += mask.astype(calc, copy=False)
-    scores -= scores.max(axis=-1, keepdims=True)
+    scores -= np.maximum.reduce(scores, axis=-1, keepdims=True)  # = .max(): without the method's wrapper
     np.exp(scores, out=scores)
-    scores /= scores.sum(axis=-1, keepdims=True)
+    scores /= np.add.reduce(scores, axis=-1, keepdims=True)
     out = np.matmul(scores, vh).transpose(0, 2, 1, 3).reshape(b, s, -1)
     return (out.astype(q.dtype, copy=False),)
 

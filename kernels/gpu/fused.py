@@ -38,7 +38,10 @@ def skip_layer_norm(ins, at):
     x = rt.device(ins[0])
     x = x + rt.device(ins[1]).astype(x.dtype, copy=False)
     bias = rt.device(ins[3]) if len(ins) > 3 and ins[3] is not None else None
-    return nn._norm(x, rt.device(ins[2]), bias, -1, at.get("epsilon", 1e-5), 0, 1)
+    y = nn._norm(x, rt.device(ins[2]), bias, -1, at.get("epsilon", 1e-5), 0, 1)
+    if at.get("__n_outputs__", 1) < 4:
+        return y
+    return (y[0], None, None, x)  # ORT's output order (as the CPU kernel): the sum is the 4th
 
 
 @kernel("RMSNormalization", 1, device="gpu", domain=DOMAIN)

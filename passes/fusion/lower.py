@@ -152,6 +152,47 @@ def _gelu_onnx(graph, node, opset):
         node.attrs = {}
 
 
+def _skip_layernorm_ort(graph, node, opset):
+    """com.microsoft SkipLayerNormalization; it also takes a bias vector added with the skip (its 5th
+    input), so a residual branch ending in MatMul(x, W) + bias [hidden] gives its Add to it."""
+    to_domain(ORT, keep=("epsilon",))(graph, node, opset)
+    scale = ir.const_value(node.inputs[2])
+    for at in (0, 1):
+        found = _bias_add(graph, node.inputs[at], scale)
+        if found is None:
+            continue
+        add, value, bias = found
+        inputs = list(node.inputs)
+        inputs[at] = value
+        if len(inputs) < 4:
+            inputs.append(gs.Variable.empty())  # no beta
+        node.inputs = inputs + [bias]
+        ir.detach(add)
+        graph.nodes = [n for n in graph.nodes if n is not add]
+        return
+
+
+def _bias_add(graph, t: gs.Tensor, scale):
+    """(Add node, v, bias) when t = v + bias, bias a constant vector of the hidden size and t's dtype,
+    v of t's shape (the vector cannot broadcast it), t read only by the skip node; else None."""
+    add = ir.producer(t)
+    if add is None or add.op != "Add" or (add.domain or "") not in ("", "ai.onnx") or len(add.inputs) != 2:
+        return None
+    if len(t.outputs) != 1 or ir.is_graph_output(graph, t) or scale is None:
+        return None
+    for value, bias in (add.inputs, reversed(add.inputs)):
+        vec = ir.const_value(bias)
+        if vec is None or vec.ndim != 1 or vec.shape[0] != scale.size or ir.const_value(value) is not None:
+            continue
+        if value.dtype is None or t.dtype is None or np.dtype(value.dtype) != np.dtype(t.dtype) \
+                or vec.dtype != np.dtype(t.dtype):
+            continue
+        if value.shape is None or len(value.shape) < 1 or value.shape[-1] != scale.size:
+            continue
+        return add, value, bias
+    return None
+
+
 def _projected_from(t: gs.Tensor) -> gs.Tensor | None:
     """x when t = MatMul(x, W) or MatMul(x, W) + b (the projection keeps x's leading dims)."""
     node = ir.producer(t)
@@ -256,7 +297,7 @@ register_spelling("Gelu", "ort", _gelu_ort)
 register_spelling("BiasGelu", "ort", _gelu_ort)
 register_spelling("LayerNormalization", "onnx", to_domain("", keep=("axis", "epsilon")), min_opset=17)
 register_spelling("LayerNormalization", "ort", to_domain("", keep=("axis", "epsilon")), min_opset=17)
-register_spelling("SkipLayerNormalization", "ort", to_domain(ORT, keep=("epsilon",)))
+register_spelling("SkipLayerNormalization", "ort", _skip_layernorm_ort)
 register_spelling("RMSNormalization", "onnx", to_domain("", keep=("axis", "epsilon")), min_opset=23)
 register_spelling("RMSNormalization", "ort", to_domain("", keep=("axis", "epsilon")), min_opset=23)
 register_spelling("Attention", "onnx", lambda g, n, o: _attention(g, n, o, ort=False), min_opset=23)

@@ -4,6 +4,7 @@
     LayerNormalization(x, s, b) * gamma / + beta        -> LayerNormalization(x, s*gamma, b*gamma / b+beta)
     x / sqrt(mean(x^2) + eps)                           -> RMSNormalization(x, 1)     (and * gamma absorbed)
     LayerNormalization(a + b, s, b)                     -> SkipLayerNormalization(a, b, s, b)   (ort, graphopt)
+        (a + b read elsewhere too: its readers take the fused op's 4th output, the sum)
 
 LayerNorm is found as its core with unit scale; the affine Mul(gamma) and Add(beta) that follow are
 absorbed by two small rules, so every gamma/beta spelling (or none) folds. Axes may be an attribute
@@ -12,6 +13,7 @@ absorbed by two small rules, so every gamma/beta spelling (or none) folds. Axes 
 from __future__ import annotations
 
 import numpy as np
+import onnx_graphsurgeon as gs
 
 from graphopt import ir
 from graphopt.rewrite import Const, Op, Rule, Var, all_equal, attr_value
@@ -165,11 +167,27 @@ def _affine_check_shape(m) -> str | None:
     return None
 
 
+def _sum_is_read_elsewhere(m) -> bool:
+    """The residual sum a + b also feeds the next residual Add (pre-LN blocks) or is a graph output."""
+    total = m.nodes["add"].outputs[0]
+    return ir.is_graph_output(m.graph, total) or any(c is not m.root for c in total.outputs)
+
+
 def _skip(m):
-    ln = m.nodes["ln"]
+    ln, add = m.nodes["ln"], m.nodes["add"]
     eps = attr_value(ln, "epsilon", m.opset)
     inputs = [m["a"], m["b"], ln.inputs[1]] + ([ln.inputs[2]] if optional_input(ln, 2) is not None else [])
-    return emit(m, "SkipLayerNormalization", inputs, {"epsilon": float(1e-5 if eps is None else eps)}, **out_like(m))
+    attrs = {"epsilon": float(1e-5 if eps is None else eps)}
+    if not _sum_is_read_elsewhere(m):
+        return emit(m, "SkipLayerNormalization", inputs, attrs, **out_like(m))
+    # outputs (y, mean, inv_std_var, input_skip_bias_sum), as ORT's: only y and the sum are written
+    y, _, _, total = emit(m, "SkipLayerNormalization", inputs, attrs, outputs=4, **out_like(m))
+    node = m.new_nodes[-1]
+    node.outputs[1], node.outputs[2] = gs.Variable.empty(), gs.Variable.empty()
+    old = add.outputs[0]
+    total.dtype, total.shape = old.dtype, old.shape
+    m.rebind(old, total)
+    return y
 
 
 # ---------------------------------------------------------------- the rules
@@ -222,9 +240,11 @@ register_fusion_rules("fuse-layernorm", LAYERNORM_RULES, PRODUCES, level=2,
                       doc="Decomposed LayerNorm/RMSNorm (last axis) -> fused op, gamma/beta absorbed "
                           "(onnx target: LayerNormalization >= 17, RMSNormalization >= 23)")
 
-SKIP_RULES = [Rule("skip-layernorm", Op("LayerNormalization", Op("Add", Var("a"), Var("b"), name="add"), Const("scale"),
-                                        allow_extra_inputs=True, domain=d, name="ln"), _skip, _skip_check)
-              for d in ("", FUSED)]  # LayerNormalization(a + b, s, bias) -> SkipLayerNormalization(a, b, s, bias)
+SKIP_RULES = [Rule("skip-layernorm", Op("LayerNormalization", Op("Add", Var("a"), Var("b"), name="add", single_use=False),
+                                        Const("scale"), allow_extra_inputs=True, domain=d, name="ln"), _skip, _skip_check)
+              for d in ("", FUSED)]
+# LayerNormalization(a + b, s, bias) -> SkipLayerNormalization(a, b, s, bias); when a + b is read elsewhere
+# too (pre-LN residual stream), its readers take the fused op's input_skip_bias_sum output instead
 
 register_fusion_rules("fuse-skip-layernorm", SKIP_RULES, {"skip-layernorm": "SkipLayerNormalization"}, level=2,
                       doc="Add + LayerNormalization -> SkipLayerNormalization (targets ort, graphopt)")

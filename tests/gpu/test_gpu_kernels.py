@@ -239,6 +239,32 @@ def test_missing_kernel_is_an_error_unless_fallback_is_asked():
     assert sess.fallback_ops
 
 
+def _prenorm_residual_model():
+    """Pre-LN residual stream in standard ops: s = a + b feeds LayerNorm and the next residual Add,
+    so --target graphopt fuses a skip-LayerNorm that also writes the sum (its 4th output)."""
+    rng = np.random.default_rng(0)
+    consts = [onnx.numpy_helper.from_array(rng.standard_normal(16).astype(np.float32), n) for n in ("g", "beta")]
+    nodes = [helper.make_node("Add", ["a", "b"], ["s"]),
+             helper.make_node("LayerNormalization", ["s", "g", "beta"], ["ln"], axis=-1, epsilon=1e-5),
+             helper.make_node("Add", ["s", "ln"], ["y"])]
+    vis = [helper.make_tensor_value_info(n, F, [2, 5, 16]) for n in ("a", "b")]
+    g = helper.make_graph(nodes, "prenorm", vis, [helper.make_tensor_value_info("y", F, [2, 5, 16])], consts)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 10
+    return m
+
+
+def test_fused_skip_layernorm_writes_the_sum():
+    model = _prenorm_residual_model()
+    fused = graphopt.compile(model, level=2, target="graphopt")
+    skip = next(n for n in fused.graph.node if n.op_type == "SkipLayerNormalization")
+    assert len(skip.output) == 4 and skip.output[3]
+    feed = _feed([("a", F, [2, 5, 16]), ("b", F, [2, 5, 16])], seed=4)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)
+    got = graphopt.Session(fused, device="gpu").run(None, feed)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-5)
+
+
 def test_fused_chain_and_cuda_graph_replay():
     x = helper.make_tensor_value_info("x", F, [4, 8, 32])
     nodes = [helper.make_node("Add", ["x", "b"], ["t0"]), helper.make_node("Gelu", ["t0"], ["t1"]),

@@ -292,6 +292,16 @@ def main() -> int:
         fused = sorted({n.op_type for n in model.graph.node if n.domain == "ai.graphopt"})
         print(("FAIL " if problems else "ok   ") + f"golden {name} --target graphopt {fused} {problems[:1]}")
         results.append(not problems)
+    prenorm = cases._prenorm_residual_model()  # skip-LayerNorm that also writes the residual sum
+    feed = cases._feed([("a", cases.F, [2, 5, 16]), ("b", cases.F, [2, 5, 16])], 4)
+    try:
+        got = graphopt.Session(graphopt.compile(prenorm, level=2, target="graphopt"), device="gpu").run(None, feed)
+        ok = np.allclose(got[0], reference(prenorm, feed)[0], rtol=1e-4, atol=1e-5)
+        print(("ok   " if ok else "FAIL ") + "skip-layernorm with sum output --target graphopt")
+    except Exception as e:  # noqa: BLE001  (reported per case)
+        print(f"ERR  skip-layernorm with sum output: {type(e).__name__}: {e}")
+        ok = False
+    results.append(ok)
     print(f"{sum(results)}/{len(results)} passed")
     return 0 if all(results) else 1
 

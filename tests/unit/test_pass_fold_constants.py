@@ -85,6 +85,61 @@ def test_folded_value_that_is_a_graph_output_keeps_its_name():
     assert_same_outputs(model, result.model)
 
 
+def session_outputs(model, feed):
+    import graphopt
+    return graphopt.Session(model).run(None, feed)
+
+
+def test_constant_graph_output_becomes_an_initializer_of_its_name():
+    # k = 2 * 3 is a graph output read by nothing: it becomes the initializer "k" (as onnxsim writes it)
+    result = check_pass(H17 + """
+        g (float[2] x) => (float[2] y, float k) <float c1 = {2.0}, float c2 = {3.0}> {
+            y = Relu(x)
+            k = Mul(c1, c2)
+        }""", FOLD, expect_ops=["Relu"])  # checker + ORT on the original
+    assert [o.name for o in result.model.graph.output] == ["y", "k"]
+    assert initializer(result.model, "k") == np.float32(6.0)  # spec: 2 * 3
+    feed = {"x": np.array([-1.0, 2.0], np.float32)}
+    y, k = session_outputs(result.model, feed)  # graphopt's runtime reads the output from the initializer
+    np.testing.assert_array_equal(y, [0.0, 2.0])
+    assert k == np.float32(6.0) and k.dtype == np.float32
+
+
+def test_constant_node_that_is_a_graph_output_becomes_an_initializer():
+    result = check_pass(H17 + """
+        g (float[2] x) => (float[2] y, int64[2] k) {
+            y = Neg(x)
+            k = Constant<value = int64[2] {4, 5}>()
+        }""", FOLD, expect_ops=["Neg"])
+    assert [o.name for o in result.model.graph.output] == ["y", "k"]
+    np.testing.assert_array_equal(initializer(result.model, "k"), [4, 5])
+
+
+def test_constant_graph_output_over_fold_limit_stays_a_node():
+    # 64x64 float (16 KiB) over a 4 KiB cap: the output keeps its producer
+    check_pass(H17 + """
+        g (float[2] x) => (float[2] y, float[64,64] k) <int64[2] shape = {64, 64}> {
+            y = Neg(x)
+            k = ConstantOfShape<value = float[1] {0.5}>(shape)
+        }""", FOLD, fold_limit=4096, expect_ops=["ConstantOfShape", "Neg"])
+
+
+def test_constant_branch_output_of_if_becomes_an_initializer():
+    model = parse(H17 + """
+        g (bool c, float[2] x) => (float[2] y) <float[2] a = {1.0, 2.0}> {
+            y = If(c) <then_branch = t () => (float[2] ty) { ty = Add(a, a) },
+                       else_branch = e () => (float[2] ey) { ey = Neg(x) }>
+        }""")
+    result = optimize(model, FOLD)
+    check(result.model)
+    then = subgraph(result.model, "If", "then_branch")
+    assert len(then.node) == 0 and [t.name for t in then.initializer] == [then.output[0].name]
+    for flag in (True, False):
+        feed = {"c": np.array(flag), "x": np.array([1.0, -3.0], np.float32)}
+        assert_same_outputs(model, result.model, feeds=[feed])
+        np.testing.assert_array_equal(session_outputs(result.model, feed)[0], [2.0, 4.0] if flag else [-1.0, 3.0])
+
+
 def test_constant_of_shape_over_fold_limit_stays():
     # 64x64 float = 16 KiB: over a 4 KiB limit it stays, and so does everything built on it
     text = H17 + """

@@ -153,3 +153,74 @@ def test_second_run_learns_nothing_new():
     result = optimize(model, ["infer-shapes", "eliminate-noops"], max_iterations=3)
     recs = [r for r in result.report.passes if r["name"] == "infer-shapes"]
     assert len(recs) == 1  # nothing changed, so the pipeline ran once
+
+
+SLICED_TO_SEQUENCE = H17 + """
+    g (float[B,S,4] x) => (float[B,S,4] y) <int64[1,16] buf = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+                                            int64 one = {1}, int64[1] zero1 = {0}, int64[1] axes = {AXIS}> {
+        shp = Shape(x)
+        seq = Gather<axis = 0>(shp, one)
+        seq_end = Unsqueeze(seq, zero1)
+        ids = Slice(buf, zero1, seq_end, axes)
+        f = Cast<to = 1>(ids)
+        u = Unsqueeze(f, axes2)
+        s = Add(x, u)
+        y = Relu(s)
+    }"""
+
+
+def sliced_to_sequence(axis: int):
+    return parse(SLICED_TO_SEQUENCE.replace("{AXIS}", f"{{{axis}}}").replace(
+        "axes2)", "last)").replace("int64 one = {1},", "int64 one = {1}, int64[1] last = {2},"))
+
+
+def test_slice_with_computed_end_keeps_the_axes_it_does_not_cut():
+    # buf[:, :seq] is [1, ?]: ONNX alone infers [unk, unk], and x + u then gets an unk batch dim too
+    model = sliced_to_sequence(axis=1)
+    graph = run_on_ir(model)
+    ids, s = tensor(graph, "ids"), tensor(graph, "s")
+    assert ids.shape[0] == 1 and not isinstance(ids.shape[1], int)  # the cut axis stays unknown
+    assert s.shape[0] == "B" and s.shape[2] == 4
+    result = optimize(model, ["infer-shapes"])
+    check(result.model)
+    assert_same_outputs(model, result.model, feeds=[{"x": np.ones((2, n, 4), np.float32)} for n in (1, 5)])
+
+
+def test_slice_refinement_never_names_the_cut_axis():
+    # slicing axis 0 of [1, 16] to seq: the length is min(seq, 1), not knowable; axis 1 keeps 16
+    model = sliced_to_sequence(axis=0)
+    graph = run_on_ir(model)
+    ids = tensor(graph, "ids")
+    assert not isinstance(ids.shape[0], int) and ids.shape[0] not in ("B", "S") and ids.shape[1] == 16
+
+
+def test_a_named_dim_replaces_an_invented_unk_dim():
+    # r was recorded as [unk__9, 3] (an earlier run's invention); inference from x: [N, 3] names it
+    model = parse(H17 + """
+        g (float[N,3] x) => (float[N,3] y) {
+            r = Relu(x)
+            y = Neg(r)
+        }""")
+    graph = ir.load(model)
+    tensor(graph, "r").shape = ["unk__9", 3]
+    load_builtin_passes()
+    graphopt.PassManager(level=0, passes=["infer-shapes"]).run(graph, model)
+    assert list(tensor(graph, "r").shape) == ["N", 3]
+
+
+def test_values_become_inferable_after_folding():
+    # the Slice end is ReduceMax of a constant: no data propagation, so s is [?] until fold-constants
+    # turns the end into an initializer; the next infer-shapes run (no new node) must learn s = [2]
+    model = parse(H17 + """
+        g (float[4] x) => (float[2] y) <int64[2] ends = {2, 1}, int64[1] zero = {0}> {
+            e = ReduceMax<keepdims = 1>(ends)
+            s = Slice(x, zero, e)
+            y = Relu(s)
+        }""")
+    graph = ir.load(model)
+    load_builtin_passes()
+    graphopt.PassManager(level=0, passes=["infer-shapes", "fold-constants"]).run(graph, model)
+    assert list(tensor(graph, "s").shape) == [2]
+    result = optimize(model, ["infer-shapes", "fold-constants"])
+    check(result.model)
+    assert_same_outputs(model, result.model)
