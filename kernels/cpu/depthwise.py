@@ -1,0 +1,194 @@
+"""Convolutions as "row-wide" im2col + GEMM: depthwise, grouped and dense, 1-D and 2-D.
+
+The plain im2col (prepared._Conv) copies a (C, kh, kw, Ho, Wo) window view whose innermost run
+is one output row (Wo elements, 7-28 on MobileNet/ShuffleNet depthwise layers), so the copy is
+dominated by per-row overhead, and a depthwise conv is mostly that copy. Here the output is
+computed on rows as wide as the input (W) and each channel plane is stored flat with only its
+zero rows above and below: for stride 1, kernel offset (i, j) then reads one contiguous run of
+Ho*W elements starting at (i*dy)*W + j*dx - pad_left, so the columns are one strided-view copy
+with long inner runs, and for "same" padding (Wo == W) the GEMM output is the result, no crop.
+A read left of column 0 or right of column W-1 wraps into the neighbouring row; those entries
+are the horizontal zero padding and are zeroed in the columns after the copy. Stride sx > 1
+splits the input into sx column phases (phase q: columns q, q+sx, ...) so that each offset still
+reads contiguous runs; the vertical stride is a row stride of the view. Columns are copied and
+multiplied in blocks of groups that fit in L2. Small layers spend as much in view bookkeeping as
+in arithmetic, so the padded buffer and its views are made once per input geometry (_Plan).
+
+Measured single-thread float32 against the plain path (interleaved runs on a shared 2-core
+machine, lower quartiles): depthwise 3x3 stride 1 1.6-2.2x faster from 7x7 to 112x112 planes
+(272x14x14: 631 -> 362 us), 5x5 1.7-3x; depthwise stride 2 1.2-1.5x (on par at 112x56x56);
+grouped 3x3 1.6x; dense 3x3 1.1-1.7x, except where Winograd wins (WINOGRAD_MIN_WORK). The result
+differs from the plain path's only by float rounding (the GEMM sees other matrix shapes).
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from ._scratch import scratch
+
+# column-block size for the copy + GEMM: blocks of groups whose columns fit in L2 (measured:
+# large planes, e.g. 32x112x112 depthwise, run ~1.5x faster blocked; small ones are one block)
+BLOCK_BYTES = 512 * 1024
+# Winograd F(2x2,3x3) (prepared._Conv) beats this path on dense 3x3 convs only once its GEMMs
+# dominate its transforms: C_in * C_out * output pixels of at least this (measured: 128x128
+# channels at 28x28 or 256x256 at 14x14 are 1.1x faster with Winograd; 64x64 at 28x28 1.4x
+# faster here, 128x128 at 16x16 1.1x)
+WINOGRAD_MIN_WORK = 8 << 20
+# padded inputs up to this size get a buffer of their own per conv and geometry, zeros written
+# once and views made once (that bookkeeping costs more than the arithmetic on small layers);
+# bigger ones share a scratch buffer (measured: 0.7-8 MiB per Session on the light zoo models)
+OWN_BUFFER_BYTES = 512 * 1024
+MAX_PLANS = 8  # input geometries (x threads) remembered per conv, each holding a padded-input buffer
+
+
+class RowWideConv:
+    """A 1-D or 2-D conv with weights laid out as (groups, M/groups, C/groups*kh*kw)."""
+
+    def __init__(self, w_gemm: np.ndarray, kshape, dilations):
+        self.w_gemm = w_gemm
+        self.group, self.mg, self.ckk = w_gemm.shape
+        self.kshape = [1] * (2 - len(kshape)) + list(kshape)
+        self.dil = [1] * (2 - len(dilations)) + list(dilations)
+        self._plans = {}
+
+    @staticmethod
+    def suits(kshape, out_shape) -> bool:
+        """Whether a conv takes this path: 1-D/2-D with a kernel larger than 1x1 (pointwise convs
+        are one GEMM on the input as is, or one strided copy and a GEMM when strided)."""
+        return len(kshape) in (1, 2) and any(k > 1 for k in kshape) and min(out_shape) > 0
+
+    @staticmethod
+    def beats_winograd(c_in: int, c_out: int, out_shape) -> bool:
+        return c_in * c_out * int(np.prod(out_shape)) < WINOGRAD_MIN_WORK
+
+    def __call__(self, x: np.ndarray, begin, end, out_shape, bias, strides=(1, 1)) -> np.ndarray:
+        if x.ndim == 3:  # 1-D conv: a 2-D one with a single row
+            y = self(x[:, :, None, :], [0] + list(begin), [0] + list(end), [1] + list(out_shape), bias,
+                     [1] + list(strides))
+            return y.reshape(y.shape[:2] + (y.shape[3],))
+        key = (x.shape, x.dtype, tuple(begin), tuple(end), tuple(strides), threading.get_ident())
+        plan = self._plans.get(key)
+        if plan is None:
+            if len(self._plans) >= MAX_PLANS:  # dynamic shapes: keep memory bounded
+                self._plans.clear()
+            plan = self._plans[key] = _Plan(self, x.shape, x.dtype, begin, end, out_shape, strides)
+        return plan.run(x, bias)
+
+
+class _Plan:
+    """Everything about one input geometry that does not depend on the input values, made on its
+    first run: the padded-input layout, the views each kernel offset reads, the wrapped columns.
+    A small padded input gets a buffer of its own whose zeros are written once (only the input
+    rows are rewritten per run) and whose views are made once; one plan per thread, since every
+    run rewrites the buffer. A big one uses a shared scratch buffer, re-zeroed and re-viewed."""
+
+    def __init__(self, conv: RowWideConv, shape, dtype, begin, end, out_shape, strides):
+        n, c, h, w = shape
+        (kh, kw), (dy, dx), (sy, sx) = conv.kshape, conv.dil, strides
+        (pt, pl), pb = begin, end[0]
+        ho, wo = out_shape
+        wq = -(-w // sx)  # columns per stride phase
+        self.grow = max(0, wo - wq) * sx  # pads wider than the kernel reaches: real zero columns
+        if self.grow:
+            w += self.grow
+            wq = wo
+        # kernel column j reads input column ox*sx + j*dx - pl, i.e. column ox + shift[j] of the
+        # stride phase phase[j] (phase q holds input columns q, q+sx, ...)
+        shift = [(j * dx - pl) // sx for j in range(kw)]
+        phase = [(j * dx - pl) % sx for j in range(kw)]
+        hp = h + pt + pb
+        plane = hp * wq
+        head, tail = max(0, -shift[0]), max(0, shift[-1])
+        self.layout = (n, c, h, w, hp, wq, pt, head, tail, sx, dtype)
+        self.view_args = (kh, kw, ho, plane, dy, dx, sy, shift, phase)
+        self.flat = None
+        if sx * (head + n * c * plane + tail) * np.dtype(dtype).itemsize <= OWN_BUFFER_BYTES:
+            self.flat = self._zeroed(np.empty(sx * (head + n * c * plane + tail), dtype))
+            self.interior, self.views = self._bind(self.flat)
+        # a column outside 0..wq-1 of its phase wrapped into a neighbouring row: it belongs to
+        # the zero padding
+        self.wrapped = [(j, lo, hi) for j, (lo, hi) in enumerate(
+            (max(0, min(wq, -d)), max(0, min(wq, wq - d))) for d in shift) if lo or hi < wq]
+        self.conv, self.sx = conv, sx
+        self.n, self.c, self.ho, self.wo, self.wq, self.kh, self.kw = n, c, ho, wo, wq, kh, kw
+        cpg = c // conv.group
+        self.gb = max(1, min(conv.group, BLOCK_BYTES // max(n * cpg * kh * kw * ho * wq * np.dtype(dtype).itemsize, 1)))
+
+    def _zeroed(self, flat):
+        """Write the zeros of the padded-input layout into `flat`: per stride phase, a region of
+        `head` zeros, the channel planes (zero rows above and below the input rows, and a zero
+        last column where the phase is a column short), `tail` zeros. Only wrapped (zeroed in the
+        columns) or garbage columns read head and tail: zeros there keep garbage finite."""
+        n, c, h, w, hp, wq, pt, head, tail, sx, _ = self.layout
+        region = flat.shape[0] // sx
+        for q in range(sx):
+            flat[q * region:q * region + head] = 0
+            flat[(q + 1) * region - tail:(q + 1) * region] = 0
+            xp = flat[q * region + head:(q + 1) * region - tail].reshape(n, c, hp, wq)
+            xp[:, :, :pt] = 0
+            xp[:, :, pt + h:] = 0
+            xp[:, :, pt:pt + h, -(-(w - q) // sx):] = 0
+        return flat
+
+    def _bind(self, flat):
+        """(where each phase of x is copied, the view each kernel offset reads) over `flat`."""
+        n, c, h, w, hp, wq, pt, head, tail, sx, _ = self.layout
+        kh, kw, ho, plane, dy, dx, sy, shift, phase = self.view_args
+        region = flat.shape[0] // sx
+        interior = []
+        for q in range(sx):
+            xp = flat[q * region + head:(q + 1) * region - tail].reshape(n, c, hp, wq)
+            interior.append((xp[:, :, pt:pt + h, :-(-(w - q) // sx)], q))
+        it = flat.itemsize
+        st = (c * plane * it, plane * it, dy * wq * it)
+        if sx == 1:  # one view for all kernel offsets: offset (i, j) starts at i*dy*wq + shift[j]
+            views = [(slice(None), as_strided(flat[head + shift[0]:], (n, c, kh, kw, ho, wq),
+                                              st + (dx * it, sy * wq * it, it), writeable=False))]
+        else:
+            views = [(j, as_strided(flat[phase[j] * region + head + shift[j]:], (n, c, kh, ho, wq),
+                                    st + (sy * wq * it, it), writeable=False)) for j in range(kw)]
+        return interior, views
+
+    def run(self, x, bias):
+        if self.grow:
+            x = np.concatenate([x, np.zeros(x.shape[:3] + (self.grow,), x.dtype)], axis=3)
+        sx = self.sx
+        if self.flat is not None:
+            interior, views = self.interior, self.views
+        else:  # big input: a shared scratch buffer, so its zeros and views are redone each run
+            n, c, _, _, hp, wq, _, head, tail, sx, dtype = self.layout
+            size = sx * (head + n * c * hp * wq + tail)
+            interior, views = self._bind(self._zeroed(scratch("rowwide_pad", (size,), dtype)))
+        for dst, q in interior:
+            np.copyto(dst, x if sx == 1 else x[:, :, :, q::sx])
+        conv, n, c, ho, wq = self.conv, self.n, self.c, self.ho, self.wq
+        g, mg, ckk, gb = conv.group, conv.mg, conv.ckk, self.gb
+        cpg, span = c // g, ho * wq  # output rows as wide as a phase; columns wo.. are garbage
+        y = np.empty((n, g, mg, span), x.dtype)
+        cols = scratch("cols", (n, gb * cpg, self.kh, self.kw, ho, wq), x.dtype)
+        for g0 in range(0, g, gb):
+            g1 = min(g, g0 + gb)
+            block = cols if g1 - g0 == gb else cols[:, :(g1 - g0) * cpg]
+            for j, view in views:
+                np.copyto(block[:, :, :, j], view[:, g0 * cpg:g1 * cpg] if g > gb else view)
+            for j, lo, hi in self.wrapped:
+                if lo:
+                    block[:, :, :, j, :, :lo] = 0
+                if hi < wq:
+                    block[:, :, :, j, :, hi:] = 0
+            np.matmul(conv.w_gemm[g0:g1] if g > gb else conv.w_gemm, block.reshape(n, g1 - g0, ckk, span),
+                      out=y[:, g0:g1] if g > gb else y)
+        y = y.reshape(n, g * mg, ho, wq)
+        if self.wo < wq:
+            res = np.empty((n, g * mg, ho, self.wo), x.dtype)
+            if bias is None:
+                np.copyto(res, y[..., :self.wo])
+            else:
+                np.add(y[..., :self.wo], bias.reshape(1, -1, 1, 1), out=res)
+            return res
+        if bias is not None:
+            np.add(y, bias.reshape(1, -1, 1, 1), out=y)
+        return y
