@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--int8-include-final", action="store_true",
                    help="also quantize the final classifier layer (kept float by default for static)")
     g.add_argument("--accuracy-budget", type=float, metavar="ERR",
-                   help="largest error vs the float model on --eval data; falls back sensitive layers to float")
+                   help="largest error vs the float model on --eval data; falls back sensitive layers to float "
+                        "(--int8) or lowers the prune ratio / leaves sensitive layers unpruned (--prune)")
     g.add_argument("--eval", metavar="DATA", help="held-out evaluation data (never the calibration data)")
     g.add_argument("--metric", default="top1", help="top1 | cosine | max-rel-error | python:module:function")
     g.add_argument("--best-effort", action="store_true", help="write the most accurate candidate when none meets the budget")
@@ -65,13 +66,17 @@ def requested(args) -> bool:
 def validate(args) -> None:
     """Usage checks that need no model: run before compiling so a mistake costs nothing."""
     if not args.int8:
-        for opt, val in (("--calib", args.calib), ("--accuracy-budget", args.accuracy_budget)):
+        budget = args.accuracy_budget if args.prune is None else None  # --prune alone: a prune-ratio search
+        for opt, val in (("--calib", args.calib), ("--accuracy-budget", budget)):
             if val is not None:
-                raise UsageError(f"{opt} needs an int8 mode (--int8 static|dynamic)")
+                raise UsageError(f"{opt} needs an int8 mode (--int8 static|dynamic)" +
+                                 (" or --prune" if opt == "--accuracy-budget" else ""))
         if args.eval and not (args.fp16 or args.int4_weights) and args.prune is None:
             raise UsageError("--eval needs a lossy mode (--int8, --int4-weights, --fp16 or --prune)")
     if args.prune is not None and not 0.0 <= args.prune < 1.0:
         raise UsageError(f"--prune must be in [0, 1), got {args.prune}")
+    if args.prune is not None and args.accuracy_budget is not None and (args.int8 or args.fp16 or args.int4_weights):
+        raise UsageError("--accuracy-budget searches one lossy step: use it with --prune alone or with --int8 alone")
     if sum(bool(x) for x in (args.int8, args.fp16, args.int4_weights)) > 1:
         raise UsageError("--int8, --int4-weights and --fp16 are exclusive: choose one")
     if args.int4_weights and (args.block_size < 16 or args.block_size & (args.block_size - 1)):
@@ -151,6 +156,14 @@ def _prune(args, model: onnx.ModelProto, quiet: bool) -> onnx.ModelProto:
         from .calibrate import feeds_list
         feeds = feeds_list(args.eval, model, "evaluation")
         sample = {k: v.shape for k, v in feeds[0].items()}
+    if args.accuracy_budget is not None:  # lower the ratio until the budget holds (graphopt/budget.py)
+        from .budget import prune_with_budget
+        say = None if quiet else (lambda msg: print(f"  {msg}", file=sys.stderr, flush=True))
+        out, report, table = prune_with_budget(model, args.prune, args.prune_mode, feeds, args.accuracy_budget,
+                                               args.metric, args.best_effort, args.prune_scope, say)
+        if not quiet:
+            print(report.to_text() + "\n" + table)
+        return out
     out, report = prune(model, args.prune, args.prune_mode, sample, args.prune_scope)
     if not quiet:
         print(report.to_text())

@@ -1,11 +1,10 @@
 """Pruning: channel (weights really shrink), unstructured magnitude, and 2:4 semi-structured.
 
-Channel mode removes the lowest-L2-norm output channels of Conv (group 1) / Gemm / MatMul and
-follows the pruned tensor through every consumer that keeps the channel axis aligned: unary
-activations, BatchNormalization, elementwise ops with a constant operand, pooling, depthwise Conv
-(its channels go too), Flatten of a 1x1 map; it stops at the next Conv/Gemm/MatMul, whose input
-channels it slices. Anything else on the way (a graph output, a residual Add of two activations,
-Concat, Reshape, ...) makes it refuse that layer and leave it alone, with the reason in the report.
+Channel mode (prune_channels.py) removes the lowest-L2-norm output channels of Conv / ConvTranspose
+/ Gemm / MatMul and the matching inputs of every consumer, through BN, activations, elementwise ops,
+Concat/Split, gates and residual joins (layers sharing channels are pruned as a group); a layer it
+cannot follow is left alone with the reason in the report. Unstructured and 2:4 modes
+zero weights in place (shapes stay).
 """
 from __future__ import annotations
 
@@ -13,14 +12,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
+from .prune_base import attr as _attr
+from .prune_base import infer_shapes as _shapes
+from .prune_base import producers as _producers
+from .prune_base import subgraph_reads
+from .prune_channels import prune_channels
 from .quantize.common import ModelView, node_label
 
-UNARY = {"Relu", "Sigmoid", "Tanh", "Clip", "LeakyRelu", "HardSigmoid", "HardSwish", "Elu", "Selu", "Gelu",
-         "Softplus", "Identity", "Neg", "Abs", "Mish", "Dropout"}
-POOLS = {"GlobalAveragePool", "GlobalMaxPool", "MaxPool", "AveragePool"}
-BINARY = {"Add", "Sub", "Mul", "Div"}
 MODES = ("channel", "unstructured", "2:4")
 
 
@@ -30,6 +30,7 @@ class PruneReport:
     ratio: float
     pruned: dict = field(default_factory=dict)     # layer -> "kept/total channels" or sparsity
     refused: dict = field(default_factory=dict)    # layer -> reason
+    coupled: dict = field(default_factory=dict)    # gate producer -> the layer it was pruned along with
     params_before: int = 0
     params_after: int = 0
     nonzero_after: int = 0
@@ -47,145 +48,19 @@ class PruneReport:
         return "\n".join(lines)
 
 
-def _attr(node, name, default):
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
-
-
 def _set_const(view: ModelView, node, index: int, value: np.ndarray) -> None:
-    """Give node.input[index] a new (sliced) initializer: shared weights are never edited in place."""
+    """Give node.input[index] a new initializer: shared weights are never edited in place."""
     node.input[index] = view.add_init(f"{node.input[index]}_pruned", value)
 
 
-class _Refuse(Exception):
-    pass
-
-
-def _producers(view: ModelView):
-    for node in view.model.graph.node:
-        if node.op_type in ("Conv", "Gemm", "MatMul") and len(node.input) > 1:
-            w = view.const(node.input[1])
-            if w is None or w.dtype.kind != "f":
-                continue
-            if node.op_type == "Conv" and _attr(node, "group", 1) != 1:
-                continue
-            if node.op_type == "Gemm" and _attr(node, "transA", 0):
-                continue
-            if node.op_type == "MatMul" and w.ndim != 2:
-                continue
-            yield node, w
-
-
-def _out_axis(node, w):
-    """(axis of the output channel in the weight, axis of the channel in the output tensor)."""
-    if node.op_type == "Conv":
-        return 0, 1
-    if node.op_type == "Gemm":
-        return (0 if _attr(node, "transB", 0) else 1), -1
-    return 1, -1
-
-
-def _plan_edits(view: ModelView, tensor: str, axis: int, rank: int | None, keep: np.ndarray, edits: list) -> None:
-    """Collect (kind, node, input index, new value) edits for every reader of the pruned tensor and
-    of everything that carries its channels on; raises _Refuse naming a reader it cannot follow.
-    A join of two activations is allowed only when both carry these same pruned channels
-    (x * hardsigmoid(x), a gate): checked once the whole region is known."""
-    seen: set[str] = set()
-    joins: list[tuple[str, str]] = []
-    stack = [(tensor, axis, rank)]
-    while stack:
-        t, ax, rk = stack.pop()
-        if t in seen:
-            continue
-        seen.add(t)
-        _follow(view, t, ax, rk, keep, edits, stack, joins)
-    for label, other in joins:
-        if other not in seen:
-            raise _Refuse(f"'{label}' joins the channels with another activation")
-
-
-def _follow(view, tensor, axis, rank, keep, edits, stack, joins) -> None:
-    if tensor in view.outputs:
-        raise _Refuse(f"channels reach the graph output '{tensor}'")
-    for reader in view.consumers.get(tensor, []):
-        op, label = reader.op_type, node_label(reader)
-        if op in UNARY or op in POOLS:
-            if op == "Clip" and any(view.const(i) is not None and view.const(i).size > 1 for i in reader.input[1:] if i):
-                raise _Refuse(f"'{label}' clips per channel")
-            stack.append((reader.output[0], axis, rank))
-        elif op == "BatchNormalization":
-            params = [view.const(reader.input[k]) for k in range(1, 5)]
-            if any(p is None for p in params):
-                raise _Refuse(f"'{label}' has non-constant parameters")
-            edits.extend(("input", reader, k, p[keep]) for k, p in zip(range(1, 5), params))
-            stack.append((reader.output[0], axis, rank))
-        elif op in BINARY:
-            other = [i for i in reader.input if i != tensor]
-            if not other:  # x * x
-                stack.append((reader.output[0], axis, rank))
-                continue
-            c = view.const(other[0])
-            if c is None:
-                joins.append((label, other[0]))
-                stack.append((reader.output[0], axis, rank))
-                continue
-            if rank is None:
-                raise _Refuse(f"rank of '{tensor}' unknown at '{label}'")
-            k = (axis % rank) - (rank - c.ndim)
-            if k >= 0 and c.shape[k] > 1:
-                edits.append(("input", reader, list(reader.input).index(other[0]), np.take(c, keep, axis=k)))
-            stack.append((reader.output[0], axis, max(rank, c.ndim)))
-        elif op == "Conv" and reader.input[0] == tensor:
-            w = view.const(reader.input[1])
-            group = _attr(reader, "group", 1)
-            if w is None:
-                raise _Refuse(f"'{label}' has a non-constant weight")
-            if group == 1:
-                edits.append(("input", reader, 1, w[:, keep]))
-            elif group == w.shape[0] and w.shape[1] == 1:  # depthwise: its channels go too
-                edits.append(("input", reader, 1, w[keep]))
-                if len(reader.input) > 2 and reader.input[2]:
-                    edits.append(("input", reader, 2, view.const(reader.input[2])[keep]))
-                edits.append(("group", reader, int(keep.size), None))
-                stack.append((reader.output[0], 1, rank))
-            else:
-                raise _Refuse(f"'{label}' is a grouped Conv")
-        elif op in ("Resize", "Upsample") and reader.input[0] == tensor and rank is not None \
-                and _keeps_channels(view, reader, axis % rank):
-            stack.append((reader.output[0], axis, rank))
-        elif op == "Flatten" and _attr(reader, "axis", 1) == 1 and rank is not None and axis % rank == 1 \
-                and _spatial_is_one(view, tensor):
-            stack.append((reader.output[0], 1, 2))
-        elif op in ("Gemm", "MatMul") and reader.input[0] == tensor and (rank is None or axis % rank == rank - 1):
-            w = view.const(reader.input[1])
-            if w is None or (op == "MatMul" and w.ndim != 2):
-                raise _Refuse(f"'{label}' has a non-constant or batched weight")
-            if op == "Gemm" and _attr(reader, "transA", 0):
-                raise _Refuse(f"'{label}' has transA")
-            in_axis = 1 if op == "Gemm" and _attr(reader, "transB", 0) else 0
-            edits.append(("input", reader, 1, np.take(w, keep, axis=in_axis)))
-        else:
-            raise _Refuse(f"cannot follow channels through '{label}' ({op})")
-
-
-def _keeps_channels(view: ModelView, node, axis: int) -> bool:
-    """Resize/Upsample whose scale on the channel axis is 1 (and no size given for it)."""
-    scales = view.const(node.input[2]) if node.op_type == "Resize" and len(node.input) > 2 and node.input[2] \
-        else view.const(node.input[1]) if node.op_type == "Upsample" and len(node.input) > 1 else None
-    sizes = view.const(node.input[3]) if node.op_type == "Resize" and len(node.input) > 3 and node.input[3] else None
-    if sizes is not None and sizes.size:
-        return False
-    return scales is not None and scales.size > axis and float(scales[axis]) == 1.0
-
-
-def _spatial_is_one(view: ModelView, tensor: str) -> bool:
-    shape = view.shapes.get(tensor)
-    return shape is not None and len(shape) > 2 and all(d == 1 for d in shape[2:])
-
-
 def prune(model: onnx.ModelProto, ratio: float, mode: str = "channel", sample_shapes: dict | None = None,
-          scope: str = "layer") -> tuple[onnx.ModelProto, PruneReport]:
+          scope: str = "layer", exclude=(), align: int = 4) -> tuple[onnx.ModelProto, PruneReport]:
     """sample_shapes (input -> shape) fixes symbolic dims for the FLOP count only; scope "global"
-    makes unstructured pruning use one magnitude threshold over all layers instead of one per layer."""
+    makes unstructured pruning use one magnitude threshold over all layers instead of one per layer;
+    exclude names layers (node labels, as in the report) to leave unpruned. Channel mode keeps a
+    multiple of `align` channels in layers of 16 or more (30% of 48 channels cuts 12, not 14):
+    on ONNX Runtime's CPU kernels that measured faster than the exact ratio (bench/prune_bench.py);
+    align=1 cuts exactly floor(ratio * channels)."""
     if scope not in ("layer", "global"):
         raise ValueError(f"prune scope must be layer or global, got {scope}")
     if mode not in MODES:
@@ -197,62 +72,30 @@ def prune(model: onnx.ModelProto, ratio: float, mode: str = "channel", sample_sh
     report = PruneReport(mode, ratio)
     report.params_before, _, report.flops_before = _stats(m, sample_shapes)
     view = ModelView(m)
-    view.shapes = _shapes(m)
     if mode == "channel":
-        _prune_channels(view, ratio, report)
+        prune_channels(m, view, ratio, report, exclude, align)
     else:
-        _prune_weights(view, ratio, mode, report, scope)
+        _prune_weights(view, ratio, mode, report, scope, set(exclude))
     from .quantize.static import _drop_unused_initializers
     _drop_unused_initializers(m)
+    _drop_unused_constants(m)
     del m.graph.value_info[:]  # shapes changed; the checker / ORT infer them again
     report.params_after, report.nonzero_after, report.flops_after = _stats(m, sample_shapes)
     onnx.checker.check_model(m)
     return m, report
 
 
-def _prune_channels(view: ModelView, ratio: float, report: PruneReport) -> None:
-    for node, _ in list(_producers(view)):
-        w = view.const(node.input[1])  # read again: an earlier layer may have sliced its input channels
-        w_axis, out_axis = _out_axis(node, w)
-        total = w.shape[w_axis]
-        drop = int(np.floor(total * ratio))
-        if drop == 0:
-            continue
-        norms = np.sqrt((np.moveaxis(w, w_axis, 0).reshape(total, -1).astype(np.float64) ** 2).sum(1))
-        keep = np.sort(np.argsort(norms, kind="stable")[drop:])
-        edits = [("input", node, 1, np.take(w, keep, axis=w_axis))]
-        if len(node.input) > 2 and node.input[2]:
-            b = view.const(node.input[2])
-            if b is None or b.ndim != 1 or b.size != total:
-                report.refused[node_label(node)] = "bias is not a constant per-channel vector"
-                continue
-            edits.append(("input", node, 2, b[keep]))
-        rank = len(view.shapes[node.output[0]]) if node.output[0] in view.shapes else (w.ndim if node.op_type == "Conv" else None)
-        try:
-            _plan_edits(view, node.output[0], out_axis, rank, keep, edits)
-        except _Refuse as why:
-            report.refused[node_label(node)] = str(why)
-            continue
-        for kind, target, index, value in edits:
-            if kind == "group":
-                for a in target.attribute:
-                    if a.name == "group":
-                        a.i = index
-            else:
-                _set_const(view, target, index, value.astype(value.dtype))
-        view.refresh()
-        report.pruned[node_label(node)] = f"{keep.size}/{total} channels"
-
-
-def _prune_weights(view: ModelView, ratio: float, mode: str, report: PruneReport, scope: str = "layer") -> None:
+def _prune_weights(view: ModelView, ratio: float, mode: str, report: PruneReport, scope: str = "layer",
+                   exclude: set = frozenset()) -> None:
+    layers = [(n, w) for n, w in _producers(view) if node_label(n) not in exclude]
     global_thresh = None
     if mode == "unstructured" and scope == "global":
-        every = np.concatenate([np.abs(w).ravel() for _, w in _producers(view)] or [np.zeros(0, np.float32)])
+        every = np.concatenate([np.abs(w).ravel() for _, w in layers] or [np.zeros(0, np.float32)])
         k = int(np.floor(every.size * ratio))
         global_thresh = np.partition(every, k - 1)[k - 1] if k else None
         if global_thresh is None:
             return
-    for node, w in list(_producers(view)):
+    for node, w in layers:
         if mode == "unstructured":
             if global_thresh is None:
                 k = int(np.floor(w.size * ratio))
@@ -263,6 +106,7 @@ def _prune_weights(view: ModelView, ratio: float, mode: str, report: PruneReport
                 thresh = global_thresh
             mask = np.abs(w) > thresh
         else:  # 2:4 along the reduction (input-channel) axis: keep the 2 largest of every 4
+            # ConvTranspose weights are (C_in, C_out, k...): their reduction axis is 0, as for MatMul
             in_axis = 1 if node.op_type == "Conv" or (node.op_type == "Gemm" and _attr(node, "transB", 0)) else 0
             moved = np.moveaxis(w, in_axis, -1)
             if moved.shape[-1] % 4:
@@ -278,17 +122,13 @@ def _prune_weights(view: ModelView, ratio: float, mode: str, report: PruneReport
         report.pruned[node_label(node)] = f"{1 - mask.mean():.1%} zeros"
 
 
-def _shapes(model: onnx.ModelProto) -> dict:
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001
-        return {}
-    out = {}
-    for vi in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
-        t = vi.type.tensor_type
-        if t.HasField("shape"):
-            out[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-    return out
+def _drop_unused_constants(model: onnx.ModelProto) -> None:
+    """Constant nodes whose weights were replaced by sliced initializers are now read by no one."""
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output} \
+        | subgraph_reads(model.graph)
+    dead = [n for n in model.graph.node if n.op_type == "Constant" and n.output[0] not in used]
+    for n in dead:
+        model.graph.node.remove(n)
 
 
 def _stats(model: onnx.ModelProto, sample_shapes: dict | None = None) -> tuple[int, int, int]:

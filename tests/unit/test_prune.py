@@ -83,7 +83,7 @@ def test_channel_pruning_shrinks_shapes_and_keeps_outputs():
        g (float[1,4,5,5] x) => (float[1,4,5,5] y) { y = Conv(x, w, b) }""", "reach the graph output"),
     ("""<ir_version: 8, opset_import: ["": 17]>
        g (float[1,4,5,5] x) => (float[1,8,5,5] y) { c = Conv(x, w, b)  y = Concat<axis=1>(c, x) }""",
-     "cannot follow channels through 'Concat"),
+     "channels reach the graph output 'y'"),
 ])
 def test_channel_pruning_refuses_what_it_cannot_follow(text, reason):
     model = onnx.parser.parse_model(text)
@@ -133,3 +133,172 @@ def test_cli_prune(tmp_path, capsys):
     assert _weight(onnx.load(out), "c1").shape[0] == 5
     assert main(["compile", str(src), "-o", str(tmp_path / "bad.onnx"), "--prune", "1.5"]) == 2
     assert not (tmp_path / "bad.onnx").exists()
+
+
+# ------------------------------------------------------------------ through Concat / Split
+def _build(text, shapes, seed=0):
+    """Parse `text` and give every name in `shapes` a seeded random initializer (BN means/shifts 0,
+    variances positive, so a channel that is exactly 0 stays 0 through BN)."""
+    model = onnx.parser.parse_model(text)
+    rng = np.random.default_rng(seed)
+    for name, shape in shapes.items():
+        if name.startswith(("mean", "shift")):
+            v = np.zeros(shape)
+        elif name.startswith(("var", "scale")):
+            v = rng.uniform(0.5, 2.0, shape)
+        elif isinstance(shape, np.ndarray):
+            v = shape
+        else:
+            v = rng.normal(size=shape)
+        model.graph.initializer.append(onnx.numpy_helper.from_array(np.asarray(v, v.dtype if v.dtype.kind == "i"
+                                                                               else np.float32), name))
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _init(model, name):
+    return onnx.numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == name))
+
+
+def _zero_lowest(model, layers, ratio):
+    """Reference model: the original with the weights of the lowest-L2-norm output channels of each
+    named Conv (weight name, bias name) set to exactly zero. Those channels then hold the constant
+    act(bias), which pruning folds into the next layer's bias: with unpadded consumers, removing the
+    channels must reproduce this model exactly."""
+    ref = onnx.ModelProto()
+    ref.CopyFrom(model)
+    for wname, bname in layers:
+        w, b = _init(model, wname).copy(), _init(model, bname).copy()
+        dead = np.argsort(np.sqrt((w.reshape(len(w), -1).astype(np.float64) ** 2).sum(1)))[:int(len(w) * ratio)]
+        w[dead] = 0.0
+        for t in ref.graph.initializer:
+            if t.name in (wname, bname):
+                t.CopyFrom(onnx.numpy_helper.from_array(w if t.name == wname else b, t.name))
+    return ref
+
+
+def _run_all(model, feed):
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, feed)
+
+
+CONCAT = """<ir_version: 8, opset_import: ["": 17]>
+cat (float[N,3,8,8] x) => (float[N,5,8,8] y) {
+  a = Conv<pads=[1,1,1,1]>(x, wa, ba)
+  ra = Relu(a)
+  b = Conv(x, wb, bb)
+  rb = Relu(b)
+  c = Concat<axis=1>(rb, ra, x)
+  n = BatchNormalization(c, scale, shift, mean, var)
+  p = MaxPool<kernel_shape=[3,3], pads=[1,1,1,1]>(n)
+  y = Conv(p, wy, by)
+}"""
+
+
+def test_channel_pruning_through_concat_slices_the_consumer_at_the_right_offsets():
+    positive = np.abs(np.random.default_rng(9).normal(size=12)) + 0.5  # relu(bias) > 0: there is a constant to fold
+    model = _build(CONCAT, {"wa": (8, 3, 3, 3), "ba": positive[:8], "wb": (4, 3, 1, 1), "bb": positive[8:], "scale": (15,),
+                            "shift": (15,), "mean": (15,), "var": (15,), "wy": (5, 15, 1, 1), "by": (5,)})
+    pruned, report = prune(model, 0.25, "channel")
+    onnx.checker.check_model(pruned, full_check=True)
+    assert set(report.pruned) == {"Conv:a", "Conv:b"} and "graph output 'y'" in report.refused["Conv:y"]
+    # b (4 -> 3) sits before a (8 -> 6) in the Concat, the graph input x (3) stays whole: 3 + 6 + 3
+    assert _weight(pruned, "a").shape == (6, 3, 3, 3) and _weight(pruned, "b").shape == (3, 3, 1, 1)
+    assert _weight(pruned, "y").shape == (5, 12, 1, 1)
+    bn = next(n for n in pruned.graph.node if n.op_type == "BatchNormalization")
+    assert all(_init(pruned, i).shape == (12,) for i in bn.input[1:])
+    ref = _zero_lowest(model, [("wa", "ba"), ("wb", "bb")], 0.25)
+    x = np.random.default_rng(3).normal(size=(2, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(_run_all(pruned, {"x": x})[0], _run_all(ref, {"x": x})[0], rtol=1e-4, atol=1e-5)
+
+
+SPLIT = {  # (opset, how the split sizes are given, first part's size)
+    "sizes input": (17, "s0, s1 = Split<axis=1>(r, sizes)", 3),
+    "split attribute": (11, "s0, s1 = Split<axis=1, split=[3,5]>(r)", 3),
+    "equal (no sizes)": (17, "s0, s1 = Split<axis=1>(r)", 4),
+    "num_outputs": (18, "s0, s1 = Split<axis=1, num_outputs=2>(r)", 4),
+}
+
+
+@pytest.mark.parametrize("form", list(SPLIT))
+def test_channel_pruning_through_split_updates_the_sizes(form):
+    opset, split, first = SPLIT[form]
+    text = f"""<ir_version: 8, opset_import: ["": {opset}]>
+    sp (float[N,3,6,6] x) => (float[N,4,6,6] y0, float[N,4,4,4] y1) {{
+      a = Conv<pads=[1,1,1,1]>(x, wa, ba)
+      r = Relu(a)
+      {split}
+      y0 = Conv(s0, w0, b0)
+      h = Sigmoid(s1)
+      y1 = Conv(h, w1, b1)
+    }}"""
+    wa = np.random.default_rng(5).normal(size=(8, 3, 3, 3))
+    wa[[1, 6]] *= 0.01  # the two channels to go: one in each part, so both sizes shrink
+    shapes = {"wa": wa, "ba": (8,), "w0": (4, first, 1, 1), "b0": (4,), "w1": (4, 8 - first, 3, 3), "b1": (4,)}
+    if "sizes" in form:
+        shapes["sizes"] = np.array([3, 5], np.int64)
+    model = _build(text, shapes)
+    pruned, report = prune(model, 0.25, "channel")
+    onnx.checker.check_model(pruned, full_check=True)
+    assert report.pruned == {"Conv:a": "6/8 channels"}, report.refused
+    assert _weight(pruned, "y0").shape[1] == first - 1 and _weight(pruned, "y1").shape[1] == 8 - first - 1
+    x = np.random.default_rng(4).normal(size=(2, 3, 6, 6)).astype(np.float32)
+    # the dropped channels hold relu(bias) (and sigmoid of it in h): folded into y0's and y1's biases
+    ref = _zero_lowest(model, [("wa", "ba")], 0.25)
+    for got, want in zip(_run_all(pruned, {"x": x}), _run_all(ref, {"x": x})):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+REFUSE = {
+    "Concat on a spatial axis": ("""c = Conv(x, w, b)
+        k = Concat<axis=2>(c, x)
+        y = Conv(k, w, b)""", "not the channel axis", "float[1,4,8,4] y"),
+    "Concat consumer cannot shrink": ("""c = Conv(x, w, b)
+        k = Concat<axis=1>(c, x)
+        y = Reshape(k, shape)""", "cannot follow channels through 'Reshape:y' (Reshape)", "float[1,128] y"),
+    "Concat input channels unknown": ("""c = Conv(x, w, b)
+        k = Concat<axis=1>(c, u)
+        y = Reshape(k, shape)""", "channel count of 'u' unknown", "float[1,?] y"),
+    "Split output is a graph output": ("""c = Conv(x, w, b)
+        y, s1 = Split<axis=1>(c, halves)
+        r = Relu(s1)""", "channels reach the graph output 'y'", "float[1,2,4,4] y"),
+    "Split on a spatial axis": ("""c = Conv(x, w, b)
+        s0, s1 = Split<axis=2>(c, halves)
+        y = Concat<axis=2>(s1, s0)""", "not the channel axis", "float[1,4,4,4] y"),
+    "Split output would be empty": ("""c = Conv(x, w, b)
+        s0, s1 = Split<axis=1>(c, one_three)
+        t = Concat<axis=1>(s1, s0)
+        y = Conv(t, w, b)""", "would empty output 's0'", "float[1,4,4,4] y"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSE))
+def test_channel_pruning_refuses_concat_split_it_cannot_prove(case):
+    body, reason, out = REFUSE[case]
+    text = f"""<ir_version: 8, opset_import: ["": 17]>
+    g (float[1,4,4,4] x, float[1,C,4,4] u) => ({out}) {{
+      {body}
+    }}"""
+    w = np.random.default_rng(0).normal(size=(4, 4, 1, 1))
+    w[0] *= 1e-3  # the lowest-norm channel is the one in s0 when sizes are [1, 3]
+    model = _build(text, {"w": w, "b": (4,), "shape": np.array([1, -1], np.int64),
+                          "halves": np.array([2, 2], np.int64), "one_three": np.array([1, 3], np.int64)})
+    pruned, report = prune(model, 0.25, "channel")
+    assert not report.pruned and reason in report.refused["Conv:c"], report.refused
+    assert pruned.graph.node == model.graph.node  # the graph is left alone
+    assert {t.name: onnx.numpy_helper.to_array(t).tolist() for t in pruned.graph.initializer} == \
+        {t.name: onnx.numpy_helper.to_array(t).tolist() for t in model.graph.initializer
+         if any(t.name in n.input for n in model.graph.node)}
+    onnx.checker.check_model(pruned, full_check=True)
+
+
+def test_kept_channels_are_rounded_to_a_multiple_of_align():
+    model = _build("""<ir_version: 8, opset_import: ["": 17]>
+    wide (float[1,3,4,4] x) => (float[1,5,4,4] y) { a = Conv(x, wa, ba)  r = Relu(a)  y = Conv(r, wy, by) }""",
+                   {"wa": (32, 3, 1, 1), "ba": (32,), "wy": (5, 32, 1, 1), "by": (5,)})
+    _, report = prune(model, 0.3, "channel")  # floor(9.6) = 9 cut -> 23 kept -> rounded up to 24
+    assert report.pruned == {"Conv:a": "24/32 channels"}
+    pruned, report = prune(model, 0.3, "channel", align=1)
+    assert report.pruned == {"Conv:a": "23/32 channels"} and _weight(pruned, "y").shape == (5, 23, 1, 1)
