@@ -5,7 +5,7 @@ detector, DBNet/MobileNetV3; a real text recognizer, PP-OCRv4 SVTR with self-att
 CNN text-direction classifier). Data: real text (the Python standard library's module docstrings)
 rendered with PIL and DejaVu fonts; calibration and evaluation use different lines. Both quantizers get the same float model (graphopt -O2 output)
 and the same calibration feeds; agreement is measured against the float model on the evaluation
-feeds, latency with ONNX Runtime (all graph optimizations, 1 thread, best of N runs).
+feeds, latency with ONNX Runtime (all graph optimizations, 1 thread, best and median of N rounds).
 
     pip install pillow && pip install --no-deps rapidocr-onnxruntime==1.4.4
     python bench/int8_bench.py [--quick] [--out bench/results/int8_bench.md]
@@ -129,19 +129,42 @@ def session(model_or_path, threads=1):
 
 
 def interleaved_latency_ms(models, feed, runs):
-    """Best-of-N latency per model, the models taking turns run by run, so that load from other
-    processes on a shared machine falls on all of them alike."""
+    """Latency per model over N rounds; in each round every model runs once, the starting model
+    rotating, so that load from other processes on a shared machine falls on all of them alike.
+    Returns a (runs, models) array of milliseconds."""
     sessions = [session(m) for m in models]
     for s in sessions:
         for _ in range(3):
             s.run(None, feed)
-    best = [float("inf")] * len(sessions)
-    for _ in range(runs):
-        for i, s in enumerate(sessions):
+    times = np.zeros((runs, len(sessions)))
+    for r in range(runs):
+        for k in range(len(sessions)):
+            i = (r + k) % len(sessions)
             t = time.perf_counter()
-            s.run(None, feed)
-            best[i] = min(best[i], time.perf_counter() - t)
-    return [1000 * b for b in best]
+            sessions[i].run(None, feed)
+            times[r, i] = 1000 * (time.perf_counter() - t)
+    return times
+
+
+# graphopt rows compared with the ORT row that uses the same activation type / mode
+VERSUS = [("graphopt int8 static (", "ORT quantize_static ("), ("graphopt int8 static U8S8", "ORT quantize_static U8S8"),
+          ("graphopt int8 dynamic", "ORT quantize_dynamic")]
+
+
+def latency_ratios(labels, times) -> list[str]:
+    """graphopt / ORT latency for each pair in VERSUS: best vs best, and the median over rounds of
+    the per-round ratio (robust when other work on the machine comes and goes)."""
+    lines = []
+    for ours, theirs in VERSUS:
+        i = next((k for k, lab in enumerate(labels) if lab.startswith(ours)), None)
+        j = next((k for k, lab in enumerate(labels) if lab.startswith(theirs)), None)
+        if i is None or j is None:
+            continue
+        best = times[:, i].min() / times[:, j].min()
+        med = float(np.median(times[:, i] / times[:, j]))
+        lines.append(f"{labels[i].split(' (')[0]} / {labels[j].split(' (')[0]} latency: "
+                     f"{best:.3f} (best of {len(times)}), {med:.3f} (median of per-round ratios)")
+    return lines
 
 
 def outputs(model, feeds):
@@ -206,15 +229,19 @@ def bench_model(name, kind, path, calib, evals, runs, tmp: Path, modes):
             q, _ = lossy.int8_dynamic(base)
             rows.append((f"graphopt int8 dynamic ({time.perf_counter() - t:.1f} s)", q, None))
             rows.append(("ORT quantize_dynamic", ort_dynamic(float_path, tmp / f"{name}.ort_dyn.onnx"), None))
-    times = interleaved_latency_ms([model for _, model, _ in rows], evals[0], runs)
-    float_ms = times[0]
+    all_times = interleaved_latency_ms([model for _, model, _ in rows], evals[0], runs)
+    best, median = all_times.min(axis=0), np.median(all_times, axis=0)
+    float_ms = best[0]
     table = []
-    for (label, model, _), ms in zip(rows, times):
+    for (label, model, _), ms, med in zip(rows, best, median):
         agree = agreement(kind, ref, outputs(model, evals)) if model is not base else {}
-        table.append((label, ms, float_ms / ms, model.ByteSize() / 2**20, agree))
-        print(f"  {label:40} {ms:8.2f} ms  x{float_ms / ms:4.2f}  {model.ByteSize() / 2**20:6.2f} MiB  "
-              + "  ".join(f"{k} {v:.4f}" for k, v in agree.items()), flush=True)
-    return table
+        table.append((label, ms, med, float_ms / ms, model.ByteSize() / 2**20, agree))
+        print(f"  {label:40} {ms:8.2f} ms (median {med:8.2f})  x{float_ms / ms:4.2f}  "
+              f"{model.ByteSize() / 2**20:6.2f} MiB  " + "  ".join(f"{k} {v:.4f}" for k, v in agree.items()), flush=True)
+    ratios = latency_ratios([label for label, _, _ in rows], all_times)
+    for line in ratios:
+        print("  " + line, flush=True)
+    return table, ratios
 
 
 MODELS = [("PP-OCRv4 det (CNN)", "det", "ch_PP-OCRv4_det_infer.onnx", det_feeds, ("static",)),
@@ -227,6 +254,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer feeds and timing runs")
     ap.add_argument("--only", help="det, cls or rec")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "int8_bench.md"))
+    ap.add_argument("--runs", type=int, help="timing rounds (default 15, 10 with --quick)")
     args = ap.parse_args(argv)
     spec = importlib.util.find_spec("rapidocr_onnxruntime")
     if spec is None:
@@ -236,23 +264,25 @@ def main(argv=None) -> int:
     lines = text_lines()
     calib_lines, eval_lines = lines[0::2], lines[1::2]  # disjoint: evaluation never sees calibration text
     n_cal, n_eval, runs = (8, 8, 10) if args.quick else (16, 24, 15)
+    runs = args.runs or runs
     report = [f"# int8 bench ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
               f"{platform.processor() or 'cpu'}, onnxruntime {ort.__version__}, 1 thread)", "",
               f"{n_cal} calibration / {n_eval} evaluation feeds of rendered real text (disjoint lines); "
-              "latency: ORT best of {runs} runs on one evaluation feed, the models taking turns run by run.".replace("{runs}", str(runs)), ""]
+              "latency: ORT, best and median of {runs} rounds on one evaluation feed, every model running once per round "
+              "(starting model rotating).".replace("{runs}", str(runs)), ""]
     with tempfile.TemporaryDirectory() as tmp:
         for name, kind, file, make, modes in MODELS:
             if args.only and args.only != kind:
                 continue
             rng_c, rng_e = np.random.default_rng(1), np.random.default_rng(2)
             calib, evals = make(calib_lines, n_cal, rng_c), make(eval_lines, n_eval, rng_e)
-            table = bench_model(name, kind, models_dir / file, calib, evals, runs, Path(tmp), modes)
-            report += [f"## {name}", "", "| model | ORT ms | speedup vs float | MiB | agreement with float |",
-                       "|---|---:|---:|---:|---|"]
-            for label, ms, ratio, mib, agree in table:
-                report.append(f"| {label} | {ms:.2f} | {ratio:.2f} | {mib:.2f} | "
+            table, ratios = bench_model(name, kind, models_dir / file, calib, evals, runs, Path(tmp), modes)
+            report += [f"## {name}", "", "| model | ORT ms (best) | ORT ms (median) | speedup vs float | MiB "
+                       "| agreement with float |", "|---|---:|---:|---:|---:|---|"]
+            for label, ms, med, ratio, mib, agree in table:
+                report.append(f"| {label} | {ms:.2f} | {med:.2f} | {ratio:.2f} | {mib:.2f} | "
                               + ", ".join(f"{k} {v:.4f}" for k, v in agree.items()) + " |")
-            report.append("")
+            report += [""] + [f"- {line}" for line in ratios] + [""]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(report) + "\n")
     print(f"wrote {args.out}")

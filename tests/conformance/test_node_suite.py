@@ -74,9 +74,24 @@ def _normalize(x):
     return x
 
 
+def run_random_case(case) -> None:
+    """Bernoulli draws random bits: the values cannot equal the suite's, so check what can be checked
+    (output count, shape, dtype, every value 0 or 1)."""
+    rep = GraphoptBackend.prepare(case.model, "CPU")
+    for inputs, outputs in case.data_sets:
+        got = list(rep.run([_normalize(x) for x in inputs]))
+        assert len(got) == len(outputs)
+        for e, g in zip((_normalize(x) for x in outputs), got):
+            assert g.shape == e.shape and g.dtype == e.dtype, (g.shape, e.shape, g.dtype, e.dtype)
+            assert np.isin(g, (0, 1)).all(), "Bernoulli output outside {0, 1}"
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_node(name):
     case = CASES[name]
+    if name.startswith("test_bernoulli"):  # random: may match the suite's values by chance
+        run_random_case(case)
+        pytest.xfail(EXPECTED_FAILURES.get(name, "random output"))
     try:
         run_case(case)
     except Exception as e:

@@ -34,6 +34,20 @@ mlp (float[N,16] x) => (float[N,8] y) {
   y = Add(m3, b3)
 }"""
 
+# A text detector's shape (PP-OCR det, DBNet): features, then an upsampling head that ends in
+# ConvTranspose layers and a Sigmoid map.
+DET = """<ir_version: 8, opset_import: ["": 17]>
+det (float[N,3,8,8] x) => (float[N,1,16,16] y) {
+  c1 = Conv<pads=[1,1,1,1]>(x, w1, b1)
+  r1 = Relu(c1)
+  c2 = Conv<pads=[1,1,1,1]>(r1, w2, b2)
+  r2 = Relu(c2)
+  t1 = ConvTranspose<strides=[2,2], kernel_shape=[2,2]>(r2, wt1, bt1)
+  r3 = Relu(t1)
+  t2 = ConvTranspose<pads=[1,1,1,1], kernel_shape=[3,3]>(r3, wt2, bt2)
+  y = Sigmoid(t2)
+}"""
+
 
 def _model(text: str, shapes: dict, seed: int) -> onnx.ModelProto:
     model = onnx.parser.parse_model(text)
@@ -59,6 +73,24 @@ def cnn(seed: int = 0) -> onnx.ModelProto:
 def mlp(seed: int = 0) -> onnx.ModelProto:
     return _model(MLP, {"w1": (16, 32), "b1": (32,), "g1": (32,), "be1": (32,), "w2": (32, 32), "b2": (32,),
                         "w3": (32, 8), "b3": (8,)}, seed)
+
+
+def det(seed: int = 0) -> onnx.ModelProto:
+    return _model(DET, {"w1": (8, 3, 3, 3), "b1": (8,), "w2": (8, 8, 3, 3), "b2": (8,), "wt1": (8, 4, 2, 2),
+                        "bt1": (4,), "wt2": (4, 1, 3, 3), "bt2": (1,)}, seed)
+
+
+def ort_optimized_ops(model: onnx.ModelProto, path) -> list[onnx.NodeProto]:
+    """The nodes of the graph ONNX Runtime runs after all its optimizations (QDQ fusions included),
+    written by ORT to `path` (1 thread, CPU)."""
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    opts.optimized_model_filepath = str(path)
+    ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return list(onnx.load(str(path)).graph.node)
 
 
 def feeds(name: str, shape, count: int, seed: int) -> list[dict]:

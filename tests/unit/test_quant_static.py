@@ -183,3 +183,100 @@ def test_constant_operands_quantized_only_with_uint8_activations():
     np.testing.assert_allclose(graphopt.Session(q).run(None, feed)[0], _ort(q).run(None, feed)[0],
                                rtol=1e-4, atol=1e-5)
     assert _cosine_err(_ort(model).run(None, feed)[0], _ort(q, optimize=True).run(None, feed)[0]) < 1e-3
+
+
+def _weight_dq_dtype(q: onnx.ModelProto, node_output: str):
+    """Element type of the initializer behind the weight of the node writing `node_output` (through
+    its DequantizeLinear), or None when the weight is a plain float initializer."""
+    node = next(n for n in q.graph.node if n.output[0] == node_output)
+    inits = {t.name: t for t in q.graph.initializer}
+    if node.input[1] in inits:
+        return None
+    dq = next(n for n in q.graph.node if n.output[0] == node.input[1])
+    assert dq.op_type == "DequantizeLinear"
+    return inits[dq.input[0]].data_type
+
+
+def test_detector_head_conv_before_conv_transpose_is_quantized():
+    # the head of a detector is its ConvTranspose (no quantizer here quantizes it); the Conv feeding
+    # it is a feature layer and gets int8 per-channel weights like the others
+    model = qm.det()
+    q, report = lossy.int8_static(model, qm.feeds("x", (4, 3, 8, 8), 8, seed=1))
+    onnx.checker.check_model(q, full_check=True)
+    assert _weight_dq_dtype(q, "c2") == onnx.TensorProto.INT8 and _weight_dq_dtype(q, "c1") == onnx.TensorProto.INT8
+    assert _weight_dq_dtype(q, "t1") is None and _weight_dq_dtype(q, "t2") is None
+    assert not any(k.startswith("Conv") for k in report.kept_float)
+    feed = qm.feeds("x", (2, 3, 8, 8), 1, seed=7)[0]
+    want = _ort(model).run(None, feed)[0]
+    got = _ort(q, optimize=True).run(None, feed)[0]
+    assert _cosine_err(want, got) < 1e-3 and np.abs(want - got).max() < 0.05
+
+
+def test_float_layers_get_no_q_on_their_output(tmp_path):
+    # A Conv/ConvTranspose/Gemm left float must not sit between a DQ and a Q (Relu/Clip between
+    # allowed): ORT would quantize its weight per tensor itself (WeightBiasQuantization).
+    model = qm.cnn()
+    data = qm.feeds("x", (4, 3, 8, 8), 8, seed=1)
+    q, report = lossy.int8_static(model, data, exclude=["Conv:c3"], activations="uint8")
+    assert "Conv:c3" in report.kept_float and _weight_dq_dtype(q, "c3") is None
+    readers = {i for n in q.graph.node if n.op_type == "QuantizeLinear" for i in n.input[:1]}
+    assert not readers & {"c3", "r3"}
+    # what ORT runs: c1 and c2 as QLinearConv (U8S8 fuses on every CPU), c3 in float
+    ops = [n.op_type for n in qm.ort_optimized_ops(q, tmp_path / "opt.onnx")]
+    assert ops.count("QLinearConv") == 2 and ops.count("Conv") + ops.count("FusedConv") == 1
+    feed = qm.feeds("x", (2, 3, 8, 8), 1, seed=7)[0]
+    assert _cosine_err(_ort(model).run(None, feed)[0], _ort(q, optimize=True).run(None, feed)[0]) < 2e-4
+    # same on the detector: the ConvTranspose pair stays float, the Relu between them unquantized
+    q, _ = lossy.int8_static(qm.det(), data, activations="uint8")
+    readers = {i for n in q.graph.node if n.op_type == "QuantizeLinear" for i in n.input[:1]}
+    assert readers == {"x", "c1", "c2"}  # the Relus after c1, c2 fold into their Qs; nothing after t1
+    ops = [n.op_type for n in qm.ort_optimized_ops(q, tmp_path / "det.onnx")]
+    assert ops.count("QLinearConv") == 2 and ops.count("ConvTranspose") == 2
+
+
+def test_detector_ort_and_graphopt_agree_bit_exact():
+    q, _ = lossy.int8_static(qm.det(), qm.feeds("x", (4, 3, 8, 8), 8, seed=1))
+    feed = qm.feeds("x", (2, 3, 8, 8), 1, seed=7)[0]
+    qouts = [n.output[0] for n in q.graph.node if n.op_type == "QuantizeLinear"]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(q)
+    probe.graph.output.extend(onnx.ValueInfoProto(name=t) for t in qouts)
+    want, got = _ort(probe).run(qouts, feed), graphopt.Session(probe).run(qouts, feed)
+    assert qouts and all(w.dtype == np.int8 and np.array_equal(w, g) for w, g in zip(want, got))
+    np.testing.assert_allclose(graphopt.Session(q).run(None, feed)[0], _ort(q).run(None, feed)[0],
+                               rtol=1e-5, atol=1e-6)
+
+
+def _weight_ints(q: onnx.ModelProto) -> list[np.ndarray]:
+    inits = {t.name: t for t in q.graph.initializer}
+    return [onnx.numpy_helper.to_array(inits[n.input[0]]) for n in q.graph.node if n.op_type == "DequantizeLinear"
+            and n.input[0] in inits and inits[n.input[0]].data_type == onnx.TensorProto.INT8]
+
+
+def test_uint8_activations_get_7bit_weights():
+    model = qm.cnn()
+    data = qm.feeds("x", (4, 3, 8, 8), 8, seed=1)
+    u8, _ = lossy.int8_static(model, data, activations="uint8")
+    s8, _ = lossy.int8_static(model, data)
+    assert max(int(w.max()) for w in _weight_ints(u8)) == 63 and min(int(w.min()) for w in _weight_ints(u8)) >= -64
+    assert max(int(np.abs(w).max()) for w in _weight_ints(s8)) == 127
+
+
+def test_uint8_model_with_saturating_products_stays_accurate():
+    # u8 inputs near 255 times s8 weights near 127: x86 U8S8 kernels without VNNI sum pairs of such
+    # products in int16 with saturation (8-bit weights: 39% error on such a machine); 7-bit weights
+    # keep every pair sum below 32767
+    rng = np.random.default_rng(3)
+    w = rng.uniform(0.5, 1.0, (8, 16, 1, 1)).astype(np.float32)
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Conv", ["x", "w"], ["c"]), onnx.helper.make_node("Relu", ["c"], ["y"])], "sat",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 16, 16, 16])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 8, 16, 16])],
+        [onnx.numpy_helper.from_array(w, "w")])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    feeds = [{"x": rng.uniform(0.9, 1.0, (1, 16, 16, 16)).astype(np.float32)} for _ in range(4)]
+    q, report = lossy.int8_static(model, feeds[:2], activations="uint8", keep_final=False)
+    assert "Conv:c" in report.quantized
+    for feed in feeds[2:]:
+        want, got = _ort(model).run(None, feed)[0], _ort(q, optimize=True).run(None, feed)[0]
+        assert np.abs(got - want).max() / np.abs(want).max() < 0.02
