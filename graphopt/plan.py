@@ -6,20 +6,25 @@ arithmetic) and become constants; a kernel with a `prepare` hook gets its consta
 up front and returns a specialized callable (conv weights laid out for GEMM, BatchNorm reduced to
 scale/shift, ...). Every value is dropped right after its last use, before the consuming kernel
 runs, so a kernel that holds the only reference to a dying input may write its result into it
-(kernels/cpu/_inplace.py decides that from the reference count). `run` is then a loop over
-(kernel, input slots, output slots, attributes, slots to free) tuples.
+(kernels/cpu/_inplace.py decides that from the reference count). The steps, (kernel, input slots,
+output slots, attributes, slots to free) tuples, are then compiled into one straight-line Python
+function (plan_codegen.py), specialized per input-shape signature where shape arithmetic can
+fold (plan_specialize.py); calls of the model's local functions are inlined (plan_inline.py).
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
-from .errors import GraphoptError, InvalidModel, Unsupported
-from .profile import Profile, held_bytes
+from .errors import GraphoptError, InvalidModel, Unsupported  # noqa: F401  (Unsupported: re-exported)
+from .plan_codegen import compile_plan
+from .plan_functions import _LocalFunction, _SchemaFunction
+from .plan_inline import inline_functions
+from .plan_specialize import SIGNATURES_KEPT, fixed_steps, signature, specialize
+from .profile import Profile, run_profiled
 
 # A folded constant larger than this stays a runtime computation (it would otherwise be held in
 # memory for the whole life of the session).
@@ -76,11 +81,13 @@ class Plan:
             template[slot(name)] = value
             defined.add(name)
 
-        def convert_graph(g):
-            return Plan.from_graph(g, opsets, ctx, nested=True)
+        def convert_graph(g):  # a subgraph sees this scope's constants as its own (folded, prepared),
+            # except initializers a feed may override (they are graph inputs too)
+            fixed = {n: v for n, v in constants.items() if n not in self.input_names}
+            return Plan.from_graph(g, opsets, ctx, nested=True, outer_constants=fixed)
 
         built = []  # (node, attrs, implicit names, fn, explicit input names, domain, opset)
-        for node in nodes:
+        for node in inline_functions(nodes, ctx.functions, opsets):
             domain = registry.norm_domain(node.domain)
             opset = opsets.get(domain, 1 if domain else 21)
             attrs = registry.resolve_attributes(node, opset, convert_graph)
@@ -107,7 +114,8 @@ class Plan:
         if not ctx.unsupported:
             built = self._fold(built, constants, keep, ctx, lambda n, v: template.__setitem__(slot(n), v))
             defined |= set(constants)
-            built = [_prepared(b, constants, ctx) for b in built]
+            generic, built = built, [_prepared(b, constants, ctx) for b in built]
+            self._generic = generic  # per step, before prepare: see reprepare()
         produced = {o for b in built for o in b[0].output if o}
         uses = [b[4] + b[2] for b in built]
         self.free_names = sorted({u for us in uses for u in us if u and u not in defined and u not in produced}
@@ -142,6 +150,13 @@ class Plan:
         self.constant_slots = {slots[n] for n in constants if n in slots}
         self.input_slots = [slots[n] for n in self.input_names]
         self.output_slots = [slot(n) for n in self.output_names]
+        self._input_set = set(self.input_names)
+        self._input_defaults = [(n, template[s]) for n, s in zip(self.input_names, self.input_slots)]
+        self._compiled = compile_plan(self, KernelFailed)
+        self._ctx, self._constants = ctx, constants
+        self._fixed = [] if nested or ctx.unsupported else fixed_steps(self)
+        self._specialized = {}  # input signature -> compiled function (graphopt/plan_specialize.py)
+        self._seen = set()  # signatures run once
 
     def _fold(self, built, constants, keep, ctx, store):
         """Run, once, every node whose inputs are all constants; its outputs become constants."""
@@ -171,11 +186,17 @@ class Plan:
         return rest
 
     @classmethod
-    def from_graph(cls, graph: onnx.GraphProto, opsets: dict, ctx: BuildContext, nested: bool = False):
+    def from_graph(cls, graph: onnx.GraphProto, opsets: dict, ctx: BuildContext, nested: bool = False,
+                   outer_constants: dict | None = None):
         from graphopt.kernels.registry import sparse_to_dense
         constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
         for sp in graph.sparse_initializer:
             constants[sp.values.name] = sparse_to_dense(sp)
+        if outer_constants:  # enclosing-scope constants this graph reads and does not shadow
+            defined = set(constants) | {i.name for i in graph.input} | {o for n in graph.node for o in n.output}
+            for name in _used_names(graph) - defined:
+                if name in outer_constants:
+                    constants[name] = outer_constants[name]
         plan = cls(graph.node, [i.name for i in graph.input], [o.name for o in graph.output],
                    constants, opsets, ctx, nested)
         plan.output_args = [_node_arg_shape(o) for o in graph.output]  # lets Loop/Scan shape empty scan outputs
@@ -183,19 +204,45 @@ class Plan:
 
     def run(self, inputs: list, outer: dict | None = None) -> list:
         """Run with positional inputs (missing trailing ones are None); `outer` feeds free names."""
-        env = self.template.copy()
-        for s, v in zip(self.input_slots, inputs):
-            env[s] = v
-        return self._loop(env, outer)
+        n = len(self.input_slots)
+        if len(inputs) != n:  # a missing input keeps its template value (None, or an initializer)
+            inputs = list(inputs[:n]) + [self.template[s] for s in self.input_slots[len(inputs):]]
+        return self._compiled(inputs, outer)
 
     def run_named(self, feeds: dict, outer: dict | None, profile: Profile | None = None) -> list:
+        if profile is None and feeds.keys() <= self._input_set:
+            ins = [feeds.get(n, d) for n, d in self._input_defaults]
+            sig = signature(ins) if self._fixed else None
+            if sig is None:
+                return self._compiled(ins, outer)
+            fn = self._specialized.get(sig)
+            if fn is not None:
+                return fn(ins, outer)
+            if sig not in self._seen:  # specialize a signature seen twice: one that never repeats
+                if len(self._seen) >= 8 * SIGNATURES_KEPT:  # would pay a compile per run
+                    self._seen.clear()
+                self._seen.add(sig)
+                return self._compiled(ins, outer)
+            if len(self._specialized) >= SIGNATURES_KEPT:
+                self._specialized.clear()
+            outputs, self._specialized[sig] = specialize(self, ins, outer, self._fixed, KernelFailed)
+            return outputs
         env = self.template.copy()
         slots = self.slots
         for name, v in feeds.items():
             env[slots[name]] = v
         if profile is not None:
-            return self._loop_profiled(env, outer, profile, {id(v) for v in feeds.values()})
+            return run_profiled(self, env, outer, profile, {id(v) for v in feeds.values()})
         return self._loop(env, outer)
+
+    def reprepare(self, i: int, new_constants: dict):
+        """Step i's kernel prepared for its inputs' constant values plus `new_constants` ({slot:
+        value}); None when its prepare hook does no better than the step's kernel."""
+        b = self._generic[i]
+        names = {s: n for n, s in self.slots.items()}
+        consts = {**self._constants, **{names[s]: v for s, v in new_constants.items()}}
+        nb = _prepared(b, consts, self._ctx)
+        return None if nb is b else nb[3]
 
     def _loop(self, env, outer):
         for name, s in self.outer_slots:
@@ -217,35 +264,17 @@ class Plan:
             raise KernelFailed(f"{step[5] if step else 'plan'} failed: {type(e).__name__}: {e}") from e
         return [env[s] for s in self.output_slots]
 
-    def _loop_profiled(self, env, outer, profile, feed_ids):
-        """_loop with a timer per step and a count of the bytes held by live intermediates."""
-        for name, s in self.outer_slots:
-            env[s] = outer[name]
-        skip = {id(env[s]) for s in self.constant_slots} | feed_ids
-        live: set[int] = set()
-        clock = time.perf_counter
-        for i, step in enumerate(self.steps):
-            fn, ins, outs, attrs, frees, desc = step
-            args = [env[j] for j in ins]
-            for s in frees:
-                env[s] = None
-                live.discard(s)
-            t0 = clock()
-            try:
-                res = fn(args, attrs)
-            except GraphoptError:
-                raise
-            except Exception as e:
-                raise KernelFailed(f"{desc} failed: {type(e).__name__}: {e}") from e
-            dt = clock() - t0
-            for s, v in zip(outs, res):
-                env[s] = v
-                live.add(s)
-            # during the call the dying inputs were still held: count them with the outputs
-            held = held_bytes([env[s] for s in live] + args, skip)
-            args = res = v = None
-            profile.add(self.ops[i], desc, dt, held)
-        return [env[s] for s in self.output_slots]
+
+def _used_names(graph) -> set:
+    """Every value name the graph's nodes (and their subgraphs' nodes) read."""
+    used = set()
+    for n in graph.node:
+        used.update(n.input)
+        for a in n.attribute:
+            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else
+                      a.graphs if a.type == onnx.AttributeProto.GRAPHS else []):
+                used |= _used_names(g)
+    return used
 
 
 def _node_arg_shape(vi):
@@ -313,75 +342,6 @@ def _bind(node, domain, opset, attrs, opsets, ctx):
     if schema is not None and (schema.has_function or schema.has_context_dependent_function):
         return _SchemaFunction(schema, node, opset, opsets, ctx)
     return None
-
-
-class _LocalFunction:
-    """A call of a function defined in the model: its body, bound to the caller's attributes."""
-
-    def __init__(self, fproto, node, opsets, ctx):
-        from graphopt.kernels.registry import instantiate_function
-        body_opsets = {**opsets, **opset_map(fproto.opset_import)}
-        nodes = instantiate_function(fproto, node)
-        self.plan = Plan(nodes, list(fproto.input), list(fproto.output), {}, body_opsets, ctx,
-                         nested=False, function=True)
-
-    def __call__(self, inputs, attrs):
-        return self.plan.run(inputs)
-
-
-class _SchemaFunction:
-    """An op without a kernel whose schema defines it as a function of other ops: run that body.
-    Context-dependent bodies depend on input types, so they are built per input signature."""
-
-    def __init__(self, schema, node, opset, opsets, ctx):
-        from graphopt.kernels.registry import fill_default_attributes
-        self.schema, self.opset, self.opsets, self.ctx = schema, opset, opsets, ctx
-        self.node = fill_default_attributes(node, schema)
-        self.plans = {}
-        if schema.has_function:
-            self.plans[None] = self._build(self._function_proto(None))
-
-    def _function_proto(self, types):
-        s = self.schema
-        if types is None:
-            versions = [v for v in s.function_opset_versions if v <= self.opset] or [s.since_version]
-            data = s.get_function_with_opset_version(max(versions))
-        else:
-            versions = [v for v in s.context_dependent_function_opset_versions if v <= self.opset]
-            ver = max(versions) if versions else s.since_version
-            data = s.get_context_dependent_function_with_opset_version(
-                ver, self.node.SerializeToString(), [t.SerializeToString() for t in types])
-        f = onnx.FunctionProto()
-        f.ParseFromString(data)
-        return f
-
-    def _build(self, fproto):
-        from graphopt.kernels.registry import instantiate_function
-        nodes = instantiate_function(fproto, self.node)
-        body_opsets = {**self.opsets, **opset_map(fproto.opset_import)}
-        return Plan(nodes, list(fproto.input), list(fproto.output), {}, body_opsets, self.ctx, nested=False,
-                    function=True)
-
-    def __call__(self, inputs, attrs):
-        plan = self.plans.get(None)
-        if plan is None:
-            key = tuple((None if x is None else (np.asarray(x).dtype.str, np.ndim(x))) for x in inputs)
-            plan = self.plans.get(key)
-            if plan is None:
-                types = [onnx.TypeProto() if x is None else helper.make_tensor_type_proto(
-                    _np_elem(np.asarray(x).dtype), np.shape(x)) for x in inputs]
-                plan = self.plans[key] = self._build(self._function_proto(types))
-                if self.ctx.unsupported:
-                    raise Unsupported(f"function body of {self.node.op_type} uses ops without kernels: "
-                                      f"{sorted(self.ctx.unsupported)}")
-        return plan.run(inputs)
-
-
-def _np_elem(dtype) -> int:
-    try:
-        return helper.np_dtype_to_tensor_dtype(dtype)
-    except (KeyError, ValueError, TypeError):
-        return 0
 
 
 def _toposort(built, defined: set):

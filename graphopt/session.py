@@ -2,8 +2,9 @@
 
 Everything that does not depend on the feed is done once, at build: the topological plan, constants
 turned into arrays, attributes resolved with schema defaults, each node bound to its kernel, and
-the liveness of every value (a value is dropped right after its last use). `run` is then a loop
-over (kernel, input slots, output slots, attributes) tuples.
+the liveness of every value (a value is dropped right after its last use). `run` then calls one
+generated straight-line function of kernel calls (graphopt/plan_codegen.py), specialized per input
+shape signature where the model computes shapes at run time (graphopt/plan_specialize.py).
 """
 from __future__ import annotations
 
@@ -90,6 +91,7 @@ class Session:
         self.threads_applied = self._limit is not None
         self.last_profile: Profile | None = None
         self._specs: dict = {}  # input name -> what a valid feed looks like (see _fast_spec)
+        self._fast_specs: dict | None = None  # the same for exactly the required inputs, built at first run
         self._model = model
         keep_freed_memory()  # the next run reuses this run's pages (see graphopt/memory.py)
         _import_kernels(device)
@@ -128,16 +130,17 @@ class Session:
         outputs = self._plan.run_named(feeds, None, prof)
         if prof is not None:
             self.last_profile = prof
-        names = [o.name for o in self._outputs]
         if output_names is None:
-            result = outputs
-        else:
-            index = {n: i for i, n in enumerate(names)}
-            missing = [n for n in output_names if n not in index]
-            if missing:
-                raise UsageError(f"unknown output name(s) {missing}; the model's outputs are {names}")
-            result = [outputs[index[n]] for n in output_names]
-        return [_as_output(r) for r in result]
+            for r in outputs:
+                if type(r) is not np.ndarray:  # rare (NumPy scalars, sequences): the general path
+                    return [_as_output(r) for r in outputs]
+            return outputs
+        names = [o.name for o in self._outputs]
+        index = {n: i for i, n in enumerate(names)}
+        missing = [n for n in output_names if n not in index]
+        if missing:
+            raise UsageError(f"unknown output name(s) {missing}; the model's outputs are {names}")
+        return [_as_output(outputs[index[n]]) for n in output_names]
 
     @property
     def peak_activation_bytes(self) -> int | None:
@@ -150,6 +153,19 @@ class Session:
         return self._plan.folded
 
     def _check_feed(self, feed: dict) -> dict:
+        """The feed, converted where needed; raises UsageError naming a bad input. The fast path:
+        exactly the model's inputs, each a plain ndarray of the declared dtype, rank and fixed dims."""
+        fast = getattr(self, "_fast_specs", None)
+        if fast is None:
+            fast = self._fast_specs = {a.name: _fast_spec(a) for a in self._inputs}
+        if feed.keys() == fast.keys():
+            for name, value in feed.items():
+                spec = fast[name]
+                if not (spec and type(value) is np.ndarray and value.dtype == spec[0] and value.ndim == spec[1]
+                        and all(value.shape[i] == d for i, d in spec[2])):
+                    break
+            else:
+                return feed
         known = {a.name: a for a in self._inputs}
         overridable = {a.name: a for a in self._overridable}
         extra = [k for k in feed if k not in known and k not in overridable]

@@ -2,3 +2,5 @@
 from . import (attention, control, detect, elementwise, gather, linalg, nn, norm, quant, reduce, resize, rnn,  # noqa: F401
                prepared, shape, spectral, text, training)
 from . import fused  # noqa: F401,E402  (ai.graphopt fused ops, for compile --target graphopt)
+from . import prepared_small  # noqa: F401,E402  (build-time specializations of small shape/convert ops, MatMul)
+from . import pooling  # noqa: F401,E402  (build-time specialized MaxPool/AveragePool/global pools)

@@ -15,18 +15,18 @@ import sys
 import numpy as np
 
 
-def _count(args, i):
-    a = args[i]
-    return sys.getrefcount(a)
+def _probe(args, i):
+    return sys.getrefcount(args[i])
 
 
-def _base_count(args, i):
-    b = args[i].base
-    return sys.getrefcount(b)
+def _probe_base(args, i):
+    return sys.getrefcount(args[i].base)
 
 
-_BASELINE = _count([np.empty(1)], 0)
-_BASE_BASELINE = _base_count([np.empty(4).reshape(2, 2)], 0)
+# counted exactly as reusable() counts (a call on args[i] from a function frame holding no other
+# reference), so the baselines do not depend on the interpreter's counting details
+_BASELINE = _probe([np.empty(1)], 0)
+_BASE_BASELINE = _probe_base([np.empty(4).reshape(2, 2)], 0)
 
 
 def reusable(args: list, i: int) -> bool:
@@ -38,12 +38,12 @@ def reusable(args: list, i: int) -> bool:
     if type(a) is not np.ndarray or not a.flags.writeable:
         return False
     base = a.base
+    del a
     if base is not None:
-        if type(base) is not np.ndarray or base.base is not None or base.nbytes != a.nbytes \
+        if type(base) is not np.ndarray or base.base is not None or base.nbytes != args[i].nbytes \
                 or not base.flags.writeable:
             return False
         del base
-        if _base_count(args, i) > _BASE_BASELINE:
+        if sys.getrefcount(args[i].base) > _BASE_BASELINE:
             return False
-    del a
-    return _count(args, i) <= _BASELINE
+    return sys.getrefcount(args[i]) <= _BASELINE

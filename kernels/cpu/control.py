@@ -61,7 +61,8 @@ def _scan(body, outer, state, xs, at):
     n_in = len(xs)
     in_axes = at.get("scan_input_axes") or [0] * n_in
     in_dirs = at.get("scan_input_directions") or [0] * n_in
-    xs = [np.moveaxis(x, ax % x.ndim, 0) for x, ax in zip(xs, in_axes)]
+    # np.moveaxis costs microseconds even when it has nothing to move (axis 0, the usual case)
+    xs = [np.moveaxis(x, ax % x.ndim, 0) if ax % x.ndim else x for x, ax in zip(xs, in_axes)]
     xs = [x[::-1] if d else x for x, d in zip(xs, in_dirs)]
     steps = xs[0].shape[0] if xs else 0
     n_state = len(state)
@@ -77,7 +78,7 @@ def _scan(body, outer, state, xs, at):
     scans = []
     for j, (acc, ax, d) in enumerate(zip(outs_acc, out_axes, out_dirs)):
         y = _stack(acc[::-1] if d else acc, _out_arg(body, n_state + j))
-        scans.append(np.moveaxis(y, 0, ax % y.ndim))
+        scans.append(np.moveaxis(y, 0, ax % y.ndim) if ax % y.ndim else y)
     return list(state), scans
 
 

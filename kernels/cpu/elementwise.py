@@ -1,6 +1,8 @@
 """Elementwise math, comparisons, logic, activations (NumPy broadcasting = ONNX multidirectional)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..registry import kernel
@@ -24,7 +26,7 @@ for _op, _f in {
     "Tanh": np.tanh, "Not": np.logical_not, "IsNaN": np.isnan, "BitwiseNot": np.invert,
     "Softsign": lambda x: x / (1 + np.abs(x)),
     "Reciprocal": lambda x: np.reciprocal(x) if x.dtype.kind == "f" else (1 / x).astype(x.dtype),
-    "Erf": lambda x: erf(x).astype(x.dtype),
+    "Erf": lambda x: erf_interp(x).astype(x.dtype, copy=False),
     "Relu": lambda x: np.maximum(x, x.dtype.type(0)),
     "Sigmoid": lambda x: _sigmoid(x),
     "Softplus": lambda x: (np.logaddexp(0, x.astype(np.float64))).astype(x.dtype),
@@ -32,6 +34,28 @@ for _op, _f in {
     "HardSwish": lambda x: (x * np.clip(x / 6 + 0.5, 0, 1)).astype(x.dtype),
 }.items():
     _unary(_op, _f)
+
+
+# erf by linear interpolation in a table of math.erf on [0, 6] (erf(6) is 1.0 in float64): max
+# abs error 3e-8, max relative error 1.4e-7 (measured over 3e5 points against math.erf), about
+# float32 rounding and as good as the series in _util.erf, in a dozen cheap passes instead of ~50
+# (a small tensor's cost is the number of NumPy calls: 2x7x128 values, 68 -> ~15 us)
+_ERF_STEP = 1.0 / 2048
+_ERF_TABLE = np.array([math.erf(i * _ERF_STEP) for i in range(6 * 2048 + 1)])
+_ERF_SLOPE = np.append(np.diff(_ERF_TABLE), 0.0)  # the last entry (erf = 1) is flat to infinity
+
+
+def erf_interp(x):
+    x64 = np.asarray(x, dtype=np.float64)
+    u = np.abs(x64)
+    u *= 1.0 / _ERF_STEP
+    np.minimum(u, _ERF_TABLE.size, out=u)  # inf -> just past the table (NaN stays NaN, and carries through u)
+    i = np.fmin(u, _ERF_TABLE.size).astype(np.intp)  # fmin: a NaN's index is the last one, not a bad cast
+    u -= i
+    y = _ERF_SLOPE.take(i, mode="clip")
+    y *= u
+    y += _ERF_TABLE.take(i, mode="clip")
+    return np.copysign(y, x64, out=y)
 
 
 def _sigmoid(x):

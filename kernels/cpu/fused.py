@@ -20,33 +20,13 @@ import numpy as np
 
 from ..registry import kernel, prepare
 from ._util import erf
+from .elementwise import erf_interp
 from .linalg import gemm as gemm_kernel
 from .nn import conv_kernel
 from .prepared import prepare_conv, prepare_gemm
 
 DOMAIN = "ai.graphopt"
 SQRT_2_OVER_PI = np.sqrt(2.0 / np.pi)
-
-
-# Abramowitz & Stegun 7.1.26: |erf error| <= 1.5e-7, i.e. within float32 rounding of GELU's output,
-# at a few vectorized passes (the series in _util.erf is exact to float64 but ~10x slower)
-_AS_P = 0.3275911
-_AS_A = (1.061405429, -1.453152027, 1.421413741, -0.284496736, 0.254829592)
-
-
-def _fast_erf(z: np.ndarray) -> np.ndarray:
-    a = np.abs(z)
-    t = 1.0 / (1.0 + _AS_P * a)
-    poly = np.full_like(t, _AS_A[0])
-    for c in _AS_A[1:]:
-        poly *= t
-        poly += c
-    poly *= t
-    np.multiply(a, a, out=a)
-    np.negative(a, out=a)
-    np.exp(a, out=a)
-    poly *= a  # erfc(|z|)
-    return np.copysign(1.0 - poly, z)
 
 
 def _gelu(x: np.ndarray, approximate: str) -> np.ndarray:
@@ -63,7 +43,9 @@ def _gelu(x: np.ndarray, approximate: str) -> np.ndarray:
         inner *= x64
         y = np.tanh(inner, out=inner)
     else:
-        y = _fast_erf(x64 * (1.0 / np.sqrt(2.0)))
+        # erf by table interpolation (elementwise.erf_interp: abs error 3e-8, within float32 rounding
+        # of GELU's output) in ~10 NumPy passes; Abramowitz-Stegun 7.1.26 took ~20 and was 2.4x slower
+        y = erf_interp(x64 * (1.0 / np.sqrt(2.0)))
     y += 1.0
     y *= x64
     y *= 0.5
@@ -198,11 +180,51 @@ def _finish(y, z, name, params, dtype):
     return y if name == "Identity" else _activate(y, name, params)
 
 
+def _activate_in_place(y: np.ndarray, name: str, params) -> np.ndarray:
+    """_activate's results computed in y itself, without its full-size temporaries (HardSwish keeps
+    its gate, LeakyRelu one product). Clamps go through np.clip with both bounds, which NumPy 2.4
+    vectorizes: measured on a 64x112x112 float32 conv output (random values, medians of 25 runs),
+    Relu as np.clip(y, 0, inf) 244 us vs np.maximum(y, 0) 631 us; LeakyRelu as max(y, alpha*y)
+    766 us vs np.where 4.8 ms. Both exact (a selection); NaN propagates as in ORT."""
+    t = y.dtype.type
+    if name == "Relu":
+        return np.clip(y, t(0), t(np.inf), out=y)
+    if name == "Clip":
+        return np.clip(y, t(params[0]), t(params[1]), out=y)
+    if name == "Sigmoid":
+        with np.errstate(over="ignore"):  # exp(-y) = inf for y << 0: the result is 0, as it should be
+            np.negative(y, out=y)
+            np.exp(y, out=y)
+        y += 1
+        return np.reciprocal(y, out=y)
+    if name == "LeakyRelu" and 0 <= params[0] <= 1:  # then alpha*y >= y exactly where y < 0
+        return np.maximum(y, y * t(params[0]), out=y)
+    if name == "HardSigmoid":
+        y *= t(params[0])
+        y += t(params[1])
+        return np.clip(y, t(0), t(1), out=y)
+    if name == "HardSwish":
+        gate = y * t(1 / 6)
+        gate += t(0.5)
+        y *= np.clip(gate, t(0), t(1), out=gate)
+        return y
+    return _activate(y, name, params)
+
+
+def _finish_conv(y, z, name, params, dtype):
+    """Z and the activation on the conv's result, in place: every conv path returns a fresh array
+    (GEMM output or a new crop), so only a read-only or wrong-dtype result is copied first."""
+    y = np.array(y, dtype=dtype, copy=True) if not y.flags.writeable or y.dtype != dtype else y
+    if z is not None:
+        y += z
+    return y if name == "Identity" else _activate_in_place(y, name, params)
+
+
 @kernel("FusedConv", 1, domain=DOMAIN)
 def fused_conv(ins, at):
     z = ins[3] if len(ins) > 3 else None
     y = conv_kernel(ins[:3], _conv_attrs(at))[0]
-    return (_finish(y, z, *_conv_params(at), ins[0].dtype),)
+    return (_finish_conv(y, z, *_conv_params(at), ins[0].dtype),)
 
 
 @prepare("FusedConv", 1, domain=DOMAIN)
@@ -217,7 +239,7 @@ def prepare_fused_conv(at, consts, generic):
     def run(args, attrs):
         z = args[3] if len(args) > 3 else None
         y = inner(args[:3], conv_at)[0]
-        return (_finish(y, z, name, params, args[0].dtype),)
+        return (_finish_conv(y, z, name, params, args[0].dtype),)
     return run
 
 

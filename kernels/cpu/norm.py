@@ -1,6 +1,8 @@
 """Normalizations: Batch/Instance/Layer/Group/RMS norm, LRN, Lp, MVN; Dropout."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..registry import kernel
@@ -40,8 +42,19 @@ def instance_norm(ins, at):
     return (y.astype(x.dtype, copy=False),)
 
 
+def _mean(x, axes):
+    """x.mean(axis=axes, keepdims=True): for float32/64 np.mean's own steps (add.reduce, then an
+    in-place division by an intp count) without its Python wrapper, which on a small tensor costs
+    several times the arithmetic."""
+    if x.dtype != np.float32 and x.dtype != np.float64:
+        return x.mean(axis=axes, keepdims=True)
+    s = np.add.reduce(x, axis=axes, keepdims=True)
+    return np.true_divide(s, np.intp(math.prod(x.shape[a] for a in axes)), out=s, casting="unsafe")
+
+
 def _stash(x, at):
-    return x.astype(np.float32) if at.get("stash_type", 1) == 1 and x.dtype != np.float64 else x
+    # copy=False: no caller writes into the stashed array (a float32 input is used as it is)
+    return x.astype(np.float32, copy=False) if at.get("stash_type", 1) == 1 and x.dtype != np.float64 else x
 
 
 @kernel("LayerNormalization", 17)
@@ -51,12 +64,22 @@ def layer_norm(ins, at):
     axis = at["axis"] % x.ndim
     axes = tuple(range(axis, x.ndim))
     xs = _stash(x, at)
-    m = xs.mean(axis=axes, keepdims=True)
+    m = _mean(xs, axes)
     d = xs - m
-    inv = 1.0 / np.sqrt((d * d).mean(axis=axes, keepdims=True) + at["epsilon"])
-    y = d * inv * scale
-    if bias is not None:
-        y = y + bias
+    inv = _mean(d * d, axes)
+    inv += at["epsilon"]
+    np.sqrt(inv, out=inv)
+    np.divide(1.0, inv, out=inv)
+    if scale.dtype == d.dtype and (bias is None or bias.dtype == d.dtype):  # same values, fewer arrays
+        y = d
+        y *= inv
+        y *= scale
+        if bias is not None:
+            y += bias
+    else:
+        y = d * inv * scale
+        if bias is not None:
+            y = y + bias
     return (y.astype(x.dtype, copy=False), m, inv)
 
 

@@ -140,16 +140,18 @@ _cumulative("CumSum", np.cumsum, 11)
 _cumulative("CumProd", np.cumprod, 26)
 
 
+# np.maximum.reduce / np.add.reduce are what np.max / np.sum run, without their Python wrapper
+# (several microseconds, more than the arithmetic on an attention block's scores)
 def _softmax_last(x, axis):
-    m = np.max(x, axis=axis, keepdims=True)
-    e = np.exp(x - m)
-    return e / np.sum(e, axis=axis, keepdims=True)
+    e = x - np.maximum.reduce(x, axis=axis, keepdims=True)
+    np.exp(e, out=e)
+    e /= np.add.reduce(e, axis=axis, keepdims=True)
+    return e
 
 
 def _log_softmax_last(x, axis):
-    m = np.max(x, axis=axis, keepdims=True)
-    s = x - m
-    return s - np.log(np.sum(np.exp(s), axis=axis, keepdims=True))
+    s = x - np.maximum.reduce(x, axis=axis, keepdims=True)
+    return s - np.log(np.add.reduce(np.exp(s), axis=axis, keepdims=True))
 
 
 def _hardmax(x, axis):
