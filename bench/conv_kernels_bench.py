@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +25,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from runtime_bench import interleaved_medians, ort_session
+
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 
 # (C_in, C_out, group, H=W, kernel, stride): ShuffleNet / MobileNet-style convs
@@ -48,28 +49,6 @@ def plain_convs():
         RowWideConv.suits = saved
 
 
-def ort_session(model, threads):
-    import onnxruntime as ort
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-
-
-def medians(fns, runs, warmup=3):
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times = {k: [] for k in fns}
-    for _ in range(runs):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def compare(model, graphopt_model, feed, args):
     """Median seconds of before / after / ort, and the max abs error of both graphopt runs vs ORT."""
     from graphopt.session import Session
@@ -82,7 +61,7 @@ def compare(model, graphopt_model, feed, args):
     got_after = after.run(None, feed)
     err = max(float(np.max(np.abs(np.asarray(g, np.float64) - w))) for got in (got_before, got_after)
               for g, w in zip(got, want))
-    t = medians({"before": lambda: before.run(None, feed), "after": lambda: after.run(None, feed),
+    t = interleaved_medians({"before": lambda: before.run(None, feed), "after": lambda: after.run(None, feed),
                  "ort": lambda: ort_sess.run(None, feed)}, args.runs)
     return t, err
 

@@ -13,6 +13,7 @@ over the runs of each (on a shared machine: the cost without interference) and t
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--profile", default=None, help="cProfile Session.run of this model instead")
     args = ap.parse_args()
-    from runtime_bench import ort_session
+    from runtime_bench import interleaved_times, ort_session
 
     from graphopt.session import Session
 
@@ -81,7 +82,9 @@ def main():
         fns = {"g": lambda s=sess, f=feed: s.run(None, f)}
         if ort is not None:
             fns["ort"] = lambda s=ort, f=feed: s.run(None, f)
-        med, best = interleaved_times(fns, args.runs, args.warmup)
+        times = interleaved_times(fns, args.runs, args.warmup)  # min: the cost without interference
+        med = {k: statistics.median(v) for k, v in times.items()}
+        best = {k: min(v) for k, v in times.items()}
         steps = len(sess._plan.steps)
         g, o = med["g"] * 1e6, med.get("ort", 0) * 1e6
         bg, bo = best["g"] * 1e6, best.get("ort", 0) * 1e6
@@ -89,23 +92,6 @@ def main():
         best_ratio = f"{bg / bo:6.2f}" if bo else "     -"
         print(f"{name:<18} {steps:>5} {g:>12.1f} {o:>9.1f} {ratio} {g / max(steps, 1):>8.2f}"
               f" {bg:>9.1f} {bo:>8.1f} {best_ratio}")
-
-
-def interleaved_times(fns: dict, runs, warmup):
-    """Median and minimum seconds per callable, taking turns run by run. On a shared machine the
-    minimum is the cost without interference from other processes; the median includes it."""
-    import statistics
-    import time
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times = {k: [] for k in fns}
-    for _ in range(runs):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}, {k: min(v) for k, v in times.items()}
 
 
 if __name__ == "__main__":

@@ -49,8 +49,8 @@ def model_list(selected):
     return items
 
 
-def interleaved_medians(fns: dict, runs, warmup):
-    """Median seconds per callable, the callables taking turns run by run, so that load from
+def interleaved_times(fns: dict, runs, warmup) -> dict:
+    """Seconds of each run per callable, the callables taking turns run by run, so that load from
     other processes on a shared machine falls on all of them alike (the ratios stay fair)."""
     for _ in range(warmup):
         for fn in fns.values():
@@ -61,7 +61,11 @@ def interleaved_medians(fns: dict, runs, warmup):
             t0 = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
+
+
+def interleaved_medians(fns: dict, runs, warmup):
+    return {k: statistics.median(v) for k, v in interleaved_times(fns, runs, warmup).items()}
 
 
 class _Timeout(Exception):

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..registry import DYNAMIC, prepare
 from ._util import ints, np_dtype
+from .shape import slice_index
 
 # dtypes whose Cast is a plain astype in the generic kernel (shape.cast_to's last line)
 _PLAIN = {np.dtype(t) for t in (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
@@ -180,25 +181,10 @@ def prepare_slice(at, consts, generic):
         index = per_shape.get(x.shape)
         if index is None:
             y = generic(args, at)[0]  # the generic kernel's clamping rules; its index is rebuilt here
-            index = _remember(per_shape, x.shape, _slice_index(x, *parts))
+            index = _remember(per_shape, x.shape, slice_index(x.shape, *parts))
             return (y,)
         return (x[index],)
     return slice_
-
-
-def _slice_index(x, starts, ends, axes, steps):
-    """shape.slice_'s index tuple for an input of x's shape (same clamping)."""
-    axes = axes if axes is not None else list(range(len(starts)))
-    steps = steps if steps is not None else [1] * len(starts)
-    index = [slice(None)] * x.ndim
-    for s, e, a, st in zip(starts, ends, axes, steps):
-        dim = x.shape[a]
-        s = max(min(s, dim), -dim - 1)
-        e = max(min(e, dim), -dim - 1)
-        if st < 0 and e < -dim:
-            e = None
-        index[a % x.ndim] = slice(s, e, st)
-    return tuple(index)
 
 
 @prepare("MatMul", 1)

@@ -149,21 +149,28 @@ def _slice_v1(ins, at):
     return slice_([x, np.array(at["starts"]), np.array(at["ends"]), np.array(axes)], at)
 
 
-@kernel("Slice", 10)
-def slice_(ins, at):
-    x, starts, ends = ins[0], ints(ins[1]), ints(ins[2])
-    axes = ints(ins[3]) if len(ins) > 3 and ins[3] is not None else list(range(len(starts)))
-    steps = ints(ins[4]) if len(ins) > 4 and ins[4] is not None else [1] * len(starts)
-    index = [slice(None)] * x.ndim
+def slice_index(shape, starts, ends, axes=None, steps=None) -> tuple:
+    """Slice's index tuple for an input of this shape (axes/steps default to all/1)."""
+    axes = axes if axes is not None else list(range(len(starts)))
+    steps = steps if steps is not None else [1] * len(starts)
+    index = [slice(None)] * len(shape)
     for s, e, a, st in zip(starts, ends, axes, steps):
-        dim = x.shape[a]
+        dim = shape[a]
         # clamp huge sentinels (INT_MAX, -INT_MAX) so Python slicing sees sane bounds
         s = max(min(s, dim), -dim - 1)
         e = max(min(e, dim), -dim - 1)
         if st < 0 and e < -dim:
             e = None
-        index[a % x.ndim] = slice(s, e, st)
-    return (x[tuple(index)],)
+        index[a % len(shape)] = slice(s, e, st)
+    return tuple(index)
+
+
+@kernel("Slice", 10)
+def slice_(ins, at):
+    x, starts, ends = ins[0], ints(ins[1]), ints(ins[2])
+    axes = ints(ins[3]) if len(ins) > 3 and ins[3] is not None else None
+    steps = ints(ins[4]) if len(ins) > 4 and ins[4] is not None else None
+    return (x[slice_index(x.shape, starts, ends, axes, steps)],)
 
 
 kernel("Slice", 1)(_slice_v1)
