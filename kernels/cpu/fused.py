@@ -20,7 +20,6 @@ import numpy as np
 
 from ..registry import kernel, prepare
 from ._util import erf
-from .elementwise import erf_interp
 from .linalg import gemm as gemm_kernel
 from .nn import conv_kernel
 from .prepared import prepare_conv, prepare_gemm
@@ -29,27 +28,57 @@ DOMAIN = "ai.graphopt"
 SQRT_2_OVER_PI = np.sqrt(2.0 / np.pi)
 
 
-def _gelu(x: np.ndarray, approximate: str) -> np.ndarray:
-    if x.dtype not in (np.float16, np.float32):
+# Phi(x) = P(N(0, 1) <= x) = 0.5 * erfc(-x / sqrt2) on a signed grid (erf_interp's step, in x): GELU is
+# x * Phi(x), one table interpolation and one multiply, without erf_interp's abs/copysign round trip or
+# the 1 + erf step (which cancels for x << 0). Interpolation error 1.5e-8 absolute (h^2/8 * max|Phi''|).
+# The ends are exact 0 and 1, so GELU(-inf) = -inf * 0 = NaN and GELU(inf) = inf, as the formula gives.
+_PHI_STEP = math.sqrt(2.0) / 2048
+_PHI_HALF = 6 * 2048  # the grid covers |x| <= 6 sqrt2, where Phi is within 1e-17 of 0 or 1
+_PHI_TABLE = np.array([0.5 * math.erfc(-(j - _PHI_HALF) / 2048) for j in range(2 * _PHI_HALF + 1)])
+_PHI_TABLE[0], _PHI_TABLE[-1] = 0.0, 1.0
+_PHI_SLOPE = np.append(np.diff(_PHI_TABLE), 0.0)  # flat beyond the last entry
+_PHI_SCALE = 1.0 / _PHI_STEP
+
+
+def _phi(x: np.ndarray) -> np.ndarray:
+    """Phi(x) in float64 by linear interpolation (NaN gives a finite value: the caller's x * Phi is NaN)."""
+    u = x.astype(np.float64)  # grid position, in float64 (a cast then an in-place multiply: a
+    u *= _PHI_SCALE           # mixed float32 * float64 ufunc call is slower than both)
+    u += _PHI_HALF
+    np.fmax(u, 0.0, out=u)  # fmax/fmin: +-inf and NaN land inside the grid (no invalid int cast)
+    np.fmin(u, 2 * _PHI_HALF, out=u)
+    i = u.astype(np.intp)
+    u -= i
+    p = _PHI_SLOPE.take(i, mode="clip")  # i is in range already; "clip" as in erf_interp
+    p *= u
+    p += _PHI_TABLE.take(i, mode="clip")
+    return p
+
+
+_TABLE_GELU = (np.dtype(np.float16), np.dtype(np.float32))  # dtype objects: `in` compares them directly
+
+
+def _gelu(x: np.ndarray, approximate: str, fresh: bool = False) -> np.ndarray:
+    """GELU of x; `fresh`: x is this kernel's own temporary and may hold the result."""
+    if x.dtype not in _TABLE_GELU:
         x64 = x.astype(np.float64)  # float64 models get the exact series
         inner = (SQRT_2_OVER_PI * (x64 + 0.044715 * x64 ** 3)) if approximate == "tanh" else None
         y = 0.5 * x64 * (1.0 + (np.tanh(inner) if inner is not None else erf(x64 / np.sqrt(2.0))))
         return y.astype(x.dtype, copy=False)
-    x64 = x.astype(np.float64)
-    if approximate == "tanh":
-        inner = x64 * x64
-        inner *= 0.044715 * SQRT_2_OVER_PI
-        inner += SQRT_2_OVER_PI
-        inner *= x64
-        y = np.tanh(inner, out=inner)
-    else:
-        # erf by table interpolation (elementwise.erf_interp: abs error 3e-8, within float32 rounding
-        # of GELU's output) in ~10 NumPy passes; Abramowitz-Stegun 7.1.26 took ~20 and was 2.4x slower
-        y = erf_interp(x64 * (1.0 / np.sqrt(2.0)))
-    y += 1.0
-    y *= x64
-    y *= 0.5
-    return y.astype(x.dtype, copy=False)
+    if approximate == "tanh":  # all in float64 (a mixed float32 * float64 call is slower)
+        x64 = x.astype(np.float64)
+        y = x64 * x64
+        y *= 0.044715 * SQRT_2_OVER_PI
+        y += SQRT_2_OVER_PI
+        y *= x64
+        np.tanh(y, out=y)
+        y += 1.0
+        y *= x64
+        y *= 0.5
+        return y.astype(x.dtype)
+    # x * Phi(x) in float64, rounded once into x's dtype: one mixed-type call where a float64
+    # copy of x, a multiply and a cast back would be three
+    return np.multiply(x, _phi(x), out=x if fresh else np.empty_like(x), casting="same_kind")
 
 
 @kernel("Gelu", 1, domain=DOMAIN)
@@ -59,72 +88,180 @@ def gelu(ins, at):
 
 @kernel("BiasGelu", 1, domain=DOMAIN)
 def bias_gelu(ins, at):
-    return (_gelu(ins[0] + ins[1], at.get("approximate") or "none"),)
+    x, b = ins[0], ins[1]
+    s = x + b  # a fresh array (NumPy's promotion when the dtypes differ, as the unfused Add has it)
+    return (_gelu(s, at.get("approximate") or "none", fresh=True),)
 
 
-def _normalize(x: np.ndarray, axis: int, eps: float, center: bool) -> np.ndarray:
-    # np.mean's own steps (add.reduce, then an in-place divide by an intp count): same results,
-    # without np.mean's argument handling, which costs more than the arithmetic on small tensors
-    xs = x if x.dtype == np.float64 or x.dtype == np.float32 else x.astype(np.float32)  # never written to
-    axes = tuple(range(axis % x.ndim, x.ndim))
-    count = np.intp(math.prod(x.shape[a] for a in axes))
+# ---------------------------------------------------------------- normalizations
+# On a transformer's small tensors (rows of 64..1024 values) each NumPy call costs more than its
+# arithmetic. The row mean stays np.add.reduce (pairwise summation: a GEMV against a column of 1/n
+# was one call less but doubled the error on rows with a large offset, e.g. 1000 + 0.01 * noise);
+# the centered sum of squares is one np.vecdot(d, d) instead of d * d and a reduce (never
+# E[x^2] - E[x]^2, which cancels); d is divided by the standard deviation and scaled in place:
+# 10 calls per LayerNorm instead of 14, and no full-size temporary but d.
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _normalize_rows(s: np.ndarray, fresh: bool, eps: float, center: bool) -> np.ndarray:
+    """(s - mean) / sqrt(var + eps) over the last axis of a float32/64 s (var centered), or
+    s / sqrt(mean(s^2) + eps) without `center`; written into s when `fresh` (s is the caller's own)."""
+    n = s.shape[-1]
     if center:
-        m = np.add.reduce(xs, axis=axes, keepdims=True)
-        np.true_divide(m, count, out=m, casting="unsafe")
-        xs = xs - m
-    inv = np.add.reduce(xs * xs, axis=axes, keepdims=True)
-    np.true_divide(inv, count, out=inv, casting="unsafe")
-    inv += np.float32(eps)
-    np.sqrt(inv, out=inv)
-    np.divide(1.0, inv, out=inv)
-    return xs * inv
+        m = np.add.reduce(s, axis=-1, keepdims=True)
+        m /= n
+        d = np.subtract(s, m, out=s) if fresh else s - m
+    else:
+        d = s
+    v = np.vecdot(d, d, keepdims=True)
+    v /= n
+    v += s.dtype.type(eps)
+    np.sqrt(v, out=v)
+    return np.divide(d, v, out=d if (center or fresh) else None)
+
+
+def _rows(x: np.ndarray, axis: int) -> tuple:
+    """x as float32/64 rows over the axes from `axis` on, and whether that array is a fresh copy."""
+    a = axis % x.ndim
+    xs, fresh = (x, False) if x.dtype in _FLOATS else (x.astype(np.float32), True)
+    if a != x.ndim - 1:
+        xs = xs.reshape(x.shape[:a] + (math.prod(x.shape[a:]),))
+    return xs, fresh
+
+
+def _affine(y: np.ndarray, scale: np.ndarray, bias) -> np.ndarray:
+    """y * scale + bias, in y itself when the dtypes and shapes allow (y is always fresh here)."""
+    if (scale.dtype == y.dtype and scale.shape == y.shape[y.ndim - scale.ndim:]
+            and (bias is None or (bias.dtype == y.dtype and bias.shape == y.shape[y.ndim - bias.ndim:]))):
+        y *= scale
+        if bias is not None:
+            y += bias
+        return y
+    y = y * scale
+    return y if bias is None else y + bias
+
+
+def _layer_norm(s, fresh, scale, bias, axis, eps, dtype):
+    if s.size == 0:
+        return np.empty(s.shape, dtype)
+    xs, own = _rows(s, axis)
+    y = _normalize_rows(xs, fresh or own, eps, center=True).reshape(s.shape)
+    return _affine(y, scale, bias).astype(dtype, copy=False)
 
 
 @kernel("LayerNormalization", 1, domain=DOMAIN)
 def layer_norm(ins, at):
-    x, scale = ins[0], ins[1]
-    y = _normalize(x, at.get("axis", -1), at.get("epsilon", 1e-5), center=True) * scale
-    if len(ins) > 2 and ins[2] is not None:
-        y = y + ins[2]
-    return (y.astype(x.dtype, copy=False),)
+    x = ins[0]
+    bias = ins[2] if len(ins) > 2 else None
+    return (_layer_norm(x, False, ins[1], bias, at.get("axis", -1), at.get("epsilon", 1e-5), x.dtype),)
 
 
 @kernel("SkipLayerNormalization", 1, domain=DOMAIN)
 def skip_layer_norm(ins, at):
     x = ins[0] + ins[1]
-    y = layer_norm([x, *ins[2:]], {"axis": -1, "epsilon": at.get("epsilon", 1e-5)})
-    if at.get("__n_outputs__", 1) < 4:
-        return y
-    return (y[0], None, None, x)  # ORT's output order: mean and inv_std_var are not written
+    keep_sum = at.get("__n_outputs__", 1) >= 4  # the sum is an output: normalize a copy
+    bias = ins[3] if len(ins) > 3 else None
+    y = _layer_norm(x, not keep_sum, ins[2], bias, -1, at.get("epsilon", 1e-5), ins[0].dtype)
+    return (y, None, None, x) if keep_sum else (y,)  # ORT's output order: mean and inv_std_var not written
+
+
+def _constant_affine(scale, bias):
+    """(scale, bias) when they are constant float32/64 vectors of one length and dtype, else None."""
+    if not isinstance(scale, np.ndarray) or scale.dtype not in _FLOATS or scale.ndim != 1 or scale.size == 0:
+        return None
+    if bias is not None and (not isinstance(bias, np.ndarray) or bias.dtype != scale.dtype
+                             or bias.shape != scale.shape):
+        return None
+    return scale, bias
+
+
+def _prepared_norm(scale, bias, eps, skip: bool, keep_sum: bool, generic):
+    """LayerNorm over the last axis (of x + r when `skip`) with constant scale/bias, checked once at
+    build: per call only x's (and r's) dtype and shape are checked, anything else goes to the
+    generic kernel. Same NumPy operations, in the same order, as _layer_norm's."""
+    dtype, n = scale.dtype, scale.shape[0]
+    e = dtype.type(eps)
+    in_place = skip and not keep_sum
+
+    def run(args, at):
+        x = args[0]
+        if type(x) is not np.ndarray or x.dtype != dtype or x.shape[-1:] != (n,):
+            return generic(args, at)
+        if skip:
+            r = args[1]
+            if type(r) is not np.ndarray or r.dtype != dtype or r.shape != x.shape:
+                return generic(args, at)
+            s = x + r
+        else:
+            s = x
+        m = np.add.reduce(s, axis=-1, keepdims=True)
+        m /= n
+        d = np.subtract(s, m, out=s) if in_place else s - m  # never into x, nor into a returned sum
+        v = np.vecdot(d, d, keepdims=True)
+        v /= n
+        v += e
+        np.sqrt(v, out=v)
+        np.divide(d, v, out=d)
+        d *= scale
+        if bias is not None:
+            d += bias
+        return (d, None, None, s) if keep_sum else (d,)
+    return run
+
+
+@prepare("LayerNormalization", 1, domain=DOMAIN)
+def prepare_layer_norm(at, consts, generic):
+    affine = _constant_affine(consts[1], consts[2] if len(consts) > 2 else None)
+    if affine is None or at.get("axis", -1) != -1:
+        return None
+    return _prepared_norm(*affine, at.get("epsilon", 1e-5), False, False, generic)
+
+
+@prepare("SkipLayerNormalization", 1, domain=DOMAIN)
+def prepare_skip_layer_norm(at, consts, generic):
+    affine = _constant_affine(consts[2], consts[3] if len(consts) > 3 else None)
+    if affine is None:
+        return None
+    return _prepared_norm(*affine, at.get("epsilon", 1e-5), True, at.get("__n_outputs__", 1) >= 4, generic)
 
 
 @kernel("RMSNormalization", 1, domain=DOMAIN)
 def rms_norm(ins, at):
     x, scale = ins
-    y = _normalize(x, at.get("axis", -1), at.get("epsilon", 1e-5), center=False) * scale
-    return (y.astype(x.dtype, copy=False),)
+    if x.size == 0:
+        return (np.empty(x.shape, x.dtype),)
+    xs, own = _rows(x, at.get("axis", -1))
+    y = _normalize_rows(xs, own, at.get("epsilon", 1e-5), center=False).reshape(x.shape)
+    return (_affine(y, scale, None).astype(x.dtype, copy=False),)
 
 
 @kernel("Attention", 1, domain=DOMAIN)
 def attention(ins, at):
     q, k, v = ins[0], ins[1], ins[2]
     mask = ins[3] if len(ins) > 3 else None
-    heads, scale = int(at["num_heads"]), float(at["scale"])
-    b, s, hidden = q.shape
+    heads = int(at["num_heads"])
+    b, s, _ = q.shape
     t = k.shape[1]
-    calc = np.float64 if q.dtype == np.float64 else np.float32
-    qh = q.reshape(b, s, heads, -1).transpose(0, 2, 1, 3).astype(calc, copy=False)
-    kh = k.reshape(b, t, heads, -1).transpose(0, 2, 3, 1).astype(calc, copy=False)
-    vh = v.reshape(b, t, heads, -1).transpose(0, 2, 1, 3).astype(calc, copy=False)
+    calc = _FLOATS[1] if q.dtype == _FLOATS[1] else _FLOATS[0]  # float64 stays, all else in float32
+    if q.dtype != calc or k.dtype != calc or v.dtype != calc:
+        q, k, v = q.astype(calc), k.astype(calc), v.astype(calc)
+    qh = q.reshape(b, s, heads, -1).transpose(0, 2, 1, 3)
+    kh = k.reshape(b, t, heads, -1).transpose(0, 2, 3, 1)
+    vh = v.reshape(b, t, heads, -1).transpose(0, 2, 1, 3)
     scores = np.matmul(qh, kh)
-    scores *= calc(scale)
+    scores *= calc.type(at["scale"])
     if mask is not None:
-        scores += mask.astype(calc, copy=False)
-    scores -= np.maximum.reduce(scores, axis=-1, keepdims=True)  # = .max(): without the method's wrapper
+        scores += mask if mask.dtype == calc else mask.astype(calc)
+    scores -= np.maximum.reduce(scores, axis=3, keepdims=True)  # = .max(): without the method's wrapper
     np.exp(scores, out=scores)
-    scores /= np.add.reduce(scores, axis=-1, keepdims=True)
-    out = np.matmul(scores, vh).transpose(0, 2, 1, 3).reshape(b, s, -1)
-    return (out.astype(q.dtype, copy=False),)
+    scores /= np.add.reduce(scores, axis=3, keepdims=True)
+    # the context written by matmul straight into (B, S, H, D) order: the final reshape is a view,
+    # not the copy a transpose of matmul's (B, H, S, D) result made (dividing the context there
+    # instead of the scores was slower: a strided divide)
+    out = np.empty((b, s, heads, vh.shape[3]), calc)
+    np.matmul(scores, vh, out=out.transpose(0, 2, 1, 3))
+    return (out.reshape(b, s, -1).astype(ins[0].dtype, copy=False),)
 
 
 # ---------------------------------------------------------------- Conv / Gemm + activation
