@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-
 from graphopt.passes.prune import prune
+from onnx import TensorProto, helper, numpy_helper
+from test_prune import _run  # ONNX Runtime, optimizations off, on input x
 
 RATIO = 0.2
 BLOCKS = ["relu", "bn", "dw", "gate", "concat", "split", "se", "conv", "pool", "residual", "residual"]
@@ -102,12 +101,6 @@ class _Builder:
         model.ir_version = 8
         onnx.checker.check_model(model, full_check=True)
         return model
-
-
-def _run(model, x):
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
 
 
 @pytest.mark.parametrize("seed", range(24))
