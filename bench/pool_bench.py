@@ -1,10 +1,11 @@
-"""Pooling kernels and FusedConv activations: graphopt before/after vs ONNX Runtime, per model.
+"""Pooling kernels: graphopt before/after vs ONNX Runtime, per model.
 
 For each model (the light zoo's shufflenet/squeezenet/inception_v1 on a seeded 1x3x224x224 input,
 models/convnet and models/mobilenet_yolo on their golden inputs), compiled with
 graphopt.compile(level=2, target="graphopt"), in one process, 1 thread:
   * "before": a Session built without the pooling prepare hooks (kernels/cpu/pooling.py: nn.py's
-    generic kernels run), and FusedConv finishing with the old _finish (scalar np.maximum etc.);
+    generic kernels run); the old FusedConv finish no longer exists (bench/results/pool_bench.md, from
+    before it went, has both changes in its "before");
   * "after": the Session as shipped;
   * ORT: onnxruntime on the model as given, all graph optimizations, intra_op_num_threads=1.
 The three take turns run by run (--runs timed runs each, after --warmup), medians reported with
@@ -49,17 +50,13 @@ def load(name):
 
 @contextlib.contextmanager
 def old_kernels():
-    """The kernels as they were before pooling.py and FusedConv's in-place finish."""
+    """The pooling kernels as they were before pooling.py (the generic ones in nn.py)."""
     from graphopt.kernels import registry
-    from graphopt.kernels.cpu import fused
     saved = {k: registry._PREPARE.pop(k) for k in [("", op, "cpu") for op in POOL_OPS] if k in registry._PREPARE}
-    finish = fused._finish_conv
-    fused._finish_conv = fused._finish
     try:
         yield
     finally:
         registry._PREPARE.update(saved)
-        fused._finish_conv = finish
 
 
 def ort_session(model, profile=False):
