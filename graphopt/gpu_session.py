@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import Unsupported, UsageError
-from .session import Session, _check_value, load_model, node_arg
+from .session import Session, _check_value, check_feed_names, load_model, node_arg
 
 PRECISIONS = ("fp32", "tf32", "fp16")
 
@@ -95,12 +95,7 @@ class GpuSession(Session):
     def _device_feed(self, feed: dict) -> dict:
         cp = self.cp
         known = {a.name: a for a in self._inputs}
-        extra = [k for k in feed if k not in known]
-        if extra:
-            raise UsageError(f"feed has unknown input(s) {extra}; the model's inputs are {list(known)}")
-        missing = [k for k in known if k not in feed]
-        if missing:
-            raise UsageError(f"missing input(s) {missing}; the model's inputs are {list(known)}")
+        check_feed_names(feed, known)
         out = {}
         for name, value in feed.items():
             if isinstance(value, cp.ndarray):

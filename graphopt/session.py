@@ -168,12 +168,7 @@ class Session:
                 return feed
         known = {a.name: a for a in self._inputs}
         overridable = {a.name: a for a in self._overridable}
-        extra = [k for k in feed if k not in known and k not in overridable]
-        if extra:
-            raise UsageError(f"feed has unknown input(s) {extra}; the model's inputs are {list(known)}")
-        missing = [k for k in known if k not in feed]
-        if missing:
-            raise UsageError(f"missing input(s) {missing}; the model's inputs are {list(known)}")
+        check_feed_names(feed, known, overridable)
         checked = {}
         specs = self._specs
         for name, value in feed.items():
@@ -186,6 +181,17 @@ class Session:
                 value = _check_value(known.get(name) or overridable[name], value)  # converts, or says what is wrong
             checked[name] = value
         return checked
+
+
+def check_feed_names(feed: dict, known: dict, overridable=()) -> None:
+    """UsageError for a feed name the model does not have (initializers in `overridable` may be
+    fed) or a model input the feed lacks."""
+    extra = [k for k in feed if k not in known and k not in overridable]
+    if extra:
+        raise UsageError(f"feed has unknown input(s) {extra}; the model's inputs are {list(known)}")
+    missing = [k for k in known if k not in feed]
+    if missing:
+        raise UsageError(f"missing input(s) {missing}; the model's inputs are {list(known)}")
 
 
 def _fast_spec(arg: NodeArg):
