@@ -195,6 +195,15 @@ def check_exclude_names(view: ModelView, exclude) -> None:
             raise UsageError(f"--int8-exclude: '{e}' is neither a node name nor an op type in the model")
 
 
+def splice_nodes(model: onnx.ModelProto, replace: dict) -> None:
+    """Put each node whose first output is a key of `replace` out, its replacement nodes in, in place."""
+    nodes = []
+    for n in model.graph.node:
+        nodes.extend(replace.get(n.output[0], [n]) if n.output else [n])
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+
+
 def elem_types(model: onnx.ModelProto) -> dict[str, int]:
     """Element type of every tensor of the main graph (shape inference, then graph declarations)."""
     try:

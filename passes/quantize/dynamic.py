@@ -12,8 +12,17 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .common import (ModelView, at_least_opset, dequantize_per_channel, elem_types, node_label,
-                     quantize_per_channel, select_nodes, sqnr_db)
+from .common import (
+    ModelView,
+    at_least_opset,
+    dequantize_per_channel,
+    elem_types,
+    node_label,
+    quantize_per_channel,
+    select_nodes,
+    splice_nodes,
+    sqnr_db,
+)
 from .static import QuantReport, _drop_unused_initializers
 
 DYNAMIC_OPS = {"MatMul", "Gemm", "Conv"}
@@ -72,12 +81,7 @@ def apply_dynamic(model: onnx.ModelProto, ops=DYNAMIC_OPS, exclude=(), keep_fina
                                         name=view.fresh(f"{base}_bias_Add")))
         replace[out] = new
         report.nodes.append(label)
-    g = model.graph
-    nodes = []
-    for n in g.node:
-        nodes.extend(replace.get(n.output[0], [n]) if n.output else [n])
-    del g.node[:]
-    g.node.extend(nodes)
+    splice_nodes(model, replace)
     _drop_unused_initializers(model)
     return model, report
 

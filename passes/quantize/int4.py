@@ -12,7 +12,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from .common import ModelView, at_least_opset, node_label, select_nodes, sqnr_db
+from .common import (
+    ModelView,
+    at_least_opset,
+    node_label,
+    select_nodes,
+    splice_nodes,
+    sqnr_db,
+)
 from .static import QuantReport, _drop_unused_initializers
 
 
@@ -77,12 +84,7 @@ def apply_int4(model: onnx.ModelProto, block_size: int = 32, target: str = "onnx
             new.append(helper.make_node("Add", [mm_out, bias], [node.output[0]], name=view.fresh(f"{base}_bias_Add")))
         replace[node.output[0]] = new
         report.nodes.append(node_label(node))
-    g = model.graph
-    nodes = []
-    for nd in g.node:
-        nodes.extend(replace.get(nd.output[0], [nd]) if nd.output else [nd])
-    del g.node[:]
-    g.node.extend(nodes)
+    splice_nodes(model, replace)
     if target == "ort" and report.nodes and not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     _drop_unused_initializers(model)
