@@ -7,10 +7,12 @@ inputs, the zoo a seeded random input):
     target=--target) (the intended use: compile for graphopt's runtime, then run; the default target
     `graphopt` may use the ai.graphopt fused ops only this runtime executes);
   * ONNX Runtime on the model as given, all graph optimizations on, the same intra-op thread count;
-  * onnx.reference.ReferenceEvaluator, 1-2 runs (it is slow); a model whose first reference run
-    passes --ref-cap seconds gets no further reference run and is marked.
-Reported: median latency of --runs timed runs after --warmup untimed ones (the runtimes take
-turns run by run, so load from other processes hits them alike), graphopt/ORT ratio
+  * onnx.reference.ReferenceEvaluator: a warm-up run, then the median of up to --ref-runs runs
+    within 20 s (a model whose first run takes longer is timed by that run alone); a model whose
+    reference run passes --ref-cap seconds is marked.
+Reported: median latency of at least --runs timed runs after --warmup untimed ones, more (up to
+--max-runs) until each runtime has run --min-seconds on the model, so fast models get a stable
+median (the runtimes take turns run by run, so load from other processes hits them alike), graphopt/ORT ratio
 (below 1 = graphopt faster), reference/graphopt speedup, max relative error of graphopt's first
 output vs ORT, peak activation memory and the op taking most time (from Session.run(profile=True)).
 
@@ -49,49 +51,63 @@ def model_list(selected):
     return items
 
 
-def interleaved_times(fns: dict, runs, warmup) -> dict:
+def interleaved_times(fns: dict, runs, warmup, min_seconds=0.0, max_runs=None) -> dict:
     """Seconds of each run per callable, the callables taking turns run by run, so that load from
-    other processes on a shared machine falls on all of them alike (the ratios stay fair)."""
+    other processes on a shared machine falls on all of them alike (the ratios stay fair). At
+    least `runs` rounds; more (up to `max_runs`) until the slowest callable has run `min_seconds`
+    in all, so that a model of microseconds gets a median of many runs, not of a handful."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times = {k: [] for k in fns}
-    for _ in range(runs):
+    totals = dict.fromkeys(fns, 0.0)
+    limit = max(runs, max_runs or runs)
+    for done in range(1, limit + 1):
         for k, fn in fns.items():
             t0 = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)
+            totals[k] += times[k][-1]
+        if done >= runs and max(totals.values()) >= min_seconds:
+            break
     return times
 
 
-def interleaved_medians(fns: dict, runs, warmup):
-    return {k: statistics.median(v) for k, v in interleaved_times(fns, runs, warmup).items()}
+def interleaved_medians(fns: dict, runs, warmup, min_seconds=0.0, max_runs=None):
+    return {k: statistics.median(v) for k, v in interleaved_times(fns, runs, warmup, min_seconds, max_runs).items()}
 
 
 class _Timeout(Exception):
     pass
 
 
-def reference_seconds(model, feed, cap, runs=2):
-    """Median of up to `runs` ReferenceEvaluator runs; (None, note) when the first passes `cap`."""
+def reference_seconds(model, feed, cap, runs=5, budget=20.0):
+    """Median ReferenceEvaluator latency: a first run (also the warm-up when it is quick), then up
+    to `runs` timed runs while their total stays under `budget` seconds; a model whose first run
+    takes over `budget` / `runs` is timed by that run alone (the reference is slow: a large model
+    would take minutes). (None, note) when a run passes `cap`."""
     from onnx.reference import ReferenceEvaluator
 
     def alarm(signum, frame):
         raise _Timeout()
     old = signal.signal(signal.SIGALRM, alarm)
+
+    def timed():
+        signal.alarm(math.ceil(cap))
+        t0 = time.perf_counter()
+        with np.errstate(all="ignore"):
+            ref.run(None, feed)
+        signal.alarm(0)
+        return time.perf_counter() - t0
     try:
         ref = ReferenceEvaluator(model)
+        first = timed()
+        if first > budget / runs:
+            return first, "1 run"
         times = []
-        for _ in range(runs):
-            signal.alarm(math.ceil(cap))
-            t0 = time.perf_counter()
-            with np.errstate(all="ignore"):
-                ref.run(None, feed)
-            signal.alarm(0)
-            times.append(time.perf_counter() - t0)
-            if times[-1] > cap / 2:  # slow: one run is enough
-                break
-        return statistics.median(times), f"{len(times)} run(s)"
+        while len(times) < runs and sum(times) + first < budget:
+            times.append(timed())
+        return statistics.median(times), f"{len(times)} run(s) after a warm-up"
     except _Timeout:
         return None, f"> {cap:.0f} s"
     except Exception as e:  # noqa: BLE001  (the reference lacks some ops: a cell, not the run)
@@ -155,9 +171,9 @@ def bench_model(name, path, golden_name, args):
             timed[label] = functools.partial(sess.run, None, feed)
         except Exception as e:  # noqa: BLE001
             row[f"{label}_note"] = f"{type(e).__name__}: {str(e)[:80]}"
-    row.update(interleaved_medians(timed, args.runs, args.warmup))
+    row.update(interleaved_medians(timed, args.runs, args.warmup, args.min_seconds, args.max_runs))
     if not args.skip_reference:
-        row["ref"], row["ref_note"] = reference_seconds(model, feed, args.ref_cap)
+        row["ref"], row["ref_note"] = reference_seconds(model, feed, args.ref_cap, args.ref_runs)
     return row
 
 
@@ -220,7 +236,12 @@ def main(argv=None):
     ap.add_argument("--target", default="graphopt", choices=("onnx", "ort", "graphopt"),
                     help="graphopt.compile target for the -O2 column (default graphopt: fused ops for this runtime)")
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--min-seconds", type=float, default=1.0,
+                    help="time each runtime at least this long per model (more runs for fast models; default 1)")
+    ap.add_argument("--max-runs", type=int, default=1000, help="at most this many timed runs per model")
     ap.add_argument("--ref-cap", type=float, default=60.0, help="seconds one onnx.reference run may take")
+    ap.add_argument("--ref-runs", type=int, default=5,
+                    help="timed onnx.reference runs after a warm-up, within a 20 s budget per model (default 5)")
     ap.add_argument("--skip-reference", action="store_true")
     ap.add_argument("--markdown-out", help="write the table to this file")
     args = ap.parse_args(argv)
@@ -239,8 +260,8 @@ def main(argv=None):
     machine = (f"{platform.machine()} {os.cpu_count()} CPUs ({_cpu_name()}), Python {platform.python_version()}, "
                f"NumPy {np.__version__}, onnxruntime {onnxruntime.__version__}, onnx {onnx.__version__}")
     header = [f"Runtime benchmark, {when}: {machine}; -O2 column compiled with target={args.target}; "
-              f"{args.threads} thread(s), median of {args.runs} runs "
-              f"after {args.warmup} warm-up; {load} (shared machine: timings are noisy).", ""]
+              f"{args.threads} thread(s), median of >= {args.runs} runs (more until {args.min_seconds:g} s per runtime, "
+              f"at most {args.max_runs}) after {args.warmup} warm-up; onnx.reference: median of <= {args.ref_runs} runs after a warm-up; {load} (shared machine: timings are noisy).", ""]
     text = "\n".join(header + lines + [""] + summary) + "\n"
     print(text)
     if args.markdown_out:

@@ -14,6 +14,7 @@ import numpy as np
 from ..registry import DYNAMIC, prepare
 from ._inplace import reusable
 from ._scratch import padded, scratch
+from ._util import clip_ufunc, sigmoid_in_place
 from .depthwise import RowWideConv
 from .nn import conv_pads, windows
 from .winograd import Winograd
@@ -168,7 +169,8 @@ def prepare_relu(at, consts, generic):
     def relu(args, at):
         if reusable(args, 0) and args[0].dtype.kind == "f":
             x = args[0]
-            return (np.maximum(x, 0, out=x),)
+            t = x.dtype.type
+            return (clip_ufunc(x, t(0), t(np.inf), out=x),)  # as fused.py's Relu (faster than np.maximum)
         return generic(args, at)
     return relu
 
@@ -177,12 +179,7 @@ def prepare_relu(at, consts, generic):
 def prepare_sigmoid(at, consts, generic):
     def sigmoid(args, at):
         if reusable(args, 0) and args[0].dtype in _FLOAT:
-            x = args[0]
-            with np.errstate(over="ignore"):
-                np.negative(x, out=x)
-                np.exp(x, out=x)
-            np.add(x, 1, out=x)
-            return (np.reciprocal(x, out=x),)
+            return (sigmoid_in_place(args[0]),)
         return generic(args, at)
     return sigmoid
 
@@ -195,6 +192,8 @@ def prepare_clip(at, consts, generic):
             lo = args[1] if len(args) > 1 else None
             hi = args[2] if len(args) > 2 else None
             if (lo is None or lo.dtype == x.dtype) and (hi is None or hi.dtype == x.dtype):
+                if lo is not None and hi is not None:
+                    return (clip_ufunc(x, lo, hi, out=x),)  # min(max(x, lo), hi), as below
                 if lo is not None:
                     np.maximum(x, lo, out=x)
                 if hi is not None:
