@@ -1,4 +1,4 @@
-"""Resize / Upsample (separable: one interpolation matrix per resized axis) and GridSample."""
+"""Resize / Upsample (separable: per resized axis, each output a few weighted input taps) and GridSample."""
 from __future__ import annotations
 
 import itertools
@@ -50,18 +50,17 @@ def _nearest(xs, mode):
     raise ValueError(f"unknown nearest_mode {mode!r}")
 
 
-def _weights(n_out, n_in, scale, at, roi):
-    """(n_out, n_in) interpolation matrix and a mask of outputs that extrapolate."""
+def _taps(n_out, n_in, scale, at, roi):
+    """(index, coeff, outside): output i along the axis is sum_t coeff[i, t] * input[index[i, t]]
+    (indices clipped into the input, as the spec's edge padding), and a mask of outputs that
+    extrapolate. Nearest mode has one tap of weight 1: a plain selection."""
     xs = _source_coords(n_out, n_in, scale, at["coordinate_transformation_mode"], roi)
     outside = (xs < 0) | (xs > n_in - 1) if at["coordinate_transformation_mode"] == "tf_crop_and_resize" \
         else np.zeros(n_out, bool)
-    w = np.zeros((n_out, n_in))
     mode = at["mode"]
-    rows = np.arange(n_out)
     if mode == "nearest":
-        idx = np.clip(_nearest(xs, at["nearest_mode"]), 0, n_in - 1).astype(np.int64)
-        w[rows, idx] = 1.0
-        return w, outside
+        idx = np.clip(_nearest(xs, at["nearest_mode"]), 0, n_in - 1).astype(np.intp)
+        return idx[:, None], None, outside
     base = np.floor(xs)
     ratio = xs - base
     s = min(scale, 1.0) if at.get("antialias") else 1.0
@@ -73,12 +72,26 @@ def _weights(n_out, n_in, scale, at, roi):
         start = int(np.floor(-2 / s) + 1)
         taps = np.arange(start, 2 - start)
         coeff = _cubic((taps[None, :] - ratio[:, None]) * s, at["cubic_coeff_a"])
-    idx = base[:, None].astype(np.int64) + taps[None, :]
+    idx = base[:, None].astype(np.intp) + taps[None, :]
     if at.get("exclude_outside"):
         coeff = np.where((idx < 0) | (idx > n_in - 1), 0.0, coeff)
     coeff = coeff / coeff.sum(axis=1, keepdims=True)
-    np.add.at(w, (np.repeat(rows, len(taps)), np.clip(idx, 0, n_in - 1).reshape(-1)), coeff.reshape(-1))
-    return w, outside
+    return np.clip(idx, 0, n_in - 1), coeff, outside
+
+
+def _resize_axis(y, a, idx, coeff):
+    """Gathers along axis a instead of a dense (n_out, n_in) interpolation matrix: a few taps per
+    output (1 nearest, 2 linear, 4 cubic) rather than n_in multiply-adds."""
+    if coeff is None:
+        return y.take(idx[:, 0], axis=a)
+    shape = [1] * y.ndim
+    shape[a] = -1
+    out = None
+    for t in range(idx.shape[1]):
+        term = y.take(idx[:, t], axis=a)
+        term *= coeff[:, t].astype(y.dtype).reshape(shape)
+        out = term if out is None else np.add(out, term, out=out)
+    return out
 
 
 def resize(x, scales, sizes, roi, at):
@@ -113,17 +126,18 @@ def resize(x, scales, sizes, roi, at):
         for a in axes:
             span = rois[a][1] - rois[a][0] if at["coordinate_transformation_mode"] == "tf_crop_and_resize" else 1.0
             out_shape[a] = int(np.floor(x.shape[a] * span * full_scales[a]))
-    y = x.astype(np.float64) if x.dtype.kind != "f" or x.dtype.itemsize < 4 else x
+    nearest = at["mode"] == "nearest"  # a selection: any dtype as it is
+    y = x if nearest or (x.dtype.kind == "f" and x.dtype.itemsize >= 4) else x.astype(np.float64)
     for a in reversed(range(nd)):
         if out_shape[a] == x.shape[a] and full_scales[a] == 1.0 and rois[a] == (0.0, 1.0):
             continue
-        w, outside = _weights(out_shape[a], x.shape[a], full_scales[a], at, rois[a])
-        y = np.moveaxis(np.tensordot(w.astype(y.dtype), np.moveaxis(y, a, 0), axes=(1, 0)), 0, a)
+        idx, coeff, outside = _taps(out_shape[a], x.shape[a], full_scales[a], at, rois[a])
+        y = _resize_axis(y, a, idx, coeff)
         if outside.any():
             sel = [slice(None)] * nd
             sel[a] = outside
             y[tuple(sel)] = at.get("extrapolation_value", 0.0)
-    if x.dtype.kind in "iu":
+    if x.dtype.kind in "iu" and not nearest:
         y = np.rint(y)
     return np.ascontiguousarray(y).astype(x.dtype, copy=False)
 
