@@ -1,4 +1,4 @@
 """O2 fusions. Importing registers them; order is pipeline order. Transformer rules build canonical
 ai.graphopt ops that lower.py spells for the output target (onnx / ort / graphopt)."""
-from . import conv, gemm, layout, transformer, gelu, attention  # noqa: F401
+from . import conv, gemm, layout, transformer, gelu, attention, hardswish  # noqa: F401
 from . import activation  # noqa: F401,E402  (Conv/Gemm + activation -> FusedConv/FusedGemm, after BN folding)
