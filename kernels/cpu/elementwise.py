@@ -59,8 +59,9 @@ def erf_interp(x):
 
 
 def _sigmoid(x):
+    x_calc = x.astype(np.float32) if x.dtype == np.float16 else x  # float16's exp(-x) overflows from x < -11 on
     with np.errstate(over="ignore"):
-        return (1.0 / (1.0 + np.exp(-x))).astype(x.dtype, copy=False)
+        return (1.0 / (1.0 + np.exp(-x_calc))).astype(x.dtype, copy=False)
 
 
 @kernel("Identity")

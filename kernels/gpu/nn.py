@@ -248,21 +248,16 @@ _TAPS: dict = {}
 
 
 def _taps(n_out, n_in, scale, at):
-    """Tap tables (indices, weights) of one resized axis, from the NumPy runtime's interpolation
-    matrix, built on the host once per (sizes, scale, mode) and kept on the device."""
-    from graphopt.kernels.cpu.resize import _weights
+    """Tap tables (indices, weights) of one resized axis, the NumPy runtime's (kernels/cpu/resize.py),
+    built on the host once per (sizes, scale, mode) and kept on the device."""
+    from graphopt.kernels.cpu.resize import _taps as host_taps
     key = (n_out, n_in, scale, at["mode"], at["coordinate_transformation_mode"], at["nearest_mode"],
            at.get("cubic_coeff_a"), at.get("exclude_outside"), at.get("antialias"))
     hit = _TAPS.get(key)
     if hit is None:
-        w, _ = _weights(n_out, n_in, scale, at, (0.0, 1.0))
-        taps = max(1, int((w != 0).sum(axis=1).max()))
-        idx = np.zeros((n_out, taps), np.int64)
-        wt = np.zeros((n_out, taps), np.float32)
-        for j in range(n_out):
-            nz = np.nonzero(w[j])[0]
-            idx[j, :len(nz)], wt[j, :len(nz)] = nz, w[j, nz]
-        hit = _TAPS[key] = (cp.asarray(idx), cp.asarray(wt), taps)
+        idx, coeff, _ = host_taps(n_out, n_in, scale, at, (0.0, 1.0))
+        wt = np.ones(idx.shape, np.float32) if coeff is None else coeff.astype(np.float32)
+        hit = _TAPS[key] = (cp.asarray(idx.astype(np.int64)), cp.asarray(wt), idx.shape[1])
     return hit
 
 
