@@ -209,6 +209,12 @@ class Plan:
             inputs = list(inputs[:n]) + [self.template[s] for s in self.input_slots[len(inputs):]]
         return self._compiled(inputs, outer)
 
+    def runner(self, n_inputs: int):
+        """fn(inputs, outer) -> outputs, like run, for a caller that always passes `n_inputs` inputs
+        (a Loop/Scan body, run once per iteration): the compiled function itself when that count is
+        the plan's, so an iteration pays no call through run."""
+        return self._compiled if n_inputs == len(self.input_slots) else self.run
+
     def run_named(self, feeds: dict, outer: dict | None, profile: Profile | None = None) -> list:
         if profile is None and feeds.keys() <= self._input_set:
             ins = [feeds.get(n, d) for n, d in self._input_defaults]
@@ -302,14 +308,18 @@ def _formal_inputs(node, domain, opset) -> list[str]:
 
 
 def _with_outer(fn, n_explicit: int, names: list):
-    """Kernels of If/Loop/Scan get the outer values their subgraphs read as attrs['__outer__']."""
+    """Kernels of If/Loop/Scan get the outer values their subgraphs read as attrs['__outer__'].
+    The wrapper is generated per node with the names as a dict display ({'t': inputs[2], ...}):
+    on three names it builds the dict in 0.13 us where dict(zip(names, inputs[n:])) took 0.55, a cost
+    every If/Loop/Scan call pays."""
     if fn is None:
         return None
-
-    def call(inputs, attrs):
-        outer = dict(zip(names, inputs[n_explicit:]))
-        return fn(inputs[:n_explicit], {**attrs, "__outer__": outer})
-    return call
+    entries = ", ".join(f"{name!r}: inputs[{n_explicit + j}]" for j, name in enumerate(names))
+    source = ("def call(inputs, attrs):\n"
+              f"    return fn(inputs[:{n_explicit}], {{**attrs, '__outer__': {{{entries}}}}})\n")
+    env = {"fn": fn}
+    exec(compile(source, "<graphopt outer>", "exec"), env)  # noqa: S102  (names only as repr() literals)
+    return env["call"]
 
 
 def _prepared(b, constants, ctx):
