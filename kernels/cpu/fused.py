@@ -3,9 +3,11 @@
 Each replaces a chain of standard ops with one NumPy pass over the data; semantics are the chain's:
     Gelu(X; approximate)            0.5*x*(1+erf(x/sqrt2)), or the tanh form
     BiasGelu(X, B; approximate)     Gelu(X + B)
+    QuickGelu(X; alpha=1.702)       X * sigmoid(alpha * X), as ORT's (alpha 1: SiLU / Swish)
     LayerNormalization(X, S, B?)    as ONNX LayerNormalization-17 (axis, epsilon; float32 statistics)
-    SkipLayerNormalization(X, R, S, B?; epsilon)   LayerNormalization(X + R) over the last axis; a 4th
-                                                   output (2nd and 3rd empty) is the sum X + R, as ORT's
+    SkipLayerNormalization(X, R, S, B?, Bias?; epsilon)   LayerNormalization(X + R + Bias) over the last
+                                                   axis (Bias: a vector, 5th input); a 4th output (2nd and
+                                                   3rd empty) is the sum X + R + Bias, as ORT's
     RMSNormalization(X, S; axis, epsilon)          x / sqrt(mean(x^2) + eps) * S
     Attention(Q, K, V, M?; num_heads, scale)       softmax(Q K^T * scale + M) V per head, Q/K/V (B, S, H*D)
     FusedConv(X, W, B?, Z?; Conv attrs, activation, activation_params)   act(Conv(X, W, B) + Z), as ORT's
@@ -93,6 +95,17 @@ def bias_gelu(ins, at):
     return (_gelu(s, at.get("approximate") or "none", fresh=True),)
 
 
+@kernel("QuickGelu", 1, domain=DOMAIN)
+def quick_gelu(ins, at):
+    """x * sigmoid(alpha * x) (ORT's QuickGelu; alpha 1 is SiLU/Swish): one step for Sigmoid + Mul."""
+    x = ins[0]
+    alpha = at.get("alpha", 1.702)
+    if x.dtype == np.float16:  # exp(-x) overflows float16 from x < -11 on, where the result is still representable
+        return (quick_gelu([x.astype(np.float32)], at)[0].astype(np.float16),)
+    gate = np.multiply(x, x.dtype.type(alpha)) if alpha != 1.0 else x.copy()
+    return (np.multiply(x, sigmoid_in_place(gate), out=gate),)
+
+
 # ---------------------------------------------------------------- normalizations
 # On a transformer's small tensors (rows of 64..1024 values) each NumPy call costs more than its
 # arithmetic. The row mean stays np.add.reduce (pairwise summation: a GEMV against a column of 1/n
@@ -160,10 +173,21 @@ def layer_norm(ins, at):
 @kernel("SkipLayerNormalization", 1, domain=DOMAIN)
 def skip_layer_norm(ins, at):
     x = ins[0] + ins[1]
+    skip_bias = ins[4] if len(ins) > 4 else None  # ORT's 5th input, added before the norm (and in the sum)
+    if skip_bias is not None:
+        x = _add_in_place(x, skip_bias)
     keep_sum = at.get("__n_outputs__", 1) >= 4  # the sum is an output: normalize a copy
     bias = ins[3] if len(ins) > 3 else None
     y = _layer_norm(x, not keep_sum, ins[2], bias, -1, at.get("epsilon", 1e-5), ins[0].dtype)
     return (y, None, None, x) if keep_sum else (y,)  # ORT's output order: mean and inv_std_var not written
+
+
+def _add_in_place(s: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """s + b, written into s (a fresh sum) when b neither widens s's dtype nor its shape."""
+    if b.dtype == s.dtype and b.ndim <= s.ndim and b.shape == s.shape[s.ndim - b.ndim:]:
+        s += b
+        return s
+    return s + b
 
 
 def _constant_affine(scale, bias):
@@ -176,10 +200,11 @@ def _constant_affine(scale, bias):
     return scale, bias
 
 
-def _prepared_norm(scale, bias, eps, skip: bool, keep_sum: bool, generic):
-    """LayerNorm over the last axis (of x + r when `skip`) with constant scale/bias, checked once at
-    build: per call only x's (and r's) dtype and shape are checked, anything else goes to the
-    generic kernel. Same NumPy operations, in the same order, as _layer_norm's."""
+def _prepared_norm(scale, bias, eps, skip: bool, keep_sum: bool, generic, skip_bias=None):
+    """LayerNorm over the last axis (of x + r (+ skip_bias) when `skip`) with constant scale/bias
+    (and skip_bias: a constant vector like scale), checked once at build: per call only x's (and r's)
+    dtype and shape are checked, anything else goes to the generic kernel. Same NumPy operations, in
+    the same order, as _layer_norm's."""
     dtype, n = scale.dtype, scale.shape[0]
     e = dtype.type(eps)
     in_place = skip and not keep_sum
@@ -193,6 +218,8 @@ def _prepared_norm(scale, bias, eps, skip: bool, keep_sum: bool, generic):
             if type(r) is not np.ndarray or r.dtype != dtype or r.shape != x.shape:
                 return generic(args, at)
             s = x + r
+            if skip_bias is not None:
+                s += skip_bias
         else:
             s = x
         m = np.add.reduce(s, axis=-1, keepdims=True)
@@ -221,9 +248,11 @@ def prepare_layer_norm(at, consts, generic):
 @prepare("SkipLayerNormalization", 1, domain=DOMAIN)
 def prepare_skip_layer_norm(at, consts, generic):
     affine = _constant_affine(consts[2], consts[3] if len(consts) > 3 else None)
-    if affine is None:
-        return None
-    return _prepared_norm(*affine, at.get("epsilon", 1e-5), True, at.get("__n_outputs__", 1) >= 4, generic)
+    skip_bias = consts[4] if len(consts) > 4 else None
+    if affine is None or (skip_bias is not None and _constant_affine(affine[0], skip_bias) is None):
+        return None  # a skip bias that is not a constant vector like the scale: the generic kernel
+    return _prepared_norm(*affine, at.get("epsilon", 1e-5), True, at.get("__n_outputs__", 1) >= 4, generic,
+                          skip_bias)
 
 
 @kernel("RMSNormalization", 1, domain=DOMAIN)

@@ -20,6 +20,14 @@ def gelu(ins, at):
     return elementwise.gelu([ins[0]], {"approximate": at.get("approximate") or "none"})
 
 
+@kernel("QuickGelu", 1, device="gpu", domain=DOMAIN)
+def quick_gelu(ins, at):
+    x = rt.device(ins[0])
+    calc = x.astype(np.float32) if x.dtype == np.float16 else x  # as the CPU kernel: float16's exp overflows
+    gate = calc * calc.dtype.type(at.get("alpha", 1.702))
+    return ((calc / (1 + cp.exp(-gate))).astype(x.dtype, copy=False),)
+
+
 @kernel("BiasGelu", 1, device="gpu", domain=DOMAIN)
 def bias_gelu(ins, at):
     x = rt.device(ins[0])
@@ -37,6 +45,8 @@ def layer_norm(ins, at):
 def skip_layer_norm(ins, at):
     x = rt.device(ins[0])
     x = x + rt.device(ins[1]).astype(x.dtype, copy=False)
+    if len(ins) > 4 and ins[4] is not None:  # ORT's 5th input: a bias added with the skip (and in the sum)
+        x += rt.device(ins[4]).astype(x.dtype, copy=False)
     bias = rt.device(ins[3]) if len(ins) > 3 and ins[3] is not None else None
     y = nn._norm(x, rt.device(ins[2]), bias, -1, at.get("epsilon", 1e-5), 0, 1)
     if at.get("__n_outputs__", 1) < 4:

@@ -10,7 +10,8 @@ reference, optimizations on and off):
              HardSwish}; parameters in the float list `activation_params`.
   FusedGemm  activation in {Relu, Tanh, Sigmoid, LeakyRelu, HardSigmoid}; parameters in activation_alpha /
              activation_beta (Clip and HardSwish are refused by its kernel).
-SiLU (x*Sigmoid(x)) is in neither list; it becomes QuickGelu(alpha=1) = x*sigmoid(1*x) instead (a separate node).
+SiLU (x*Sigmoid(x)) is in neither list; it becomes QuickGelu(alpha=1) = x*sigmoid(1*x) instead (a separate node;
+kernels/cpu/fused.py runs it for --target graphopt).
 """
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ from graphopt.rewrite import Op, Rule, Var, attr_value
 
 from .common import near, optional_input, out_like
 from .lower import (
-    NO_KERNEL,
     ORT,
     emit,
     register_fusion_rules,
@@ -193,10 +193,9 @@ ACTIVATION_RULES = [
 
 for _kind in ("FusedConv", "FusedGemm", "QuickGelu"):
     register_spelling(_kind, "ort", to_domain(ORT, _kind))
-NO_KERNEL.add("QuickGelu")  # graphopt.Session has no kernel for it (lower.py checks again at compile time)
 
 register_fusion_rules("fuse-activation", ACTIVATION_RULES, level=2,
                       produces={"conv-activation": "FusedConv", "conv-add-activation": "FusedConv", "conv-hardswish": "FusedConv",
                                 "gemm-activation": "FusedGemm", "silu": "QuickGelu"},
                       doc="Conv/Gemm + Relu/Clip/LeakyRelu/Sigmoid/Tanh/HardSigmoid/HardSwish -> FusedConv/FusedGemm, "
-                          "x*Sigmoid(x) -> QuickGelu (--target ort; graphopt where it has kernels)")
+                          "x*Sigmoid(x) -> QuickGelu (--target ort, graphopt)")

@@ -1,6 +1,7 @@
 """O2 scaled dot-product attention fusion (canonical ai.graphopt Attention, spelled by lower.py:
 onnx Attention >= 23; ort com.microsoft Attention with packed QKV weights when Q/K/V are projections
-of one value, else MultiHeadAttention, and the standard Attention from opset 23; graphopt kernel).
+of one value, else MultiHeadAttention, and the standard Attention from opset 23; graphopt kernel, its
+Q/K/V projections of one value packed into one MatMul + Add + Split).
 
     q = Transpose(Reshape(Q, [b, s, H, D]), [0,2,1,3])           (optionally * a scalar)
     k = Transpose(Reshape(K, [b, s, H, D]), [0,2,3,1])           (or [0,2,1,3] then [0,1,3,2])

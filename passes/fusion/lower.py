@@ -5,7 +5,9 @@ A fusion rule builds one *canonical* fused op in the ai.graphopt domain with `em
 kind another rule file adds). The pass that ran the rule then spells every canonical node for the
 output target (ctx.options["target"]) and opset, using the table of spellings below:
 
-    graphopt  keeps the canonical op (graphopt.kernels.cpu.fused executes it)
+    graphopt  keeps the canonical op (graphopt.kernels.cpu.fused executes it); a graphopt spelling
+              may still take neighbours in (a bias Add into SkipLayerNormalization, Q/K/V
+              projections packed into one MatMul): fewer planned steps for the runtime
     ort       com.microsoft contrib op, or a standard op where ORT has one
     onnx      the standard op, only from the opset that defines it
 
@@ -59,7 +61,8 @@ def unavailable(kind: str, ctx) -> str | None:
     target = target_of(ctx)
     if target == "graphopt" and (kind not in NO_KERNEL or _has_kernel(kind)):
         return None
-    spelling = SPELLINGS.get((kind, target))
+    # a graphopt spelling only refines a canonical op the runtime can run: it never makes one available
+    spelling = SPELLINGS.get((kind, target)) if target != "graphopt" else None
     if spelling is None:
         return f"target '{target}' has no fused {kind} (--target ort or graphopt has)"
     if ctx.opset < spelling.min_opset:
@@ -84,13 +87,14 @@ def emit(m, kind: str, inputs, attrs=None, **out):
 
 
 def spell_all(graph: gs.Graph, ctx) -> int:
+    """Spell the canonical nodes for the target; the number of nodes changed. A graphopt spelling
+    keeps the node canonical, so it runs again after every later fusion pass: it must be idempotent
+    and return whether it changed the graph (an ort/onnx spelling always does, returning None)."""
     target, count = target_of(ctx), 0
-    if target == "graphopt":
-        return 0
     for node in list(graph.nodes):
         if node.domain == FUSED and (node.op, target) in SPELLINGS:
-            SPELLINGS[(node.op, target)].spell(graph, node, ctx.opset)
-            count += 1
+            done = SPELLINGS[(node.op, target)].spell(graph, node, ctx.opset)
+            count += 1 if done is None else int(bool(done))
     return count
 
 
@@ -118,8 +122,8 @@ def register_fusion_rules(name: str, rules: list[Rule], produces: dict[str, str]
         for rule_name, near in stats.near_miss.items():  # keep the nearest miss over all iterations
             if rule_name not in ctx.near_misses or near[0] >= ctx.near_misses[rule_name][0]:
                 ctx.near_misses[rule_name] = near
-        spell_all(graph, ctx)
-        return PassResult(stats.total > 0, dict(stats.hits))
+        spelled = spell_all(graph, ctx)  # graphopt: may change the graph with no rule hit in this pass
+        return PassResult(stats.total > 0 or spelled > 0, dict(stats.hits))
 
     run.__module__ = rules[0].rewrite.__module__ if rules else __name__
     REGISTRY[name] = PassInfo(name, level, run, doc, per_graph=True, origin=run.__module__)
@@ -156,6 +160,18 @@ def _skip_layernorm_ort(graph, node, opset):
     """com.microsoft SkipLayerNormalization; it also takes a bias vector added with the skip (its 5th
     input), so a residual branch ending in MatMul(x, W) + bias [hidden] gives its Add to it."""
     to_domain(ORT, keep=("epsilon",))(graph, node, opset)
+    _take_bias_add(graph, node)
+
+
+def _skip_layernorm_graphopt(graph, node, opset) -> bool:
+    """graphopt's SkipLayerNormalization takes the bias as ORT's does (its kernels add a 5th input
+    with the skip): one planned step less per skip-LN. Runs again after later passes: a node that
+    has its bias already is left alone."""
+    return len(node.inputs) in (3, 4) and _take_bias_add(graph, node)
+
+
+def _take_bias_add(graph, node) -> bool:
+    """The bias Add of X or R (X first) moved into the skip node as its 5th input; whether one was."""
     scale = ir.const_value(node.inputs[2])
     for at in (0, 1):
         found = _bias_add(graph, node.inputs[at], scale)
@@ -169,7 +185,8 @@ def _skip_layernorm_ort(graph, node, opset):
         node.inputs = inputs + [bias]
         ir.detach(add)
         graph.nodes = [n for n in graph.nodes if n is not add]
-        return
+        return True
+    return False
 
 
 def _bias_add(graph, t: gs.Tensor, scale):
@@ -236,9 +253,10 @@ def _mask_rows(graph, node, mask: gs.Tensor) -> gs.Tensor:
     return add("Expand", [mask, target], dtype=mask.dtype, shape=None)
 
 
-def _packed_projection(graph, node):
+def _packed_projection(graph, node, dtypes=(np.float32,), own_weights=False):
     """(x, [Wq|Wk|Wv], [bq|bk|bv], nodes that die) when Q, K, V are MatMul(x, W) + b of one x with
-    constant 2-D weights and vector biases of one size, each used only by this attention; else None."""
+    constant 2-D weights and vector biases of one size, each used only by this attention; else None.
+    own_weights: each W is read by its MatMul only (else the packed copy would sit beside it)."""
     x, weights, biases, dead = None, [], [], []
     for t in node.inputs[:3]:
         add = ir.producer(t)
@@ -250,7 +268,9 @@ def _packed_projection(graph, node):
             return None
         mm = ir.producer(mm_out)
         w, b = ir.const_value(mm.inputs[1]), ir.const_value(bias_t)
-        if w is None or b is None or w.ndim != 2 or b.ndim != 1 or b.shape[0] != w.shape[1] or w.dtype != np.float32:
+        if w is None or b is None or w.ndim != 2 or b.ndim != 1 or b.shape[0] != w.shape[1] or w.dtype not in dtypes:
+            return None
+        if own_weights and (len(mm.inputs[1].outputs) != 1 or ir.is_graph_output(graph, mm.inputs[1])):
             return None
         if x is not None and mm.inputs[0] is not x:
             return None
@@ -290,6 +310,36 @@ def _attention(graph, node, opset, ort: bool):
         node.attrs = {"q_num_heads": heads, "kv_num_heads": heads, "scale": scale}
 
 
+def _attention_graphopt(graph, node, opset) -> bool:
+    """Q, K, V projected from one x: one MatMul(x, [Wq|Wk|Wv]), one Add and one Split (standard ops)
+    make them, 3 planned steps instead of 6; graphopt's Attention keeps its signature and reads the
+    Split's outputs (views into the packed product). Idempotent: packed Q/K/V come from a Split."""
+    packed = _packed_projection(graph, node, dtypes=(np.float16, np.float32, np.float64), own_weights=True)
+    if packed is None:
+        return False
+    x, weight, bias, dead = packed
+    qkv = list(node.inputs[:3])  # the dying Adds' outputs: they become the Split's, names and shapes kept
+    for n in dead:
+        ir.detach(n)
+    graph.nodes = [n for n in graph.nodes if all(n is not d for d in dead)]
+    hidden, dtype = weight.values.shape[1] // 3, weight.values.dtype
+    base = weight.name[:-len("_weight")]
+    shape = None if x.shape is None else list(x.shape[:-1]) + [3 * hidden]
+    product = gs.Variable(ir.fresh_name(base + "_mm"), dtype=dtype, shape=shape)
+    packed_out = gs.Variable(ir.fresh_name(base + "_packed"), dtype=dtype, shape=shape)
+    sizes = np.array([hidden] * 3, np.int64)
+    split_in, split_attrs = [packed_out], {"axis": -1}
+    if opset >= 13:
+        split_in.append(gs.Constant(ir.fresh_name(base + "_sizes"), sizes))
+    else:
+        split_attrs["split"] = [int(v) for v in sizes]
+    graph.nodes += [gs.Node("MatMul", name=ir.fresh_name(base + "_MatMul"), inputs=[x, weight], outputs=[product]),
+                    gs.Node("Add", name=ir.fresh_name(base + "_Add"), inputs=[product, bias], outputs=[packed_out]),
+                    gs.Node("Split", name=ir.fresh_name(base + "_Split"), attrs=split_attrs, inputs=split_in,
+                            outputs=qkv)]
+    return True
+
+
 # ---------------------------------------------------------------- the table (kinds of this family)
 
 register_spelling("Gelu", "onnx", _gelu_onnx, min_opset=20)
@@ -298,6 +348,8 @@ register_spelling("BiasGelu", "ort", _gelu_ort)
 register_spelling("LayerNormalization", "onnx", to_domain("", keep=("axis", "epsilon")), min_opset=17)
 register_spelling("LayerNormalization", "ort", to_domain("", keep=("axis", "epsilon")), min_opset=17)
 register_spelling("SkipLayerNormalization", "ort", _skip_layernorm_ort)
+register_spelling("SkipLayerNormalization", "graphopt", _skip_layernorm_graphopt)
+register_spelling("Attention", "graphopt", _attention_graphopt)
 register_spelling("RMSNormalization", "onnx", to_domain("", keep=("axis", "epsilon")), min_opset=23)
 register_spelling("RMSNormalization", "ort", to_domain("", keep=("axis", "epsilon")), min_opset=23)
 register_spelling("Attention", "onnx", lambda g, n, o: _attention(g, n, o, ort=False), min_opset=23)

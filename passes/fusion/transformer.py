@@ -4,7 +4,8 @@
     LayerNormalization(x, s, b) * gamma / + beta        -> LayerNormalization(x, s*gamma, b*gamma / b+beta)
     x / sqrt(mean(x^2) + eps)                           -> RMSNormalization(x, 1)     (and * gamma absorbed)
     LayerNormalization(a + b, s, b)                     -> SkipLayerNormalization(a, b, s, b)   (ort, graphopt)
-        (a + b read elsewhere too: its readers take the fused op's 4th output, the sum)
+        (a + b read elsewhere too: its readers take the fused op's 4th output, the sum; when a is
+         MatMul(h, W) + bias, lower.py moves that bias Add into the fused op's 5th input: ort, graphopt)
 
 LayerNorm is found as its core with unit scale; the affine Mul(gamma) and Add(beta) that follow are
 absorbed by two small rules, so every gamma/beta spelling (or none) folds. Axes may be an attribute

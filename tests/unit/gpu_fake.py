@@ -283,7 +283,7 @@ def main() -> int:
             problems = golden.compare(g.outputs, got, **tol)
             print(("FAIL " if problems else "ok   ") + f"golden {name} {prec} {problems[:1]}")
             results.append(not problems)
-    for name in ("transformer_block", "convnet", "bert_encoder"):  # graphopt's fused ops (ai.graphopt)
+    for name in ("transformer_block", "convnet", "bert_encoder", "mobilenet_yolo"):  # graphopt's fused ops (ai.graphopt)
         g = golden.load_golden(name)
         model = graphopt.compile_model(golden.model_path(name), level=2, target="graphopt").model
         sess = graphopt.Session(model, device="gpu")

@@ -133,3 +133,21 @@ def test_attention(mask):
     got = fused.attention(args, {"num_heads": heads, "scale": 0.3})[0]
     assert got.shape == want.shape and got.flags.c_contiguous
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("alpha", [1.0, 1.702])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_quick_gelu(alpha, dtype):
+    """x * sigmoid(alpha * x): against the formula in float64 (the spec) and ORT's Sigmoid and Mul (whose
+    sigmoid is an approximation clamped near -18: absolute differences up to ~1.5e-6 where it saturates)."""
+    x = (data(4, 33, dtype=np.float32) * 20).astype(dtype)
+    x[0, :3] = [-100, 100, 0]
+    got = fused.quick_gelu([x], {"alpha": alpha})[0]
+    assert got.dtype == x.dtype and got.shape == x.shape
+    x64 = x.astype(np.float64)
+    exact = x64 / (1 + np.exp(-np.float64(dtype(alpha)) * x64))
+    tol = 1e-6 if dtype == np.float32 else 2e-3
+    np.testing.assert_allclose(got.astype(np.float64), exact, rtol=tol, atol=tol * 1e-3)
+    want = ort_run([helper.make_node("Mul", ["x", "a"], ["ax"]), helper.make_node("Sigmoid", ["ax"], ["s"]),
+                    helper.make_node("Mul", ["x", "s"], ["y"])], {"x": x, "a": np.array(alpha, dtype)}, ["y"], 17)[0]
+    np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), rtol=tol, atol=max(tol, 2e-6))

@@ -341,9 +341,10 @@ def test_skip_layernorm_ort_keeps_a_bias_add_read_elsewhere():
     assert len(out.graph.node[2].input) == 4
 
 
-def test_skip_layernorm_graphopt_keeps_the_bias_add():
-    assert_target_fused(projected_residual(), LN + ["fuse-skip-layernorm"], "graphopt", "skip-layernorm",
-                        ["MatMul", "Add", "go:SkipLayerNormalization"])
+def test_skip_layernorm_graphopt_takes_the_bias_add():  # as ORT's: more in test_graphopt_lowering.py
+    out = assert_target_fused(projected_residual(), LN + ["fuse-skip-layernorm"], "graphopt", "skip-layernorm",
+                              ["MatMul", "go:SkipLayerNormalization"])
+    assert out.graph.node[1].input[4] == "bias"
 
 
 def test_skip_layernorm_sum_keeps_the_output_name():
@@ -462,6 +463,7 @@ g ({ins}) => (float[N,5,8] y{extra_out})
 
 
 PROJECTIONS = ["MatMul", "Add"] * 3
+PACKED = ["MatMul", "Add", "Split"]  # graphopt: Q/K/V from one MatMul of the concatenated weights
 
 
 @pytest.mark.parametrize("target,opset,fused,extra", [
@@ -475,7 +477,8 @@ PROJECTIONS = ["MatMul", "Add"] * 3
 ])
 def test_attention(target, opset, fused, extra, variant):
     model, out, report = compile_for(attention(**variant), ATT, target, opset)
-    projections = [] if fused == "ms:Attention" else PROJECTIONS  # ORT's Attention packs Q/K/V into one GEMM
+    projections = [] if fused == "ms:Attention" else PACKED if fused == "go:Attention" else PROJECTIONS
+    # ORT's Attention packs Q/K/V into one GEMM, graphopt's target into one MatMul + Add + Split
     assert sorted(tops(out)) == sorted(projections + extra + [fused]), tops(out)
     assert hits(report, "attention") == 1
     check_target_numbers(model, out, target)

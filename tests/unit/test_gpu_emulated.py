@@ -3,7 +3,8 @@ tests' op cases and four golden models through Session(device="gpu") with NumPy 
 CuPy and Python restatements of the CUDA kernels, against ONNX Runtime. This checks the plan (host
 shape steps and their cache, uploads, fusion, fallbacks, fp16 conversion) and every wrapper's
 geometry and kernel arguments; the CUDA code itself is compiled by test_gpu_sources.py and run by
-tests/gpu only."""
+tests/gpu only. gpu_fake_lowering.py does the same for what `--target graphopt` takes into its fused
+ops (SkipLayerNormalization's bias input, Q/K/V packed into MatMul + Split)."""
 from __future__ import annotations
 
 import os
@@ -21,6 +22,17 @@ def test_gpu_runtime_host_side_matches_onnxruntime_with_emulated_kernels():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     res = subprocess.run([sys.executable, str(HERE / "gpu_fake.py")], capture_output=True, text=True, timeout=300,
                          env=env)
+    report = res.stdout + res.stderr
+    assert res.returncode == 0, report[-4000:]
+    assert "fake cupy in use" in res.stdout and " passed" in res.stdout.splitlines()[-1], report[-2000:]
+
+
+def test_graphopt_target_lowerings_on_the_emulated_gpu():
+    """SkipLayerNormalization's 5th input (the bias, constant or fed, with and without the sum output)
+    and the packed Q/K/V (MatMul + Split) through Session(device="gpu"), against ONNX Runtime."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    res = subprocess.run([sys.executable, str(HERE / "gpu_fake_lowering.py")], capture_output=True, text=True,
+                         timeout=300, env=env, check=False)
     report = res.stdout + res.stderr
     assert res.returncode == 0, report[-4000:]
     assert "fake cupy in use" in res.stdout and " passed" in res.stdout.splitlines()[-1], report[-2000:]
