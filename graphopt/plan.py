@@ -215,24 +215,28 @@ class Plan:
         the plan's, so an iteration pays no call through run."""
         return self._compiled if n_inputs == len(self.input_slots) else self.run
 
+    def run_inputs(self, ins: list, outer: dict | None = None) -> list:
+        """Run with one value per input (plan.input_names order, defaults included): the compiled
+        function, or the one specialized for these inputs' shapes (graphopt/plan_specialize.py)."""
+        sig = signature(ins) if self._fixed else None
+        if sig is None:
+            return self._compiled(ins, outer)
+        fn = self._specialized.get(sig)
+        if fn is not None:
+            return fn(ins, outer)
+        if sig not in self._seen:  # specialize a signature seen twice: one that never repeats
+            if len(self._seen) >= 8 * SIGNATURES_KEPT:  # would pay a compile per run
+                self._seen.clear()
+            self._seen.add(sig)
+            return self._compiled(ins, outer)
+        if len(self._specialized) >= SIGNATURES_KEPT:
+            self._specialized.clear()
+        outputs, self._specialized[sig] = specialize(self, ins, outer, self._fixed, KernelFailed)
+        return outputs
+
     def run_named(self, feeds: dict, outer: dict | None, profile: Profile | None = None) -> list:
         if profile is None and feeds.keys() <= self._input_set:
-            ins = [feeds.get(n, d) for n, d in self._input_defaults]
-            sig = signature(ins) if self._fixed else None
-            if sig is None:
-                return self._compiled(ins, outer)
-            fn = self._specialized.get(sig)
-            if fn is not None:
-                return fn(ins, outer)
-            if sig not in self._seen:  # specialize a signature seen twice: one that never repeats
-                if len(self._seen) >= 8 * SIGNATURES_KEPT:  # would pay a compile per run
-                    self._seen.clear()
-                self._seen.add(sig)
-                return self._compiled(ins, outer)
-            if len(self._specialized) >= SIGNATURES_KEPT:
-                self._specialized.clear()
-            outputs, self._specialized[sig] = specialize(self, ins, outer, self._fixed, KernelFailed)
-            return outputs
+            return self.run_inputs([feeds.get(n, d) for n, d in self._input_defaults], outer)
         env = self.template.copy()
         slots = self.slots
         for name, v in feeds.items():

@@ -92,6 +92,7 @@ class Session:
         self.last_profile: Profile | None = None
         self._specs: dict = {}  # input name -> what a valid feed looks like (see _fast_spec)
         self._fast_specs: dict | None = None  # the same for exactly the required inputs, built at first run
+        self._fast_run = None  # run's common case (_build_fast_run)
         self._model = model
         keep_freed_memory()  # the next run reuses this run's pages (see graphopt/memory.py)
         _import_kernels(device)
@@ -121,6 +122,11 @@ class Session:
         return list(self._overridable)
 
     def run(self, output_names, input_feed: dict, run_options=None, *, profile: bool = False) -> list:
+        if output_names is None and not profile and type(input_feed) is dict:
+            fast = self._fast_run if self._fast_run is not None else self._build_fast_run()
+            outputs = fast(input_feed) if fast else None
+            if outputs is not None:
+                return outputs
         if not isinstance(input_feed, dict):
             raise UsageError(f"feed must be a dict of input name -> array, got {type(input_feed).__name__}")
         feeds = self._check_feed(input_feed)
@@ -141,6 +147,42 @@ class Session:
         if missing:
             raise UsageError(f"unknown output name(s) {missing}; the model's outputs are {names}")
         return [_as_output(outputs[index[n]]) for n in output_names]
+
+    def _build_fast_run(self):
+        """fn(feed) -> outputs, or None when the feed is not the common case: exactly the model's
+        required inputs, each a plain ndarray of the declared dtype, rank and fixed dims (then no
+        conversion or message is needed, and the plan takes them as they are). Built at the first run;
+        False when an input's type cannot be checked this way (sequences, optionals, ...)."""
+        specs = [(a.name, _fast_spec(a)) for a in self._inputs]
+        if not all(spec for _, spec in specs):
+            self._fast_run = False
+            return False
+        required = {name: spec for name, spec in specs}
+        slots = [(name, required.get(name), default) for name, default in self._plan._input_defaults]
+        n_required, run_inputs, limit = len(required), self._plan.run_inputs, self._limit
+
+        def fast(feed):
+            if len(feed) != n_required:
+                return None
+            ins = []
+            for name, spec, default in slots:
+                if spec is None:  # an initializer the caller may override (not fed here)
+                    ins.append(default)
+                    continue
+                v = feed.get(name)
+                if type(v) is not np.ndarray or v.dtype != spec[0] or v.ndim != spec[1] or \
+                        any(v.shape[i] != d for i, d in spec[2]):
+                    return None
+                ins.append(v)
+            if limit is not None:
+                limit()
+            outputs = run_inputs(ins)
+            for r in outputs:
+                if type(r) is not np.ndarray:  # rare (NumPy scalars, sequences)
+                    return [_as_output(r) for r in outputs]
+            return outputs
+        self._fast_run = fast
+        return fast
 
     @property
     def peak_activation_bytes(self) -> int | None:
