@@ -8,9 +8,12 @@ input (models/ use their golden inputs, the others a seeded random input):
     target=--target) (the intended use: compile for graphopt's runtime, then run; the default target
     `graphopt` may use the ai.graphopt fused ops only this runtime executes);
   * ONNX Runtime on the model as given, all graph optimizations on, the same intra-op thread count;
-  * onnx.reference.ReferenceEvaluator: a warm-up run, then the median of up to --ref-runs runs
-    within 20 s (a model whose first run takes longer is timed by that run alone); a model whose
-    reference run passes --ref-cap seconds is marked.
+  * onnx.reference.ReferenceEvaluator: a first run; when it takes at most --ref-interleave seconds,
+    the reference takes turns with the others run by run like them (same cache conditions: a
+    runtime timed back to back runs warmer than one timed in turn, which moves small models by up
+    to 3x); otherwise the median of up to --ref-runs more runs within 20 s (a model whose first run
+    takes over 4 s is timed by that run alone); a model whose reference run passes --ref-cap
+    seconds is marked.
 Reported: median latency of at least --runs timed runs after --warmup untimed ones, more (up to
 --max-runs) until each runtime has run --min-seconds on the model, so fast models get a stable
 median (the runtimes take turns run by run, so load from other processes hits them alike), graphopt/ORT ratio
@@ -100,40 +103,51 @@ class _Timeout(Exception):
     pass
 
 
-def reference_seconds(model, feed, cap, runs=5, budget=20.0):
-    """Median ReferenceEvaluator latency: a first run (also the warm-up when it is quick), then up
-    to `runs` timed runs while their total stays under `budget` seconds; a model whose first run
-    takes over `budget` / `runs` is timed by that run alone (the reference is slow: a large model
-    would take minutes). (None, note) when a run passes `cap`."""
+def reference_runner(model, feed, cap):
+    """(fn, seconds of a first run) for onnx.reference.ReferenceEvaluator on this model, or (None, note)
+    when it fails or its first run passes `cap` seconds."""
     from onnx.reference import ReferenceEvaluator
 
-    def alarm(signum, frame):
-        raise _Timeout()
-    old = signal.signal(signal.SIGALRM, alarm)
-
-    def timed():
-        signal.alarm(math.ceil(cap))
-        t0 = time.perf_counter()
+    def run():
         with np.errstate(all="ignore"):
             ref.run(None, feed)
-        signal.alarm(0)
-        return time.perf_counter() - t0
     try:
         ref = ReferenceEvaluator(model)
-        first = timed()
-        if first > budget / runs:
-            return first, "1 run"
-        times = []
-        while len(times) < runs and sum(times) + first < budget:
-            times.append(timed())
-        return statistics.median(times), f"{len(times)} run(s) after a warm-up"
+        return run, capped(run, cap)
     except _Timeout:
         return None, f"> {cap:.0f} s"
     except Exception as e:  # noqa: BLE001  (the reference lacks some ops: a cell, not the run)
         return None, f"error: {type(e).__name__}"
+
+
+def capped(fn, cap) -> float:
+    """Seconds of one call of fn; _Timeout when it passes `cap` seconds."""
+    def alarm(signum, frame):
+        raise _Timeout()
+    old = signal.signal(signal.SIGALRM, alarm)
+    try:
+        signal.alarm(math.ceil(cap))
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
+
+
+def reference_seconds(run, first, cap, runs=5, budget=20.0):
+    """Median of up to `runs` more reference runs after the first (then a warm-up) while their total
+    stays under `budget` seconds; a model whose first run takes over `budget` / `runs` is timed by
+    that run alone (a large model would take minutes). (None, note) when a run passes `cap`."""
+    if first > budget / runs:
+        return first, "1 run"
+    times = []
+    try:
+        while len(times) < runs and sum(times) + first < budget:
+            times.append(capped(run, cap))
+    except _Timeout:
+        return None, f"> {cap:.0f} s"
+    return statistics.median(times), f"{len(times)} run(s) after a warm-up"
 
 
 def ort_session(model, threads):
@@ -200,9 +214,16 @@ def bench_model(name, path, group, spec, args):
             timed[label] = functools.partial(sess.run, None, feed)
         except Exception as e:  # noqa: BLE001
             row[f"{label}_note"] = f"{type(e).__name__}: {str(e)[:80]}"
+    ref, first = (None, None) if args.skip_reference else reference_runner(model, feed, args.ref_cap)
+    if ref is not None and first <= args.ref_interleave:  # quick: timed in turn with the others, alike
+        timed["ref"] = ref
     row.update(interleaved_medians(timed, args.runs, args.warmup, args.min_seconds, args.max_runs))
-    if not args.skip_reference:
-        row["ref"], row["ref_note"] = reference_seconds(model, feed, args.ref_cap, args.ref_runs)
+    if "ref" in timed:
+        row["ref_note"] = "in turn with the others"
+    elif ref is not None:
+        row["ref"], row["ref_note"] = reference_seconds(ref, first, args.ref_cap, args.ref_runs)
+    elif not args.skip_reference:
+        row["ref_note"] = first
     return row
 
 
@@ -276,6 +297,9 @@ def main(argv=None):
     ap.add_argument("--ref-cap", type=float, default=60.0, help="seconds one onnx.reference run may take")
     ap.add_argument("--ref-runs", type=int, default=5,
                     help="timed onnx.reference runs after a warm-up, within a 20 s budget per model (default 5)")
+    ap.add_argument("--ref-interleave", type=float, default=0.1,
+                    help="a model whose first onnx.reference run takes at most this many seconds has the reference "
+                         "timed in turn with the other runtimes, run by run (default 0.1)")
     ap.add_argument("--skip-reference", action="store_true")
     ap.add_argument("--markdown-out", help="write the table to this file")
     args = ap.parse_args(argv)
@@ -295,7 +319,7 @@ def main(argv=None):
                f"NumPy {np.__version__}, onnxruntime {onnxruntime.__version__}, onnx {onnx.__version__}")
     header = [f"Runtime benchmark, {when}: {machine}; -O2 column compiled with target={args.target}; "
               f"{args.threads} thread(s), median of >= {args.runs} runs (more until {args.min_seconds:g} s per runtime, "
-              f"at most {args.max_runs}) after {args.warmup} warm-up; onnx.reference: median of <= {args.ref_runs} runs after a warm-up; {load} (shared machine: timings are noisy).", ""]
+              f"at most {args.max_runs}) after {args.warmup} warm-up; onnx.reference in turn with them when its first run takes <= {args.ref_interleave:g} s, else median of <= {args.ref_runs} runs after it; {load} (shared machine: timings are noisy).", ""]
     text = "\n".join(header + lines + [""] + summary) + "\n"
     print(text)
     if args.markdown_out:
