@@ -3,5 +3,6 @@ from . import (attention, control, detect, elementwise, gather, linalg, nn, norm
                prepared, shape, spectral, text, training)
 from . import fused  # noqa: F401,E402  (ai.graphopt fused ops, for compile --target graphopt)
 from . import prepared_small  # noqa: F401,E402  (build-time specializations of small shape/convert ops, MatMul)
+from . import prepared_unary  # noqa: F401,E402  (unary float ops: in place when the input dies, no wrappers)
 from . import pooling  # noqa: F401,E402  (build-time specialized MaxPool/AveragePool/global pools)
 from . import prepared_split  # noqa: F401,E402  (Split with constant sizes: slices remembered per input shape)

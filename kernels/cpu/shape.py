@@ -1,6 +1,8 @@
 """Shape and layout ops: reshape, transpose, concat/split, slice, squeeze, expand, tile, pad, ..."""
 from __future__ import annotations
 
+import math
+
 import ml_dtypes
 import numpy as np
 
@@ -25,7 +27,8 @@ def reshape_v1(ins, at):
 def flatten(ins, at):
     x = ins[0]
     axis = at["axis"] + x.ndim if at["axis"] < 0 else at["axis"]
-    return (x.reshape(int(np.prod(x.shape[:axis])), int(np.prod(x.shape[axis:]))),)
+    # math.prod: exact Python ints, ~0.2 us (np.prod's wrapper costs ~5 us a call)
+    return (x.reshape(math.prod(x.shape[:axis]), math.prod(x.shape[axis:])),)
 
 
 @kernel("Transpose")
