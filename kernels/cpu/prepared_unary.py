@@ -14,12 +14,11 @@ import numpy as np
 
 from ..registry import prepare
 from ._inplace import INPLACE_MIN_SIZE, reusable
-from ._util import clip_ufunc
+from ._util import clip_ufunc, sigmoid_of_negated
 
 _FLOATS = frozenset(np.dtype(t) for t in (np.float16, np.float32, np.float64))
 _SIGMOID_FLOATS = frozenset(np.dtype(t) for t in (np.float32, np.float64))  # float16: generic (float32 math)
 _ZERO = {dt: np.zeros((), dt) for dt in _FLOATS}
-_ONE = {dt: np.ones((), dt) for dt in _FLOATS}
 _INF = {dt: np.full((), np.inf, dt) for dt in _FLOATS}
 
 # op -> ufunc whose float result is the generic kernel's (elementwise._unary's table)
@@ -68,24 +67,16 @@ def prepare_relu(at, consts, generic):
     return relu
 
 
-@np.errstate(over="ignore")  # exp(-x) = inf for x << 0: the result is 0, as it should be
-def _sigmoid_rest(y):
-    """1 / (1 + exp(y)) in y, y = -x (the generic kernel's operations, in place)."""
-    np.exp(y, y)  # out positionally: no keyword parsing
-    np.add(y, _ONE[y.dtype], y)
-    return np.reciprocal(y, y)
-
-
 @prepare("Sigmoid", 6)
 def prepare_sigmoid(at, consts, generic):
     def sigmoid(args, at):
         if args[0].size >= INPLACE_MIN_SIZE and reusable(args, 0):
             x = args[0]
             if x.dtype in _SIGMOID_FLOATS:
-                return (_sigmoid_rest(np.negative(x, x)),)
+                return (sigmoid_of_negated(np.negative(x, x)),)
         else:
             x = args[0]
             if type(x) is np.ndarray and x.dtype in _SIGMOID_FLOATS and x.ndim:
-                return (_sigmoid_rest(np.negative(x)),)
+                return (sigmoid_of_negated(np.negative(x)),)
         return generic(args, at)
     return sigmoid

@@ -60,7 +60,10 @@ def split(ins, at):
             sizes = [min(step, dim - i * step) for i in range(n)]
         else:
             sizes = [dim // n] * n
-    bounds = np.cumsum(ints(sizes))[:-1]
+    sizes = ints(sizes)
+    if sum(sizes) != x.shape[axis] or min(sizes) < 0:  # np.split would cut a wrong last part silently
+        raise ValueError(f"split sizes {sizes} do not add up to the {x.shape[axis]} values of axis {axis}")
+    bounds = np.cumsum(sizes)[:-1]
     return tuple(np.split(x, bounds, axis=axis))
 
 

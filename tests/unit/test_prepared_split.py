@@ -8,6 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import graphopt
+from graphopt.session import KernelFailed, Session
 from graphopt.verify import run_ort
 
 
@@ -60,3 +61,14 @@ def test_split_matches_ort_over_several_shapes(case):
             assert g.shape == w.shape
             np.testing.assert_array_equal(g, w)
 
+
+
+def test_sizes_that_do_not_add_up_are_an_error():
+    """ORT rejects Split sizes whose sum is not the axis length; np.split would cut a wrong last part."""
+    graph = helper.make_graph([helper.make_node("Split", ["x", "s"], ["a", "b"], axis=0)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in "ab"],
+                              [helper.make_tensor("s", TensorProto.INT64, [2], [3, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    with pytest.raises(KernelFailed, match="Split.*do not add up"):
+        Session(model).run(None, {"x": np.arange(8, dtype=np.float32)})
