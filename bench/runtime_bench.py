@@ -233,7 +233,8 @@ def geomean(values):
 
 
 def fmt_ms(s):
-    return "-" if s is None else f"{s * 1e3:.2f}"
+    """Milliseconds to 3 significant digits at least (a small model's 0.014 ms is not 0.01)."""
+    return "-" if s is None else f"{s * 1e3:.2f}" if s >= 1e-3 else f"{s * 1e3:.3g}"
 
 
 GROUP_NAMES = {"zoo": "light zoo", "models": "models/", "ocr": "PP-OCR"}
@@ -275,7 +276,7 @@ def table(rows, args):
     summary = [
         f"geomean graphopt/ORT latency: raw models {raw_g:.2f}x, after graphopt -O2 {o2_ort(rows):.2f}x "
         f"({', '.join(f'{g}: {o2_ort(rs):.2f}x' for g, rs in groups)}); target <= 1.5x",
-        f"geomean speedup over onnx.reference (graphopt -O2, models the reference finished): {ref_speedup(rows):.0f}x "
+        f"geomean speedup over onnx.reference (graphopt -O2, models the reference finished): {ref_speedup(rows):.1f}x "
         f"({', '.join(f'{g}: {ref_speedup(rs):.0f}x' for g, rs in groups)}); target >= 30x"
         + (f"; on {len(capped)} more model(s) one reference run passed the {args.ref_cap:.0f} s "
            f"cap (speedup > {min(args.ref_cap / (r.get('O2') or r['raw']) for r in capped):.0f}x)" if capped else ""),

@@ -16,7 +16,6 @@ Conv and Gemm reuse the standard kernels and their build-time weight layout (ker
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
@@ -317,64 +316,73 @@ def _gemm_params(at):
     return at.get("activation") or "Identity", [at.get("activation_alpha", 0.01), at.get("activation_beta", 0.5)]
 
 
-def _activate(y: np.ndarray, name: str, params) -> np.ndarray:
+def _activate(y: np.ndarray, name: str, params, c: tuple) -> np.ndarray:
     """ORT's fused activations, computed in y itself (a fresh conv/gemm result), without full-size
     temporaries where possible (HardSwish keeps its gate, LeakyRelu one product). Clamps go through
     the clip ufunc with both bounds, which NumPy 2.4 vectorizes (_util.clip_ufunc): measured on a 64x112x112
     float32 conv output (random values, medians of 25 runs), Relu as np.clip(y, 0, inf) 244 us vs
     np.maximum(y, 0) 631 us; LeakyRelu as max(y, alpha*y)
-    766 us vs np.where 4.8 ms. Both exact (a selection); NaN propagates as in ORT. Constants are
-    0-d arrays of y's dtype (_scalars), the cheapest operand for a ufunc on a small y."""
-    dt = y.dtype
-    if name == "Relu":
-        lo, hi = _scalars(dt, (0.0, math.inf))
-        return clip_ufunc(y, lo, hi, y)
-    if name == "Clip":
-        lo, hi = _scalars(dt, (params[0], params[1]))
-        return clip_ufunc(y, lo, hi, y)
+    766 us vs np.where 4.8 ms. Both exact (a selection); NaN propagates as in ORT. `c`: the constants
+    of _constants(name, params, y.dtype)."""
+    if name == "Relu" or name == "Clip":
+        return clip_ufunc(y, c[0], c[1], y)
     if name == "Sigmoid":
         return sigmoid_in_place(y)
     if name == "LeakyRelu" and 0 <= params[0] <= 1:  # then alpha*y >= y exactly where y < 0
-        return np.maximum(y, y * _scalars(dt, (params[0],))[0], out=y)
+        return np.maximum(y, y * c[0], out=y)
     if name == "HardSigmoid":
-        alpha, beta, zero, one = _scalars(dt, (params[0], params[1], 0.0, 1.0))
-        y *= alpha
-        y += beta
-        return clip_ufunc(y, zero, one, y)
+        y *= c[0]
+        y += c[1]
+        return clip_ufunc(y, c[2], c[3], y)
     if name == "HardSwish":
-        sixth, half, zero, one = _scalars(dt, (1 / 6, 0.5, 0.0, 1.0))
-        gate = y * sixth
-        gate += half
-        y *= clip_ufunc(gate, zero, one, gate)
+        gate = y * c[0]
+        gate += c[1]
+        y *= clip_ufunc(gate, c[2], c[3], gate)
         return y
     if name == "Tanh":
         return np.tanh(y, y)
     if name == "LeakyRelu":  # alpha outside [0, 1]: max(y, alpha*y) would pick the wrong side
-        return np.where(y < 0, y * dt.type(params[0]), y).astype(dt, copy=False)
+        return np.where(y < 0, y * c[0], y).astype(y.dtype, copy=False)
     raise ValueError(f"unknown fused activation {name!r}")
 
 
-@functools.lru_cache(maxsize=256)
-def _scalars(dtype: np.dtype, values: tuple) -> tuple:
-    """values as 0-d arrays of dtype (a Python or NumPy scalar operand costs a ufunc ~0.5-1.3 us of
-    conversion per call; these are made once per activation and dtype)."""
+def _constants(name: str, params, dtype) -> tuple:
+    """An activation's constants as 0-d arrays of the output's dtype: a Python or NumPy scalar operand
+    costs a ufunc ~0.5-1.3 us of conversion per call, which is most of the clamp of a small output."""
+    values = {"Relu": (0.0, math.inf), "Clip": tuple(params[:2]), "LeakyRelu": tuple(params[:1]),
+              "HardSigmoid": (*params[:2], 0.0, 1.0), "HardSwish": (1 / 6, 0.5, 0.0, 1.0)}.get(name, ())
     return tuple(np.full((), v, dtype) for v in values)
 
 
-def _finish(y, z, name, params, dtype):
+class _Activation:
+    """A fused node's activation, its constants made once per output dtype."""
+
+    def __init__(self, name: str, params):
+        self.name, self.params, self._constants = name, list(params), {}
+
+    def __call__(self, y: np.ndarray) -> np.ndarray:
+        if self.name == "Identity":
+            return y
+        c = self._constants.get(y.dtype)
+        if c is None:
+            c = self._constants[y.dtype] = _constants(self.name, self.params, y.dtype)
+        return _activate(y, self.name, self.params, c)
+
+
+def _finish(y, z, act: _Activation, dtype):
     """Z and the activation on a conv/gemm result, in place: every conv and gemm path returns a
     fresh array (GEMM output or a new crop), so only a read-only or wrong-dtype result is copied."""
     y = np.array(y, dtype=dtype, copy=True) if not y.flags.writeable or y.dtype != dtype else y
     if z is not None:
         y += z
-    return y if name == "Identity" else _activate(y, name, params)
+    return act(y)
 
 
 @kernel("FusedConv", 1, domain=DOMAIN)
 def fused_conv(ins, at):
     z = ins[3] if len(ins) > 3 else None
     y = conv_kernel(ins[:3], _conv_attrs(at))[0]
-    return (_finish(y, z, *_conv_params(at), ins[0].dtype),)
+    return (_finish(y, z, _Activation(*_conv_params(at)), ins[0].dtype),)
 
 
 @prepare("FusedConv", 1, domain=DOMAIN)
@@ -384,19 +392,19 @@ def prepare_fused_conv(at, consts, generic):
     inner = prepare_conv(conv_at, consts[:3], conv_kernel)
     if inner is None:
         return None
-    name, params = _conv_params(at)
+    act = _Activation(*_conv_params(at))
 
     def run(args, attrs):
         z = args[3] if len(args) > 3 else None
         y = inner(args[:3], conv_at)[0]
-        return (_finish(y, z, name, params, args[0].dtype),)
+        return (_finish(y, z, act, args[0].dtype),)
     return run
 
 
 @kernel("FusedGemm", 1, domain=DOMAIN)
 def fused_gemm(ins, at):
     y = gemm_kernel(ins, _gemm_attrs(at))[0]
-    return (_finish(y, None, *_gemm_params(at), ins[0].dtype),)
+    return (_finish(y, None, _Activation(*_gemm_params(at)), ins[0].dtype),)
 
 
 @prepare("FusedGemm", 1, domain=DOMAIN)
@@ -405,8 +413,8 @@ def prepare_fused_gemm(at, consts, generic):
     inner = prepare_gemm(gemm_at, consts, gemm_kernel)
     if inner is None:
         return None
-    name, params = _gemm_params(at)
+    act = _Activation(*_gemm_params(at))
 
     def run(args, attrs):
-        return (_finish(inner(args, gemm_at)[0], None, name, params, args[0].dtype),)
+        return (_finish(inner(args, gemm_at)[0], None, act, args[0].dtype),)
     return run
