@@ -42,16 +42,22 @@ _PHI_SLOPE = np.append(np.diff(_PHI_TABLE), 0.0)  # flat beyond the last entry
 _PHI_SCALE = 1.0 / _PHI_STEP
 
 
+# the constants as 0-d float64 arrays (a Python scalar operand costs a ufunc ~1 us of conversion)
+_PHI_CONSTANTS = tuple(np.full((), v) for v in (_PHI_SCALE, float(_PHI_HALF), 0.0, 2.0 * _PHI_HALF))
+
+
+@np.errstate(invalid="ignore")  # a NaN's grid index is a junk integer (take clips it), its Phi NaN
 def _phi(x: np.ndarray) -> np.ndarray:
-    """Phi(x) in float64 by linear interpolation (NaN gives a finite value: the caller's x * Phi is NaN)."""
+    """Phi(x) in float64 by linear interpolation (NaN for NaN: the caller's x * Phi is NaN either way)."""
+    scale, half, lo, hi = _PHI_CONSTANTS
     u = x.astype(np.float64)  # grid position, in float64 (a cast then an in-place multiply: a
-    u *= _PHI_SCALE           # mixed float32 * float64 ufunc call is slower than both)
-    u += _PHI_HALF
-    np.fmax(u, 0.0, out=u)  # fmax/fmin: +-inf and NaN land inside the grid (no invalid int cast)
-    np.fmin(u, 2 * _PHI_HALF, out=u)
-    i = u.astype(np.intp)
-    u -= i
-    p = _PHI_SLOPE.take(i, mode="clip")  # i is in range already; "clip" as in erf_interp
+    np.multiply(u, scale, u)  # mixed float32 * float64 ufunc call is slower than both)
+    np.add(u, half, u)
+    clip_ufunc(u, lo, hi, u)  # +-inf land on the grid's ends
+    f = np.floor(u)
+    i = f.astype(np.intp)
+    np.subtract(u, f, u)  # a float - float subtract: half the time of float - int
+    p = _PHI_SLOPE.take(i, mode="clip")  # "clip": in range already, except a NaN's index
     p *= u
     p += _PHI_TABLE.take(i, mode="clip")
     return p
@@ -206,7 +212,7 @@ def _prepared_norm(scale, bias, eps, skip: bool, keep_sum: bool, generic, skip_b
     dtype and shape are checked, anything else goes to the generic kernel. Same NumPy operations, in
     the same order, as _layer_norm's."""
     dtype, n = scale.dtype, scale.shape[0]
-    e = dtype.type(eps)
+    e, count = np.full((), eps, dtype), np.full((), n, dtype)  # 0-d: cheaper ufunc operands than scalars
     in_place = skip and not keep_sum
 
     def run(args, at):
@@ -223,10 +229,10 @@ def _prepared_norm(scale, bias, eps, skip: bool, keep_sum: bool, generic, skip_b
         else:
             s = x
         m = np.add.reduce(s, axis=-1, keepdims=True)
-        m /= n
+        m /= count
         d = np.subtract(s, m, out=s) if in_place else s - m  # never into x, nor into a returned sum
         v = np.vecdot(d, d, keepdims=True)
-        v /= n
+        v /= count
         v += e
         np.sqrt(v, out=v)
         np.divide(d, v, out=d)
