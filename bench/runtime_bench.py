@@ -180,9 +180,7 @@ def model_feed(model, group, spec):
 
 def bench_model(name, path, group, spec, args):
     import graphopt
-    from graphopt import golden
     from graphopt.session import Session
-    from graphopt.verify import random_feed
     model = onnx.load(str(path))
     feed = model_feed(model, group, spec)
     row = {"model": name, "nodes": len(model.graph.node)}

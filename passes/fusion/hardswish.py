@@ -16,7 +16,14 @@ import numpy as np
 
 from graphopt import ir
 from graphopt.pass_manager import register_rules
-from graphopt.rewrite import Const, Op, Rule, Var, attr_value, same_shape_after_broadcast
+from graphopt.rewrite import (
+    Const,
+    Op,
+    Rule,
+    Var,
+    attr_value,
+    same_shape_after_broadcast,
+)
 
 from .common import near, optional_input, out_like
 

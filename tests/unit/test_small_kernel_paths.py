@@ -6,26 +6,20 @@ expected outputs come from ONNX Runtime on the same model, and feeds and constan
 of a run untouched (a second run must give the same outputs)."""
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from graphopt.kernels.cpu._inplace import reusable
 from onnx import TensorProto, helper, numpy_helper
 
 from graphopt.session import Session
+from graphopt.verify import ort_session
 
 RNG = np.random.default_rng(11)
 _TYPES = {np.float16: TensorProto.FLOAT16, np.float32: TensorProto.FLOAT, np.float64: TensorProto.DOUBLE}
 
 
-def ort_run(model, feed):
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, feed)
-
-
 def check(model, feed, rtol=1e-6, atol=1e-7):
     onnx.checker.check_model(model)
-    want = ort_run(model, feed)
+    want = ort_session(model).run(None, feed)  # optimizations off: the unoptimized model
     before = {k: v.copy() for k, v in feed.items()}
     sess = Session(model)
     for _ in range(3):  # the first run, the plan specialized for the shapes, and once more
