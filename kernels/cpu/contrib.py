@@ -1,0 +1,65 @@
+"""ONNX Runtime's com.microsoft fused ops whose semantics graphopt's own ai.graphopt ops share.
+
+Models that went through ORT's transformer optimizer or `graphopt compile --target ort` hold
+these; graphopt.Session runs them with the ai.graphopt kernels (kernels/cpu/fused.py, which
+were written to ORT's definitions) and their build-time prepared forms. The contrib schemas are
+not in the onnx package, so their attribute defaults are filled in here; they were checked
+against onnxruntime 1.32 (tests/unit/test_contrib_kernels.py runs each op in both).
+
+    Gelu(X)                          erf GELU
+    FastGelu(X, bias?)               tanh-approximated GELU of X + bias
+    BiasGelu(A, B)                   erf GELU of A + B
+    QuickGelu(X; alpha=1.702)        X * sigmoid(alpha * X)
+    SkipLayerNormalization(X, skip, gamma, beta?, bias?; epsilon=1e-12)
+    FusedConv, FusedGemm             Conv / Gemm + activation (the same attributes as ai.graphopt's)
+Others (Attention, MultiHeadAttention, EmbedLayerNormalization, ...) stay unsupported: Session
+lists them at build, as any op without a kernel.
+"""
+from __future__ import annotations
+
+from ..registry import kernel, prepare
+from . import fused
+
+DOMAIN = "com.microsoft"
+
+
+def _with_defaults(fn, defaults: dict):
+    """fn(ins, attrs) with the attributes a node leaves out taken from `defaults`."""
+    if not defaults:
+        return fn
+
+    def run(ins, at):
+        return fn(ins, {**defaults, **at})
+    return run
+
+
+def _prepare_with_defaults(hook, defaults: dict):
+    if not defaults:
+        return hook
+
+    def prep(at, consts, generic):
+        return hook({**defaults, **at}, consts, generic)
+    return prep
+
+
+def _fast_gelu(ins, at):
+    bias = ins[1] if len(ins) > 1 and ins[1] is not None else None
+    if bias is None:
+        return fused.gelu(ins[:1], {"approximate": "tanh"})
+    return fused.bias_gelu([ins[0], bias], {"approximate": "tanh"})
+
+
+_SAME = {  # op -> (ai.graphopt kernel, its prepare hook or None, ORT's attribute defaults)
+    "Gelu": (lambda ins, at: fused.gelu(ins, {"approximate": "none"}), None, {}),
+    "FastGelu": (_fast_gelu, None, {}),
+    "BiasGelu": (lambda ins, at: fused.bias_gelu(ins, {"approximate": "none"}), None, {}),
+    "QuickGelu": (fused.quick_gelu, None, {"alpha": 1.702}),
+    "SkipLayerNormalization": (fused.skip_layer_norm, fused.prepare_skip_layer_norm, {"epsilon": 1e-12}),
+    "FusedConv": (fused.fused_conv, fused.prepare_fused_conv, {}),
+    "FusedGemm": (fused.fused_gemm, fused.prepare_fused_gemm, {}),
+}
+
+for _op, (_fn, _hook, _defaults) in _SAME.items():
+    kernel(_op, 1, domain=DOMAIN)(_with_defaults(_fn, _defaults))
+    if _hook is not None:
+        prepare(_op, 1, domain=DOMAIN)(_prepare_with_defaults(_hook, _defaults))

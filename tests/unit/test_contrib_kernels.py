@@ -1,0 +1,83 @@
+"""ONNX Runtime's com.microsoft fused ops run by graphopt.Session (kernels/cpu/contrib.py), against ORT
+itself on the same model, the attribute defaults included (the contrib schemas are not in onnx)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from graphopt.session import Session
+from graphopt.verify import ort_session
+
+MS = "com.microsoft"
+RNG = np.random.default_rng(5)
+
+
+def model(node, feeds: dict, consts: dict, n_out=1):
+    inputs = [helper.make_tensor_value_info(k, TensorProto.FLOAT, v.shape) for k, v in feeds.items()]
+    outputs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in node.output if o][:n_out]
+    graph = helper.make_graph([node], "g", inputs, outputs, [numpy_helper.from_array(v, k) for k, v in consts.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(MS, 1)])
+
+
+def check(node, feeds, consts=None, n_out=1, rtol=1e-5, atol=1e-6):
+    m = model(node, feeds, consts or {}, n_out)
+    want = ort_session(m).run(None, feeds)
+    sess = Session(m)
+    for _ in range(2):  # the second run takes the prepared/specialized path
+        got = sess.run(None, feeds)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=rtol, atol=atol)
+
+
+def data(*shape, scale=2.0):
+    return (RNG.standard_normal(shape) * scale).astype(np.float32)
+
+
+@pytest.mark.parametrize("op,extra", [("Gelu", {}), ("QuickGelu", {}), ("QuickGelu", {"alpha": 1.0}),
+                                      ("FastGelu", {})])
+def test_gelus(op, extra):
+    check(helper.make_node(op, ["x"], ["y"], domain=MS, **extra), {"x": data(3, 5, 16)})
+
+
+@pytest.mark.parametrize("op", ["BiasGelu", "FastGelu"])
+def test_gelus_with_bias(op):
+    check(helper.make_node(op, ["x", "b"], ["y"], domain=MS), {"x": data(3, 5, 16)}, {"b": data(16)})
+
+
+@pytest.mark.parametrize("beta,bias,sum_out,eps", [(False, False, False, None), (True, False, False, 1e-5),
+                                                   (True, True, True, None), (False, True, True, 1e-6)])
+def test_skip_layer_norm(beta, bias, sum_out, eps):
+    """epsilon left out takes ORT's default (1e-12): rows of tiny spread tell it from 1e-5."""
+    x = data(2, 5, 8, scale=1e-3)
+    ins = ["x", "r", "g", "beta" if beta else "", "bias" if bias else ""]
+    while ins[-1] == "":
+        ins.pop()
+    consts = {"g": data(8), "beta": data(8), "bias": data(8, scale=1e-3)}
+    consts = {k: v for k, v in consts.items() if k in ins}
+    outs = ["y", "", "", "s"] if sum_out else ["y"]
+    node = helper.make_node("SkipLayerNormalization", ins, outs, domain=MS,
+                            **({} if eps is None else {"epsilon": eps}))
+    check(node, {"x": x, "r": data(2, 5, 8, scale=1e-3)}, consts, n_out=2 if sum_out else 1, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("activation,params", [("Relu", None), ("LeakyRelu", [0.1]), ("HardSigmoid", [0.2, 0.5]),
+                                               ("Clip", [-1.0, 1.0]), ("Tanh", None)])
+def test_fused_conv(activation, params):
+    extra = {"activation_params": params} if params else {}
+    node = helper.make_node("FusedConv", ["x", "w", "b"], ["y"], domain=MS, activation=activation,
+                            kernel_shape=[3, 3], pads=[1, 1, 1, 1], **extra)
+    check(node, {"x": data(1, 3, 8, 8)}, {"w": data(4, 3, 3, 3, scale=0.5), "b": data(4)}, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("activation", ["Relu", "Sigmoid", "LeakyRelu"])
+def test_fused_gemm(activation):
+    node = helper.make_node("FusedGemm", ["a", "w", "c"], ["y"], domain=MS, activation=activation, transB=1,
+                            activation_alpha=0.2)
+    check(node, {"a": data(4, 8)}, {"w": data(6, 8), "c": data(6)}, rtol=1e-4, atol=1e-5)
+
+
+def test_unsupported_contrib_op_is_listed_at_build():
+    node = helper.make_node("EmbedLayerNormalization", ["x"], ["y"], domain=MS)
+    with pytest.raises(Exception, match="com.microsoft::EmbedLayerNormalization"):
+        Session(model(node, {"x": data(2, 3)}, {}))
