@@ -15,7 +15,7 @@ input (models/ use their golden inputs, the others a seeded random input):
     takes over 4 s is timed by that run alone); a model whose reference run passes --ref-cap
     seconds is marked.
 Reported: median latency of at least --runs timed runs after --warmup untimed ones, more (up to
---max-runs) until each runtime has run --min-seconds on the model, so fast models get a stable
+--max-runs) until the slowest runtime has run --min-seconds on the model, so fast models get a stable
 median (the runtimes take turns run by run, so load from other processes hits them alike), graphopt/ORT ratio
 (below 1 = graphopt faster), reference/graphopt speedup, max relative error of graphopt's first
 output vs ORT, peak activation memory and the op taking most time (from Session.run(profile=True)).
@@ -291,7 +291,7 @@ def main(argv=None):
                     help="graphopt.compile target for the -O2 column (default graphopt: fused ops for this runtime)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--min-seconds", type=float, default=1.0,
-                    help="time each runtime at least this long per model (more runs for fast models; default 1)")
+                    help="more rounds until the slowest runtime has run this long on a model (fast models get more runs; default 1)")
     ap.add_argument("--max-runs", type=int, default=1000, help="at most this many timed runs per model")
     ap.add_argument("--ref-cap", type=float, default=60.0, help="seconds one onnx.reference run may take")
     ap.add_argument("--ref-runs", type=int, default=5,
