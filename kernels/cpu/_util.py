@@ -34,6 +34,17 @@ def sigmoid_in_place(x: np.ndarray) -> np.ndarray:
     return sigmoid_of_negated(np.negative(x, x))
 
 
+CACHE_LIMIT = 64  # entries a per-node cache keeps (dynamic shapes would otherwise grow it without bound)
+
+
+def remember(cache: dict, key, value, limit: int = CACHE_LIMIT):
+    """cache[key] = value, the cache emptied first when full; returns value."""
+    if len(cache) >= limit:
+        cache.clear()
+    cache[key] = value
+    return value
+
+
 def np_dtype(elem_type: int) -> np.dtype:
     if elem_type == onnx.TensorProto.STRING:
         return np.dtype(object)

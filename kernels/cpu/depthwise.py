@@ -28,6 +28,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ._scratch import scratch
+from ._util import remember
 
 # column-block size for the copy + GEMM: blocks of groups whose columns fit in L2 (measured:
 # large planes, e.g. 32x112x112 depthwise, run ~1.5x faster blocked; small ones are one block)
@@ -71,10 +72,8 @@ class RowWideConv:
             return y.reshape(y.shape[:2] + (y.shape[3],))
         key = (x.shape, x.dtype, tuple(begin), tuple(end), tuple(strides), threading.get_ident())
         plan = self._plans.get(key)
-        if plan is None:
-            if len(self._plans) >= MAX_PLANS:  # dynamic shapes: keep memory bounded
-                self._plans.clear()
-            plan = self._plans[key] = _Plan(self, x.shape, x.dtype, begin, end, out_shape, strides)
+        if plan is None:  # at most MAX_PLANS kept: dynamic shapes keep memory bounded
+            plan = remember(self._plans, key, _Plan(self, x.shape, x.dtype, begin, end, out_shape, strides), MAX_PLANS)
         return plan.run(x, bias)
 
 

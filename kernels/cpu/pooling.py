@@ -28,6 +28,7 @@ import threading
 import numpy as np
 
 from ..registry import prepare
+from ._util import remember
 from .nn import _pad_spatial, _pool, _pool_geometry
 
 _AVG_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -258,13 +259,11 @@ def _planned(at, ufunc, average, ok, generic):
         key = (x.shape, x.dtype, threading.get_ident())
         plan = plans.get(key)
         if plan is None:
-            if len(plans) >= MAX_PLANS:
-                plans.clear()
             try:
                 plan = _PoolPlan(x.shape, x.dtype, at, ufunc, average)
             except ValueError:
                 plan = False
-            plans[key] = plan
+            remember(plans, key, plan, MAX_PLANS)
         if plan is False:
             return generic(args, attrs)
         return (plan.run(x),)

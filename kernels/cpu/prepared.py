@@ -14,13 +14,12 @@ import numpy as np
 from ..registry import DYNAMIC, prepare
 from ._inplace import INPLACE_MIN_SIZE, reusable
 from ._scratch import padded, scratch
-from ._util import clip_ufunc
+from ._util import clip_ufunc, remember
 from .depthwise import RowWideConv
 from .nn import conv_pads, windows
 from .winograd import Winograd
 
 _FLOAT = (np.dtype(np.float32), np.dtype(np.float64))
-_CACHE_LIMIT = 64  # shape pairs remembered per node (dynamic shapes would grow it without bound)
 
 
 # --- Conv -----------------------------------------------------------------------------------------
@@ -201,9 +200,7 @@ def _binary_in_place(ufunc):
         def into(other, target):  # other, target: shapes
             ok = fits.get((other, target))
             if ok is None:
-                if len(fits) >= _CACHE_LIMIT:
-                    fits.clear()
-                ok = fits[other, target] = _shape_broadcasts_to(other, target)
+                ok = remember(fits, (other, target), _shape_broadcasts_to(other, target))
             return ok
 
         def run(args, at):

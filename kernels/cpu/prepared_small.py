@@ -13,14 +13,13 @@ from __future__ import annotations
 import numpy as np
 
 from ..registry import DYNAMIC, prepare
-from ._util import ints, np_dtype
+from ._util import ints, np_dtype, remember
 from .shape import slice_index
 
 # dtypes whose Cast is a plain astype in the generic kernel (shape.cast_to's last line)
 _PLAIN = {np.dtype(t) for t in (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
                                 np.uint32, np.uint64, np.float16, np.float32, np.float64)}
 _EXACT_MEAN = (np.dtype(np.float32), np.dtype(np.float64))  # np.mean = add.reduce / count for these
-_CACHE_LIMIT = 64  # geometries kept per node (dynamic shapes would otherwise grow it without bound)
 
 
 def _const_ints(consts, i):
@@ -31,13 +30,6 @@ def _const_ints(consts, i):
     if not isinstance(v, np.ndarray) or v.dtype.kind not in "iu":
         return DYNAMIC
     return ints(v)
-
-
-def _remember(cache, key, value):
-    if len(cache) >= _CACHE_LIMIT:
-        cache.clear()
-    cache[key] = value
-    return value
 
 
 @prepare("Cast", 6)
@@ -73,7 +65,7 @@ def _unsqueeze(axes, generic):
             shape = list(x.shape)
             for p in pos:
                 shape.insert(p, 1)
-            shape = _remember(per_shape, x.shape, tuple(shape))
+            shape = remember(per_shape, x.shape, tuple(shape))
         return (x.reshape(shape),)
     return unsqueeze
 
@@ -133,8 +125,8 @@ def _reduce(mean):
             count = int(np.prod([x.shape[a] for a in ax]))
             if mean and count >= 1 << 24:
                 return None
-            return _remember(per_shape, (x.shape, x.dtype), (ax[0] if len(ax) == 1 else ax,
-                                                             np.array(count, x.dtype)))
+            return remember(per_shape, (x.shape, x.dtype), (ax[0] if len(ax) == 1 else ax,
+                                                            np.array(count, x.dtype)))
 
         def reduce(args, at):
             x = args[0]
@@ -174,7 +166,7 @@ def prepare_expand(at, consts, generic):
         out = per_shape.get(x.shape)
         if out is None:
             try:
-                out = _remember(per_shape, x.shape, np.broadcast_shapes(x.shape, shape))
+                out = remember(per_shape, x.shape, np.broadcast_shapes(x.shape, shape))
             except ValueError:
                 return generic(args, at)
         y = np.empty(out, x.dtype)
@@ -197,7 +189,7 @@ def prepare_slice(at, consts, generic):
         index = per_shape.get(x.shape)
         if index is None:
             y = generic(args, at)[0]  # the generic kernel's clamping rules; its index is rebuilt here
-            index = _remember(per_shape, x.shape, slice_index(x.shape, *parts))
+            index = remember(per_shape, x.shape, slice_index(x.shape, *parts))
             return (y,)
         return (x[index],)
     return slice_

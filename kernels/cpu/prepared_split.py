@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..registry import DYNAMIC, prepare
+from ._util import remember
 
-_CACHE_LIMIT = 64  # input shapes remembered per node (dynamic shapes would otherwise grow it without bound)
 
 
 @prepare("Split", 1)
@@ -36,8 +36,6 @@ def prepare_split(at, consts, generic):
             stop = start + part.shape[axis]
             index.append(lead + (slice(start, stop),))
             start = stop
-        if len(per_shape) >= _CACHE_LIMIT:
-            per_shape.clear()
-        per_shape[x.shape] = tuple(index)
+        remember(per_shape, x.shape, tuple(index))
         return parts
     return split
