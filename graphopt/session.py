@@ -91,7 +91,6 @@ class Session:
         self.threads_applied = self._limit is not None
         self.last_profile: Profile | None = None
         self._specs: dict = {}  # input name -> what a valid feed looks like (see _fast_spec)
-        self._fast_specs: dict | None = None  # the same for exactly the required inputs, built at first run
         self._fast_run = None  # run's common case (_build_fast_run)
         self._model = model
         keep_freed_memory()  # the next run reuses this run's pages (see graphopt/memory.py)
@@ -137,10 +136,7 @@ class Session:
         if prof is not None:
             self.last_profile = prof
         if output_names is None:
-            for r in outputs:
-                if type(r) is not np.ndarray:  # rare (NumPy scalars, sequences): the general path
-                    return [_as_output(r) for r in outputs]
-            return outputs
+            return _as_outputs(outputs)
         names = [o.name for o in self._outputs]
         index = {n: i for i, n in enumerate(names)}
         missing = [n for n in output_names if n not in index]
@@ -170,17 +166,12 @@ class Session:
                     ins.append(default)
                     continue
                 v = feed.get(name)
-                if type(v) is not np.ndarray or v.dtype != spec[0] or v.ndim != spec[1] or \
-                        any(v.shape[i] != d for i, d in spec[2]):
+                if not _fits(spec, v):
                     return None
                 ins.append(v)
             if limit is not None:
                 limit()
-            outputs = run_inputs(ins)
-            for r in outputs:
-                if type(r) is not np.ndarray:  # rare (NumPy scalars, sequences)
-                    return [_as_output(r) for r in outputs]
-            return outputs
+            return _as_outputs(run_inputs(ins))
         self._fast_run = fast
         return fast
 
@@ -195,19 +186,8 @@ class Session:
         return self._plan.folded
 
     def _check_feed(self, feed: dict) -> dict:
-        """The feed, converted where needed; raises UsageError naming a bad input. The fast path:
-        exactly the model's inputs, each a plain ndarray of the declared dtype, rank and fixed dims."""
-        fast = getattr(self, "_fast_specs", None)
-        if fast is None:
-            fast = self._fast_specs = {a.name: _fast_spec(a) for a in self._inputs}
-        if feed.keys() == fast.keys():
-            for name, value in feed.items():
-                spec = fast[name]
-                if not (spec and type(value) is np.ndarray and value.dtype == spec[0] and value.ndim == spec[1]
-                        and all(value.shape[i] == d for i, d in spec[2])):
-                    break
-            else:
-                return feed
+        """The feed, converted where needed; raises UsageError naming a bad input (the common case,
+        a feed that needs nothing, takes run's fast path and never comes here)."""
         known = {a.name: a for a in self._inputs}
         overridable = {a.name: a for a in self._overridable}
         check_feed_names(feed, known, overridable)
@@ -218,8 +198,7 @@ class Session:
             if spec is None:
                 arg = known.get(name) or overridable[name]
                 spec = specs[name] = _fast_spec(arg)
-            if not (spec and type(value) is np.ndarray and value.dtype == spec[0] and value.ndim == spec[1]
-                    and all(value.shape[i] == d for i, d in spec[2])):
+            if not _fits(spec, value):
                 value = _check_value(known.get(name) or overridable[name], value)  # converts, or says what is wrong
             checked[name] = value
         return checked
@@ -248,6 +227,19 @@ def _fast_spec(arg: NodeArg):
         return ()
     dims = tp.tensor_type.shape.dim
     return (want, len(dims), [(i, d.dim_value) for i, d in enumerate(dims) if d.HasField("dim_value")])
+
+
+def _fits(spec, value) -> bool:
+    """`value` is a plain ndarray that _fast_spec's (dtype, rank, fixed dims) accepts as it is."""
+    return bool(spec) and type(value) is np.ndarray and value.dtype == spec[0] and value.ndim == spec[1] \
+        and all(value.shape[i] == d for i, d in spec[2])
+
+
+def _as_outputs(outputs: list) -> list:
+    for r in outputs:
+        if type(r) is not np.ndarray:  # rare (NumPy scalars, sequences): converted where needed
+            return [_as_output(r) for r in outputs]
+    return outputs
 
 
 def _as_output(value):
