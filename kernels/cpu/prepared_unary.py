@@ -14,12 +14,10 @@ import numpy as np
 
 from ..registry import prepare
 from ._inplace import INPLACE_MIN_SIZE, reusable
-from ._util import clip_ufunc, sigmoid_of_negated
+from ._util import INF, ZERO, clip_ufunc, sigmoid_of_negated
 
 _FLOATS = frozenset(np.dtype(t) for t in (np.float16, np.float32, np.float64))
 _SIGMOID_FLOATS = frozenset(np.dtype(t) for t in (np.float32, np.float64))  # float16: generic (float32 math)
-_ZERO = {dt: np.zeros((), dt) for dt in _FLOATS}
-_INF = {dt: np.full((), np.inf, dt) for dt in _FLOATS}
 
 # op -> ufunc whose float result is the generic kernel's (elementwise._unary's table)
 _UFUNCS = {"Abs": np.abs, "Neg": np.negative, "Exp": np.exp, "Log": np.log, "Sqrt": np.sqrt,
@@ -57,12 +55,12 @@ def prepare_relu(at, consts, generic):
             x = args[0]
             dt = x.dtype
             if dt in _FLOATS:  # the clip ufunc, as fused.py's Relu (cheaper than np.maximum in place)
-                return (clip_ufunc(x, _ZERO[dt], _INF[dt], x),)
+                return (clip_ufunc(x, ZERO[dt], INF[dt], x),)
         else:
             x = args[0]
             dt = x.dtype
             if type(x) is np.ndarray and dt in _FLOATS and x.ndim:
-                return (np.maximum(x, _ZERO[dt]),)  # the generic kernel's operation, exactly
+                return (np.maximum(x, ZERO[dt]),)  # the generic kernel's operation, exactly
         return generic(args, at)
     return relu
 
