@@ -124,8 +124,7 @@ def loop(ins, at):
     i = 0
     while go and i < limit:
         outs = run([counters[i] if i < n_cached else _counter(i), _TRUE, *carried], outer)
-        c = outs[0]
-        go = bool(c) if type(c) is np.ndarray and c.size == 1 else _truth(c)
+        go = _truth(outs[0])
         carried = outs[1:first]
         if scan0 is not None:
             scan0.append(outs[first])
