@@ -6,11 +6,11 @@ import threading
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 
 from graphopt.errors import GraphoptError
 from graphopt.session import Session
+from graphopt.verify import ort_session
 
 RNG = np.random.default_rng(3)
 
@@ -22,9 +22,7 @@ def parse(text: str) -> onnx.ModelProto:
 
 
 def ort_run(model, feed):
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, feed)
+    return ort_session(model).run(None, feed)  # optimizations off: the unoptimized model
 
 
 def assert_matches_ort(model, feed, sess=None):

@@ -6,7 +6,6 @@ the kernel, batch > 1, channel multiplier > 1, bias or none, 1-D/3-D convs, and 
 FusedConv with an activation (expected: ORT on the equivalent Conv + activation model)."""
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
@@ -15,6 +14,7 @@ from graphopt.kernels.cpu.depthwise import RowWideConv
 from graphopt.kernels.cpu.nn import conv_kernel, conv_pads
 from graphopt.kernels.cpu.prepared import prepare_conv
 from graphopt.session import Session
+from graphopt.verify import ort_session
 
 RTOL, ATOL = 1e-4, 1e-4
 
@@ -49,10 +49,7 @@ def conv_model(x_shape, w, bias, attrs, activation=None, fused=False):
 
 
 def ort_run(model, feed):
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.intra_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, feed)
+    return ort_session(model).run(None, feed)  # optimizations off: the unoptimized model
 
 
 # (name, N, C_in, C_out, group, spatial, kernel, attrs, bias)

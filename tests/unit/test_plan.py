@@ -3,21 +3,19 @@ dying values, per-node profile and peak memory, kernel failures, BLAS thread con
 Expected outputs come from ONNX Runtime on the same model (never from graphopt)."""
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from graphopt.blas_threads import thread_limiter
 from graphopt.errors import GraphoptError
 from graphopt.session import KernelFailed, Session
+from graphopt.verify import ort_session
 
 RNG = np.random.default_rng(1)
 
 
 def ort_run(model, feed):
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, feed)
+    return ort_session(model).run(None, feed)  # optimizations off: the unoptimized model
 
 
 def check(model, feed, rtol=1e-4, atol=1e-4):

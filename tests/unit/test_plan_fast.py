@@ -4,20 +4,18 @@ specialized per input-shape signature (plan_specialize.py), inlined local functi
 Expected outputs come from ONNX Runtime on the same model (never from graphopt)."""
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from graphopt.plan import _LocalFunction
 from graphopt.session import KernelFailed, Session
+from graphopt.verify import ort_session
 
 RNG = np.random.default_rng(7)
 
 
 def ort_run(model, feed):
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, feed)
+    return ort_session(model).run(None, feed)  # optimizations off: the unoptimized model
 
 
 def assert_matches(sess, model, feed, rtol=1e-5, atol=1e-6):

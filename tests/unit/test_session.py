@@ -10,6 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from graphopt.errors import InvalidModel, Unsupported, UsageError
 from graphopt.session import Session
+from graphopt.verify import ort_session
 
 RNG = np.random.default_rng(0)
 
@@ -21,10 +22,7 @@ def parse(text: str) -> onnx.ModelProto:
 
 
 def ort_run(model, feed, names=None):
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return sess.run(names, feed)
+    return ort_session(model).run(names, feed)  # optimizations off: the unoptimized model
 
 
 def assert_matches_ort(model, feed, rtol=1e-4, atol=1e-5):
