@@ -249,7 +249,8 @@ _TAPS: dict = {}
 
 def _taps(n_out, n_in, scale, at):
     """Tap tables (indices, weights) of one resized axis, the NumPy runtime's (kernels/cpu/resize.py),
-    built on the host once per (sizes, scale, mode) and kept on the device."""
+    built on the host once per (sizes, scale, mode) and kept on the device (a bounded cache)."""
+    from graphopt.kernels.cpu._util import remember
     from graphopt.kernels.cpu.resize import _taps as host_taps
     key = (n_out, n_in, scale, at["mode"], at["coordinate_transformation_mode"], at["nearest_mode"],
            at.get("cubic_coeff_a"), at.get("exclude_outside"), at.get("antialias"))
@@ -257,7 +258,7 @@ def _taps(n_out, n_in, scale, at):
     if hit is None:
         idx, coeff, _ = host_taps(n_out, n_in, scale, at, (0.0, 1.0))
         wt = np.ones(idx.shape, np.float32) if coeff is None else coeff.astype(np.float32)
-        hit = _TAPS[key] = (cp.asarray(idx.astype(np.int64)), cp.asarray(wt), idx.shape[1])
+        hit = remember(_TAPS, key, (cp.asarray(idx.astype(np.int64)), cp.asarray(wt), idx.shape[1]))
     return hit
 
 
