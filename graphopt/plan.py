@@ -215,10 +215,14 @@ class Plan:
         the plan's, so an iteration pays no call through run."""
         return self._compiled if n_inputs == len(self.input_slots) else self.run
 
-    def run_inputs(self, ins: list, outer: dict | None = None) -> list:
+    def run_inputs(self, ins: list, outer: dict | None = None, sig: tuple | None = None) -> list:
         """Run with one value per input (plan.input_names order, defaults included): the compiled
-        function, or the one specialized for these inputs' shapes (graphopt/plan_specialize.py)."""
-        sig = signature(ins) if self._fixed else None
+        function, or the one specialized for these inputs' shapes (graphopt/plan_specialize.py).
+        `sig`: signature(ins), when the caller knows it already."""
+        if not self._fixed:
+            return self._compiled(ins, outer)
+        if sig is None:
+            sig = signature(ins)
         if sig is None:
             return self._compiled(ins, outer)
         fn = self._specialized.get(sig)
