@@ -43,6 +43,11 @@ WINOGRAD_MIN_WORK = 8 << 20
 # bigger ones share a scratch buffer (measured: 0.7-8 MiB per Session on the light zoo models)
 OWN_BUFFER_BYTES = 512 * 1024
 MAX_PLANS = 8  # input geometries (x threads) remembered per conv, each holding a padded-input buffer
+# a horizontal stride > 1 makes one view (one copy call) per kernel column, where the plain im2col
+# makes one copy in all: past this kernel width the calls cost more than the long runs save
+# (measured: a 1-D STFT-like conv, kernel 256 stride 128 on 4x832 samples, 688 us row-wide against
+# 40 us plain)
+MAX_STRIDED_KERNEL_WIDTH = 8
 
 
 class RowWideConv:
@@ -56,10 +61,12 @@ class RowWideConv:
         self._plans = {}
 
     @staticmethod
-    def suits(kshape, out_shape) -> bool:
+    def suits(kshape, out_shape, strides) -> bool:
         """Whether a conv takes this path: 1-D/2-D with a kernel larger than 1x1 (pointwise convs
-        are one GEMM on the input as is, or one strided copy and a GEMM when strided)."""
-        return len(kshape) in (1, 2) and any(k > 1 for k in kshape) and min(out_shape) > 0
+        are one GEMM on the input as is, or one strided copy and a GEMM when strided), and not a
+        wide kernel with a horizontal stride (one copy per kernel column)."""
+        return len(kshape) in (1, 2) and any(k > 1 for k in kshape) and min(out_shape) > 0 \
+            and (strides[-1] == 1 or kshape[-1] <= MAX_STRIDED_KERNEL_WIDTH)
 
     @staticmethod
     def beats_winograd(c_in: int, c_out: int, out_shape) -> bool:

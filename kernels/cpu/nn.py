@@ -5,9 +5,9 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
 from ..registry import kernel
+from ._util import strided_view
 
 
 def conv_pads(in_shape, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode=False):
@@ -44,7 +44,7 @@ def windows(x, kernel_shape, strides, dilations, out_shape):
     shape = x.shape[:2] + tuple(kernel_shape) + tuple(out_shape)
     st = x.strides[:2] + tuple(s * d for s, d in zip(sp_strides, dilations)) + \
         tuple(s * t for s, t in zip(sp_strides, strides))
-    return as_strided(x, shape, st, writeable=False)
+    return strided_view(x, shape, st)
 
 
 def window_slices(kernel_shape, strides, dilations, out_shape):

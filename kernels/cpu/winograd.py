@@ -12,9 +12,9 @@ would not, so it is not used.
 from __future__ import annotations
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
 from ._scratch import padded, scratch
+from ._util import strided_view
 
 _BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)
 _G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float64)
@@ -43,7 +43,7 @@ class Winograd:
         if need_h > h or need_w > w:  # odd output size: pad the last tile with zeros
             xp = padded(xp, [0, 0], [max(need_h - h, 0), max(need_w - w, 0)], role="winograd-grow")
         sn, sc, sh, sw = xp.strides
-        tiles = as_strided(xp, (4, 4, c, n, th, tw), (sh, sw, sc, sn, 2 * sh, 2 * sw), writeable=False)
+        tiles = strided_view(xp, (4, 4, c, n, th, tw), (sh, sw, sc, sn, 2 * sh, 2 * sw))
         d = scratch("winograd-d", tiles.shape, xp.dtype)
         np.copyto(d, tiles)
         d = d.reshape(16, -1)                                        # (16, C*N*T)

@@ -90,6 +90,13 @@ CASES = [
     ("dense1d_s2", 2, 6, 10, 1, (33,), (7,), {"pads": [3, 2], "strides": [2]}, True),
     ("dw1d_dil2_asym", 2, 6, 6, 6, (17,), (3,), {"pads": [3, 1], "dilations": [2]}, False),
     ("dw3d", 1, 4, 4, 4, (5, 6, 7), (3, 3, 3), {"pads": [1] * 6}, True),
+    # a batch of small outputs: one GEMM over the batch (prepared._Conv._batch_merged)
+    ("dense3x3_batch4_merged", 4, 64, 64, 1, (6, 5), (3, 3), {"pads": [1, 1, 1, 1]}, True),
+    ("pointwise_batch3_merged", 3, 256, 160, 1, (4, 4), (1, 1), {}, False),
+    ("dense1d_s2_batch4_merged", 4, 129, 128, 1, (9,), (3,), {"pads": [1, 1], "strides": [2]}, True),
+    ("stft_like_merged", 4, 1, 258, 1, (832,), (256,), {"strides": [128]}, True),
+    # a wide kernel with a stride: plain im2col, not row-wide
+    ("stft_like_k64_s32", 2, 1, 66, 1, (200,), (64,), {"strides": [32], "pads": [5, 3]}, False),
 ]
 
 
@@ -145,15 +152,21 @@ def test_prepared_conv_path_choice():
     at = {"group": 32, "kernel_shape": [3, 3], "strides": [1, 1], "dilations": [1, 1], "pads": [1] * 4,
           "auto_pad": "NOTSET"}
     conv = prepare_conv(at, [None, w, b], conv_kernel)
-    assert conv._geometry(x.shape)[-1] is True
+    assert conv._geometry(x.shape).rowwide
     strided = prepare_conv({**at, "strides": [2, 2]}, [None, w, b], conv_kernel)
-    assert strided._geometry(x.shape)[-1] is True
+    assert strided._geometry(x.shape).rowwide
     pointwise = prepare_conv({**at, "kernel_shape": [1, 1], "pads": [0] * 4}, [None, w[:, :, :1, :1], b], conv_kernel)
-    assert pointwise._geometry(x.shape)[-1] is False  # one GEMM on the input as is
+    assert not pointwise._geometry(x.shape).rowwide  # one GEMM on the input as is
     big = np.zeros((256, 256, 3, 3), np.float32)
     dense = prepare_conv({**at, "group": 1}, [None, big, None], conv_kernel)
-    assert dense._geometry((1, 256, 28, 28))[-2:] == (True, False)  # Winograd's GEMMs dominate
-    assert dense._geometry((1, 256, 4, 4))[-2:] == (False, True)
+    path = dense._geometry((1, 256, 28, 28))
+    assert path.wino and not path.rowwide  # Winograd's GEMMs dominate
+    path = dense._geometry((1, 256, 4, 4))
+    assert not path.wino and path.rowwide
+    assert dense._geometry((4, 256, 4, 4)).merge  # a batch of 16-pixel outputs: one GEMM
+    wide = prepare_conv({"group": 1, "kernel_shape": [256], "strides": [128], "dilations": [1], "pads": [0, 0],
+                         "auto_pad": "NOTSET"}, [None, np.zeros((16, 1, 256), np.float32), None], conv_kernel)
+    assert not wide._geometry((1, 1, 832)).rowwide  # a copy per kernel column: plain im2col instead
 
 
 @pytest.mark.parametrize("act", [("Relu", []), ("LeakyRelu", [0.1]), ("Sigmoid", [])], ids=lambda a: a[0])
