@@ -21,7 +21,7 @@ import math
 import numpy as np
 
 from ..registry import kernel, prepare
-from ._util import clip_ufunc, erf, sigmoid_in_place
+from ._util import ONE, clip_ufunc, erf, sigmoid_in_place
 from .linalg import gemm as gemm_kernel
 from .nn import conv_kernel
 from .prepared import prepare_conv, prepare_gemm
@@ -108,8 +108,20 @@ def quick_gelu(ins, at):
     alpha = at.get("alpha", 1.702)
     if x.dtype == np.float16:  # exp(-x) overflows float16 from x < -11 on, where the result is still representable
         return (quick_gelu([x.astype(np.float32)], at)[0].astype(np.float16),)
-    gate = np.multiply(x, x.dtype.type(alpha)) if alpha != 1.0 else x.copy()
-    return (np.multiply(x, sigmoid_in_place(gate), out=gate),)
+    return (_x_sigmoid(x, -alpha if alpha != 1.0 else None),)
+
+
+# exp(-alpha x) = inf for alpha x << 0: x / inf is the 0 it should be; x = -inf gives -inf / inf =
+# NaN, as x * sigmoid(x) = -inf * 0 does
+@np.errstate(over="ignore", invalid="ignore")
+def _x_sigmoid(x: np.ndarray, neg_alpha) -> np.ndarray:
+    """x / (1 + exp(-alpha x)) = x * sigmoid(alpha x) in four passes over a fresh array (the
+    product form takes six: a copy for the gate, four for the sigmoid, the multiply), with one
+    rounding less (no reciprocal)."""
+    gate = np.negative(x) if neg_alpha is None else np.multiply(x, x.dtype.type(neg_alpha))
+    np.exp(gate, gate)
+    np.add(gate, ONE.get(gate.dtype, 1), gate)
+    return np.divide(x, gate, gate)
 
 
 # ---------------------------------------------------------------- normalizations
