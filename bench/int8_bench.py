@@ -2,18 +2,18 @@
 
 Models: the PP-OCR models that ship inside the rapidocr-onnxruntime wheel (a real CNN text
 detector, DBNet/MobileNetV3; a real text recognizer, PP-OCRv4 SVTR with self-attention blocks; a
-CNN text-direction classifier). Data: real text (the Python standard library's module docstrings)
+CNN text-direction classifier), found through bench/wheel_models.py (the installed package, or
+fetched: `python -m bench.wheel_models fetch`). Data: real text (the Python standard library's module docstrings)
 rendered with PIL and DejaVu fonts; calibration and evaluation use different lines. Both quantizers get the same float model (graphopt -O2 output)
 and the same calibration feeds; agreement is measured against the float model on the evaluation
 feeds, latency with ONNX Runtime (all graph optimizations, 1 thread, best and median of N rounds).
 
-    pip install pillow && pip install --no-deps rapidocr-onnxruntime==1.4.4
+    pip install pillow && python -m bench.wheel_models fetch
     python bench/int8_bench.py [--quick] [--out bench/results/int8_bench.md]
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import platform
 import sys
 import tempfile
@@ -29,6 +29,8 @@ import graphopt
 from graphopt import lossy
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench import wheel_models  # noqa: E402
 FONTS = sorted(Path("/usr/share/fonts/truetype/dejavu").glob("DejaVuSans*.ttf"))
 
 
@@ -244,9 +246,16 @@ def bench_model(name, kind, path, calib, evals, runs, tmp: Path, modes):
     return table, ratios
 
 
-MODELS = [("PP-OCRv4 det (CNN)", "det", "ch_PP-OCRv4_det_infer.onnx", det_feeds, ("static",)),
-          ("PP-OCR cls (CNN)", "cls", "ch_ppocr_mobile_v2.0_cls_infer.onnx", cls_feeds, ("static", "dynamic")),
-          ("PP-OCRv4 rec (SVTR transformer)", "rec", "ch_PP-OCRv4_rec_infer.onnx", rec_feeds, ("static", "dynamic"))]
+MODELS = [("PP-OCRv4 det (CNN)", "det", "ppocr_det", det_feeds, ("static",)),  # third: wheel_models name
+          ("PP-OCR cls (CNN)", "cls", "ppocr_cls", cls_feeds, ("static", "dynamic")),
+          ("PP-OCRv4 rec (SVTR transformer)", "rec", "ppocr_rec", rec_feeds, ("static", "dynamic"))]
+
+
+def missing_models_message(names):
+    """None when every named wheel model is found, else what to run (one line)."""
+    missing = [n for n in names if wheel_models.find(n) is None]
+    return (f"needs the PP-OCR model(s) {', '.join(missing)}: python -m bench.wheel_models fetch "
+            f"(or pip install --no-deps rapidocr-onnxruntime==1.4.4)") if missing else None
 
 
 def main(argv=None) -> int:
@@ -256,11 +265,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "int8_bench.md"))
     ap.add_argument("--runs", type=int, help="timing rounds (default 15, 10 with --quick)")
     args = ap.parse_args(argv)
-    spec = importlib.util.find_spec("rapidocr_onnxruntime")
-    if spec is None:
-        print("needs: pip install pillow && pip install --no-deps rapidocr-onnxruntime==1.4.4", file=sys.stderr)
+    needed = [model for _, kind, model, _, _ in MODELS if not args.only or args.only == kind]
+    if missing_models_message(needed):
+        print(missing_models_message(needed), file=sys.stderr)
         return 2
-    models_dir = Path(spec.origin).parent / "models"
     lines = text_lines()
     calib_lines, eval_lines = lines[0::2], lines[1::2]  # disjoint: evaluation never sees calibration text
     n_cal, n_eval, runs = (8, 8, 10) if args.quick else (16, 24, 15)
@@ -271,12 +279,12 @@ def main(argv=None) -> int:
               "latency: ORT, best and median of {runs} rounds on one evaluation feed, every model running once per round "
               "(starting model rotating).".replace("{runs}", str(runs)), ""]
     with tempfile.TemporaryDirectory() as tmp:
-        for name, kind, file, make, modes in MODELS:
+        for name, kind, model, make, modes in MODELS:
             if args.only and args.only != kind:
                 continue
             rng_c, rng_e = np.random.default_rng(1), np.random.default_rng(2)
             calib, evals = make(calib_lines, n_cal, rng_c), make(eval_lines, n_eval, rng_e)
-            table, ratios = bench_model(name, kind, models_dir / file, calib, evals, runs, Path(tmp), modes)
+            table, ratios = bench_model(name, kind, wheel_models.find(model), calib, evals, runs, Path(tmp), modes)
             report += [f"## {name}", "", "| model | ORT ms (best) | ORT ms (median) | speedup vs float | MiB "
                        "| agreement with float |", "|---|---:|---:|---:|---:|---|"]
             for label, ms, med, ratio, mib, agree in table:

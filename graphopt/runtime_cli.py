@@ -3,6 +3,7 @@ each command is a function of the parsed args that returns the exit status."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import statistics
@@ -87,6 +88,24 @@ def _random_feed(model, seed: int, dims: dict) -> dict:
     return random_feed(model, seed=seed, dims=dims, default_dim=1)
 
 
+@contextlib.contextmanager
+def _dims_hint(model, dims: dict):
+    """A kernel failure on random inputs whose symbolic dims defaulted to 1 names those dims: an
+    image model given a 1x1 image fails deep inside (a Concat of mismatched feature maps), and
+    the fix is a --dim, not a bug report."""
+    from .plan import KernelFailed
+    try:
+        yield
+    except KernelFailed as e:
+        defaulted = sorted({d.dim_param for vi in model.graph.input if vi.type.HasField("tensor_type")
+                            for d in vi.type.tensor_type.shape.dim
+                            if d.dim_param and d.dim_param not in dims} - set(dims))
+        if not defaulted:
+            raise
+        raise KernelFailed(f"{e} (the random inputs set the symbolic dims {', '.join(defaulted)} to 1; "
+                           f"a real size may be needed: --dim {defaulted[-1]}=VALUE)") from e
+
+
 def cmd_run(args) -> int:
     from .session import Session
     model = _load(args.model)
@@ -100,9 +119,11 @@ def cmd_run(args) -> int:
     if missing:
         if not args.random:
             raise UsageError(f"no data for input(s) {missing}: pass --input NAME=FILE.npy or --random")
-        rnd = _random_feed(model, args.seed, _dims(args.dim))
+        dims = _dims(args.dim)
+        rnd = _random_feed(model, args.seed, dims)
         feed.update({k: rnd[k] for k in missing})
-    outputs = sess.run(None, feed)
+    with _dims_hint(model, _dims(args.dim)) if missing else contextlib.nullcontext():
+        outputs = sess.run(None, feed)
     if args.output_dir:
         os.makedirs(args.output_dir, exist_ok=True)
     for arg, value in zip(sess.get_outputs(), outputs):
@@ -143,8 +164,10 @@ def cmd_bench(args) -> int:
         raise UsageError("--runs must be >= 1 and --warmup >= 0")
     model = _load(args.model)
     sess = Session(model, threads=args.threads, **_device(args))
-    feed = _random_feed(model, args.seed, _dims(args.dim))
-    ours = _time(lambda: sess.run(None, feed), args.runs, args.warmup)
+    dims = _dims(args.dim)
+    feed = _random_feed(model, args.seed, dims)
+    with _dims_hint(model, dims):
+        ours = _time(lambda: sess.run(None, feed), args.runs, args.warmup)
     print(_timing("graphopt", ours))
     sess.run(None, feed, profile=True)  # one instrumented run: peak memory, time per op
     print(f"peak activation memory: {sess.peak_activation_bytes / 2**20:.2f} MiB "
