@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from graphopt.errors import InvalidModel, Unsupported, UsageError
-from graphopt.session import Session
+from graphopt.session import KernelFailed, Session
 from graphopt.verify import ort_session
 
 RNG = np.random.default_rng(0)
@@ -339,6 +339,22 @@ def test_cli_run_random_and_from_files(tmp_path, capsys):
     np.testing.assert_array_equal(np.load(tmp_path / "out2" / "t.npy"), ort_run(SMALL, {"x": x, "s": np.zeros(2, np.int64)})[1])
     with pytest.raises(UsageError, match="--random"):
         _cli(["run", str(path)])
+
+
+def test_cli_run_names_the_dims_random_inputs_set_to_one(tmp_path):
+    """A model that needs a real size (here: an even width) fails on 1-sized random inputs; the
+    error says which symbolic dims were defaulted and how to set them."""
+    node = helper.make_node("Reshape", ["x", "shape"], ["y"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "width"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(np.array([-1, 2], np.int64), "shape")])
+    path = tmp_path / "pairs.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    with pytest.raises(KernelFailed, match=r"symbolic dims batch, width to 1.*--dim width=VALUE"):
+        _cli(["run", str(path), "--random"])
+    with pytest.raises(KernelFailed, match=r"symbolic dims width to 1"):  # the one given is not named
+        _cli(["bench", str(path), "--dim", "batch=3", "--runs", "1"])
+    assert _cli(["run", str(path), "--random", "--dim", "width=4"]) == 0
 
 
 def test_cli_bench_and_verify(tmp_path, capsys):
