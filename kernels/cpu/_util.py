@@ -21,9 +21,12 @@ def strided_view(x: np.ndarray, shape, strides) -> np.ndarray:
     through __array_interface__), read-only."""
     if x.flags.c_contiguous:
         try:
-            return np.ndarray(shape, x.dtype, x, 0, strides)
+            view = np.ndarray(shape, x.dtype, x, 0, strides)
         except (TypeError, ValueError):  # reaches outside x's buffer (a caller's deliberate overhang)
             pass
+        else:
+            view.flags.writeable = False  # its windows overlap: a write would land in many places
+            return view
     return np.lib.stride_tricks.as_strided(x, shape, strides, writeable=False)
 
 
