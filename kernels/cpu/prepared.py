@@ -145,10 +145,11 @@ class _Conv:
         n, c = x.shape[:2]
         if pointwise:
             view = x.reshape(n, c, -1)
-        else:
-            view = windows(padded(x, begin, end), self.kshape, self.strides, self.dil, out).reshape(n, -1, *out)
-        cols = scratch("cols-merged", (view.shape[1], n) + view.shape[2:], x.dtype)
-        np.copyto(cols, np.swapaxes(view, 0, 1))
+        else:  # (N, C, *kernel, *out), a strided view: reshaping it would copy it
+            view = windows(padded(x, begin, end), self.kshape, self.strides, self.dil, out)
+        view = np.moveaxis(view, 0, view.ndim - (1 if pointwise else len(out)) - 1)  # (C, *kernel, N, *out)
+        cols = scratch("cols-merged", view.shape, x.dtype)
+        np.copyto(cols, view)
         pp = math.prod(out)
         y = self.w_mat.dot(cols.reshape(-1, n * pp)).reshape(self.m, n, pp)
         res = np.empty((n, self.m, pp), x.dtype)
