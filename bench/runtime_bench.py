@@ -228,6 +228,11 @@ def fmt_ms(s):
 GROUP_NAMES = {"zoo": "light zoo", "models": "models/"}  # wheel models' groups are their package names
 
 
+def _times(x) -> str:
+    """A group's speedup, or "-" where the reference ran none of its models (a NaN geomean)."""
+    return f"{x:.0f}x" if math.isfinite(x) else "-"
+
+
 def table(rows, args):
     head = ("| model | nodes | graphopt ms | graphopt -O2 ms | ORT ms | raw/ORT | O2/ORT | onnx.reference ms "
             "| reference/graphopt-O2 | peak act. MiB | err vs ORT | most time (O2) |")
@@ -274,7 +279,7 @@ def table(rows, args):
                        f"{ref_speedup(original):.1f}x")
     summary += [
         f"geomean speedup over onnx.reference (graphopt -O2, models the reference finished): {ref_speedup(rows):.1f}x "
-        f"({', '.join(f'{g}: {ref_speedup(rs):.0f}x' for g, rs in groups)}); target >= 30x"
+        f"({', '.join(f'{g}: {_times(ref_speedup(rs))}' for g, rs in groups)}); target >= 30x"
         + (f"; on {len(capped)} more model(s) one reference run passed the {args.ref_cap:.0f} s "
            f"cap (speedup > {min(args.ref_cap / (r.get('O2') or r['raw']) for r in capped):.0f}x)" if capped else ""),
     ]
