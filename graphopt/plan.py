@@ -101,8 +101,10 @@ class Plan:
                 defined.add(node.output[0])
                 continue
             fn = _bind(node, domain, opset, attrs, opsets, ctx)
-            if fn is None:
-                ctx.unsupported.add((domain, node.op_type, opset))
+            refused = getattr(fn, "refuse", None)  # a kernel that runs some forms of its op only
+            why = refused(attrs, [bool(i) for i in node.input], [bool(o) for o in node.output]) if refused else None
+            if fn is None or why:
+                ctx.unsupported.add((domain, f"{node.op_type} ({why})" if why else node.op_type, opset))
             explicit = _formal_inputs(node, domain, opset)
             if implicit:
                 fn = _with_outer(fn, len(explicit), implicit)
