@@ -12,8 +12,8 @@ against onnxruntime 1.32 (tests/unit/test_contrib_kernels.py runs each op in bot
     QuickGelu(X; alpha=1.702)        X * sigmoid(alpha * X)
     SkipLayerNormalization(X, skip, gamma, beta?, bias?; epsilon=1e-12)
     FusedConv, FusedGemm             Conv / Gemm + activation (the same attributes as ai.graphopt's)
-Attention and MultiHeadAttention: kernels/cpu/contrib_attention.py. Others (EmbedLayerNormalization,
-...) stay unsupported: Session lists them at build, as any op without a kernel.
+Attention, MultiHeadAttention and EmbedLayerNormalization: kernels/cpu/contrib_attention.py. Others
+(GroupQueryAttention, ...) stay unsupported: Session lists them at build, as any op without a kernel.
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
-"""ONNX Runtime's com.microsoft Attention and MultiHeadAttention, in their forms without a KV cache.
+"""ONNX Runtime's com.microsoft Attention and MultiHeadAttention, in their forms without a KV cache,
+and EmbedLayerNormalization: what ORT's transformer optimizer writes for a BERT-like model.
 
-ORT's transformer optimizer and `graphopt compile --target ort` write these; graphopt.Session runs
-them with the ai.graphopt Attention kernel (kernels/cpu/fused.py) after the steps that ORT's ops
-add around it:
+`graphopt compile --target ort` writes the attention ops too; graphopt.Session runs them with the
+ai.graphopt Attention kernel (kernels/cpu/fused.py) after the steps that ORT's ops add around it:
 
     Attention(input, weights, bias?, mask_index?, past?, attention_bias?)
         Q|K|V = input @ weights + bias (qkv_hidden_sizes, else three equal parts)
@@ -16,6 +16,11 @@ to future positions; attention_bias (B|1, N|1, S, L) is added as it is. `present
 projected keys and values. What needs a KV cache (past inputs, past_sequence_length,
 cache_indirection), rotary embedding, a shared past/present buffer or the QK output is refused when
 the Session is built (the node's `refuse` hook), never midway through a run.
+
+    EmbedLayerNormalization(input_ids, segment_ids?, word_embedding, position_embedding,
+                            segment_embedding?, gamma, beta, mask?, position_ids?)
+        LayerNorm(word[ids] + position[position_ids or 0..S-1] + segment[segment_ids]) * gamma + beta,
+        and mask_index = the number of ones per mask row (the key lengths Attention takes)
 """
 from __future__ import annotations
 
@@ -121,3 +126,18 @@ def _refuse_attention(at, inputs, outputs):
 
 multi_head_attention.refuse = _refuse_mha
 attention.refuse = _refuse_attention
+
+
+@kernel("EmbedLayerNormalization", 1, domain=DOMAIN)
+def embed_layer_norm(ins, at):
+    ids, segments, word, position = ins[0], _given(ins, 1), ins[2], ins[3]
+    seg_table, gamma, beta, mask, pos_ids = _given(ins, 4), ins[5], ins[6], _given(ins, 7), _given(ins, 8)
+    seq = ids.shape[1]
+    if pos_ids is None:
+        pos_ids = np.arange(seq)[None, :]
+    s = word[ids] + position[pos_ids]
+    if segments is not None and seg_table is not None:
+        s += seg_table[segments]
+    y = fused._layer_norm(s, False, gamma, beta, -1, at.get("epsilon", 1e-12), word.dtype)
+    mask_index = (np.count_nonzero(mask, axis=1) if mask is not None else np.zeros(ids.shape[0])).astype(np.int32)
+    return y, mask_index, s

@@ -1,8 +1,8 @@
-"""ORT's com.microsoft Attention and MultiHeadAttention run by graphopt.Session
-(kernels/cpu/contrib_attention.py), against ORT itself on the same one-node model: biases, every
-mask form (key lengths, 0/1 key masks, per-query masks, additive attention_bias), unidirectional,
-scale and mask_filter_value attributes, present outputs; and the forms that need a KV cache are
-refused when the Session is built."""
+"""ORT's com.microsoft Attention, MultiHeadAttention and EmbedLayerNormalization run by
+graphopt.Session (kernels/cpu/contrib_attention.py), against ORT itself on the same one-node model:
+biases, every mask form (key lengths, 0/1 key masks, per-query masks, additive attention_bias),
+unidirectional, scale and mask_filter_value attributes, present outputs, segment and position ids;
+and the forms that need a KV cache are refused when the Session is built."""
 from __future__ import annotations
 
 import numpy as np
@@ -122,3 +122,34 @@ def test_forms_with_a_kv_cache_are_refused_at_build(op, ins, why):
     consts = {"w": data(D, 3 * D), "b": data(3 * D)} if op == "Attention" else {}
     with pytest.raises(Unsupported, match=f"com.microsoft::{op} \\({why}"):
         Session(model(node, feeds, consts))
+
+
+@pytest.mark.parametrize("segments,mask,positions", [(True, True, False), (False, False, False), (True, True, True)])
+def test_embed_layer_normalization(segments, mask, positions):
+    vocab, seq = 30, 6
+    ids = RNG.integers(0, vocab, (B, seq)).astype(np.int32)
+    feeds = {"ids": ids}
+    ins = ["ids", "seg" if segments else "", "word", "pos", "segtab" if segments else "", "gamma", "beta"]
+    if segments:
+        feeds["seg"] = RNG.integers(0, 2, (B, seq)).astype(np.int32)
+    if mask:
+        m = np.ones((B, seq), np.int32)
+        m[1, 4:] = 0
+        feeds["mask"] = m
+    ins.append("mask" if mask else "")
+    if positions:
+        feeds["posids"] = np.array([[5, 4, 3, 2, 1, 0]] * B, np.int32)
+        ins.append("posids")
+    consts = {"word": data(vocab, D), "pos": data(16, D), "segtab": data(2, D), "gamma": data(D), "beta": data(D)}
+    consts = {k: v for k, v in consts.items() if k in ins}
+    outs = ["y", "mask_index", "sum"] if mask else ["y", "mask_index"]  # ORT requires mask_index
+    node = helper.make_node("EmbedLayerNormalization", ins, outs, domain=MS)
+    m = model(node, feeds, consts)
+    for vi in m.graph.output:
+        if vi.name == "mask_index":
+            vi.type.tensor_type.elem_type = TensorProto.INT32
+    want = ort_session(m).run(None, feeds)
+    got = Session(m).run(None, feeds)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and g.dtype == w.dtype
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
