@@ -1,0 +1,159 @@
+"""ONNX Runtime's com.microsoft quantized ops of the QOperator format.
+
+`onnxruntime.quantization.quantize_static(..., quant_format=QuantFormat.QOperator)` (and the int8
+models of the ONNX model zoo) keep tensors in uint8/int8 between ops: besides the standard
+QLinearConv / QLinearMatMul they use these contrib ops. Each one is its float op between a
+dequantize and a quantize (round half to even, saturate), the way ORT defines them:
+
+    QLinearAdd / QLinearMul (A, a_scale, a_zp?, B, b_scale, b_zp?, c_scale, c_zp?)
+    QLinearSigmoid / QLinearLeakyRelu (X, x_scale, x_zp?, y_scale, y_zp?)   one 256-entry lookup table
+    QLinearConcat (y_scale, y_zp, then X, x_scale, x_zp per input; axis)
+    QLinearGlobalAveragePool / QLinearAveragePool (X, x_scale, x_zp, y_scale, y_zp; channels_last)
+    QLinearSoftmax (X, x_scale, x_zp?, y_scale, y_zp; axis, opset)
+    QGemm (A, a_scale, a_zp, B, b_scale, b_zp, C?, y_scale?, y_zp?; alpha, transA, transB)
+        int32 C is the bias at scale a_scale * b_scale; without y_scale the output is float
+
+ORT computes some of them with other float roundings (its QLinearAdd scales each input by
+a_scale/c_scale first): an output may differ from ORT's by one quantization step.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..registry import kernel
+from .nn import average_pool
+from .quant import _int_range, dequantize, quantize
+
+DOMAIN = "com.microsoft"
+
+
+def _given(ins, i):
+    return ins[i] if len(ins) > i and ins[i] is not None else None
+
+
+def _zp_or_zero(zp, like):
+    """A missing zero point is 0 of the tensor's type (ORT's default)."""
+    return zp if zp is not None else np.zeros((), like.dtype)
+
+
+def _binary(fn):
+    def run(ins, at):
+        a, b = ins[0], ins[3]
+        a_zp, b_zp, c_zp = _zp_or_zero(_given(ins, 2), a), _zp_or_zero(_given(ins, 5), b), _given(ins, 7)
+        c_zp = c_zp if c_zp is not None else np.zeros((), a.dtype)
+        y = fn(dequantize(a, ins[1], a_zp), dequantize(b, ins[4], b_zp))
+        return (quantize(y, ins[6], c_zp, c_zp.dtype),)
+    return run
+
+
+kernel("QLinearAdd", 1, domain=DOMAIN)(_binary(np.add))
+kernel("QLinearMul", 1, domain=DOMAIN)(_binary(np.multiply))
+
+
+def _lookup(fn):
+    """y = quantize(fn(dequantize(x))) through a table over every value of x's 8-bit type."""
+    def run(ins, at):
+        x = ins[0]
+        x_zp, y_zp = _zp_or_zero(_given(ins, 2), x), _given(ins, 4)
+        y_zp = y_zp if y_zp is not None else np.zeros((), x.dtype)
+        if x.dtype.itemsize != 1:
+            raise ValueError(f"8-bit input expected, got {x.dtype}")
+        lo, hi = _int_range(x.dtype)
+        values = np.arange(lo, hi + 1).astype(x.dtype)
+        with np.errstate(over="ignore"):
+            table = quantize(fn(dequantize(values, ins[1], x_zp), at), ins[3], y_zp, y_zp.dtype)
+        return (table[x.astype(np.int16) - lo],)
+    return run
+
+
+def _sigmoid(v, at):
+    return (1.0 / (1.0 + np.exp(-v.astype(np.float64)))).astype(np.float32)
+
+
+def _leaky_relu(v, at):
+    return np.where(v >= 0, v, v * np.float32(at.get("alpha", 0.01)))
+
+
+kernel("QLinearSigmoid", 1, domain=DOMAIN)(_lookup(_sigmoid))
+kernel("QLinearLeakyRelu", 1, domain=DOMAIN)(_lookup(_leaky_relu))
+
+
+@kernel("QLinearConcat", 1, domain=DOMAIN)
+def qlinear_concat(ins, at):
+    y_scale, y_zp = ins[0], ins[1]
+    parts = []
+    for i in range(2, len(ins), 3):
+        x, scale, zp = ins[i], ins[i + 1], ins[i + 2]
+        same = scale.reshape(-1)[0] == y_scale.reshape(-1)[0] and zp.reshape(-1)[0] == y_zp.reshape(-1)[0]
+        parts.append(x if same and x.dtype == y_zp.dtype else
+                     quantize(dequantize(x, scale, zp), y_scale, y_zp, y_zp.dtype))
+    return (np.concatenate(parts, axis=at.get("axis", 1)),)
+
+
+def _pooled(x, at, pool):
+    """pool() on dequantized x in NCHW order (channels_last: NHWC in and out)."""
+    last = bool(at.get("channels_last"))
+    xs = np.moveaxis(x, -1, 1) if last else x
+    y = pool(xs)
+    return np.moveaxis(y, 1, -1) if last else y
+
+
+@kernel("QLinearGlobalAveragePool", 1, domain=DOMAIN)
+def qlinear_global_average_pool(ins, at):
+    x, y_zp = ins[0], ins[4]
+    xs = dequantize(x, ins[1], _zp_or_zero(ins[2], x))
+    y = _pooled(xs, at, lambda v: v.mean(axis=tuple(range(2, v.ndim)), keepdims=True, dtype=np.float64))
+    return (quantize(y.astype(np.float32), ins[3], y_zp, y_zp.dtype),)
+
+
+@kernel("QLinearAveragePool", 1, domain=DOMAIN)
+def qlinear_average_pool(ins, at):
+    x = ins[0]
+    y_zp = _given(ins, 4) if _given(ins, 4) is not None else np.zeros((), x.dtype)
+    xs = dequantize(x, ins[1], _zp_or_zero(_given(ins, 2), x))
+    pool_at = {k: at.get(k) for k in ("auto_pad", "ceil_mode", "count_include_pad", "kernel_shape", "pads",
+                                      "strides", "dilations")}
+    pool_at["auto_pad"] = pool_at["auto_pad"] or "NOTSET"
+    y = _pooled(xs, at, lambda v: average_pool([v], pool_at)[0])
+    return (quantize(y, ins[3], y_zp, y_zp.dtype),)
+
+
+@kernel("QLinearSoftmax", 1, domain=DOMAIN)
+def qlinear_softmax(ins, at):
+    x, y_zp = ins[0], ins[4]
+    xs = dequantize(x, ins[1], _zp_or_zero(_given(ins, 2), x)).astype(np.float64)
+    axis = at.get("axis", -1 if at.get("opset", 13) >= 13 else 1)
+    if at.get("opset", 13) < 13:  # Softmax before 13: over all axes from `axis` on, as one
+        flat = xs.reshape(int(np.prod(xs.shape[:axis % xs.ndim])), -1)
+        y = _softmax(flat, 1).reshape(xs.shape)
+    else:
+        y = _softmax(xs, axis)
+    return (quantize(y.astype(np.float32), ins[3], y_zp, y_zp.dtype),)
+
+
+def _softmax(v, axis):
+    e = np.exp(v - v.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+@kernel("QGemm", 1, domain=DOMAIN)
+def qgemm(ins, at):
+    a, a_scale, a_zp, b, b_scale, b_zp = ins[:6]
+    c, y_scale, y_zp = _given(ins, 6), _given(ins, 7), _given(ins, 8)
+    ai = a.astype(np.float64) - a_zp.astype(np.float64)
+    if at.get("transA"):
+        ai = ai.T
+    bz = b_zp.astype(np.float64)
+    if at.get("transB"):  # per output channel parameters follow B's rows then
+        bi = (b.astype(np.float64) - (bz.reshape(-1, 1) if bz.size > 1 else bz)).T
+    else:
+        bi = b.astype(np.float64) - bz
+    acc = ai @ bi  # exact: integer-valued float64 products and sums
+    if c is not None:
+        acc = acc + c.astype(np.float64)
+    scale = np.float64(at.get("alpha", 1.0)) * a_scale.astype(np.float64) * b_scale.astype(np.float64).reshape(-1)
+    if y_scale is None:
+        return ((acc * scale).astype(np.float32),)
+    y = np.rint(acc * (scale / y_scale.astype(np.float64))) + y_zp.astype(np.float64)
+    lo, hi = _int_range(y_zp.dtype)
+    return (np.clip(y, lo, hi).astype(y_zp.dtype),)

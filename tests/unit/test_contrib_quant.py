@@ -1,0 +1,119 @@
+"""ORT's com.microsoft QOperator-format ops (kernels/cpu/contrib_quant.py) run by graphopt.Session
+against ORT itself on one-node models: uint8 and int8, broadcasting,
+per-channel QGemm weights, int32 bias, float and quantized QGemm outputs. ORT rounds some of them
+through other float steps, so outputs may differ by one quantization step, never more. QGemm's uint8
+input stays within 7 bits, as ORT's quantizer keeps it (reduce_range): on full-range uint8 x int8 data
+ORT's kernels on CPUs without VNNI saturate pair sums in int16 (see test_integer_ops_exact.py)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from graphopt.session import Session
+from graphopt.verify import ort_session
+
+MS = "com.microsoft"
+RNG = np.random.default_rng(17)
+ELEM = {np.dtype(np.uint8): TensorProto.UINT8, np.dtype(np.int8): TensorProto.INT8,
+        np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.int32): TensorProto.INT32}
+
+
+def q8(dtype, *shape):
+    lo, hi = (0, 256) if dtype == np.uint8 else (-128, 128)
+    return RNG.integers(lo, hi, shape).astype(dtype)
+
+
+def scalar(v, dtype=np.float32):
+    return np.array(v, dtype)
+
+
+def check(op, inputs, consts, attrs=None, out_type=None, max_step=1):
+    """inputs: [(name, array)] fed at run time; consts: {name: array}; node inputs in the given order
+    (names; "" for an absent optional)."""
+    names, feeds = [], {}
+    for name, value in inputs:
+        names.append(name)
+        if value is not None and name not in consts:
+            feeds[name] = value
+    out_elem = out_type or ELEM[np.dtype(next(v for n, v in inputs if n in feeds).dtype)]
+    node = helper.make_node(op, names, ["y"], domain=MS, **(attrs or {}))
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(k, ELEM[v.dtype], v.shape) for k, v in feeds.items()],
+                              [helper.make_tensor_value_info("y", out_elem, None)],
+                              [numpy_helper.from_array(v, k) for k, v in consts.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid(MS, 1)])
+    want = ort_session(model).run(None, feeds)[0]
+    got = Session(model).run(None, feeds)[0]
+    assert got.shape == want.shape and got.dtype == want.dtype
+    if want.dtype.kind == "f":
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    else:
+        assert np.abs(got.astype(np.int32) - want.astype(np.int32)).max() <= max_step
+
+
+@pytest.mark.parametrize("op", ["QLinearAdd", "QLinearMul"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+def test_qlinear_binary(op, dtype):
+    a, b = q8(dtype, 2, 3, 4, 5), q8(dtype, 4, 1)  # b broadcasts
+    zp = (lambda v: scalar(v, dtype))
+    consts = {"as": scalar(0.05), "az": zp(3), "b": b, "bs": scalar(0.02), "bz": zp(-2 if dtype == np.int8 else 120),
+              "cs": scalar(0.07 if op == "QLinearAdd" else 0.2), "cz": zp(5)}
+    check(op, [("a", a), ("as", None), ("az", None), ("b", b), ("bs", None), ("bz", None), ("cs", None), ("cz", None)], consts)
+
+
+@pytest.mark.parametrize("op,attrs", [("QLinearSigmoid", {}), ("QLinearLeakyRelu", {"alpha": 0.1})])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+def test_qlinear_lookup_ops(op, attrs, dtype):
+    x = q8(dtype, 2, 16, 5)
+    consts = {"xs": scalar(0.06), "xz": scalar(10, dtype), "ys": scalar(1 / 256 if op == "QLinearSigmoid" else 0.05),
+              "yz": scalar(0 if op == "QLinearSigmoid" else 7, dtype)}
+    check(op, [("x", x), ("xs", None), ("xz", None), ("ys", None), ("yz", None)], consts, attrs)
+
+
+def test_qlinear_concat_mixed_scales():
+    x1, x2 = q8(np.uint8, 1, 3, 4), q8(np.uint8, 1, 5, 4)
+    consts = {"ys": scalar(0.1), "yz": scalar(128, np.uint8), "s1": scalar(0.1), "z1": scalar(128, np.uint8),
+              "s2": scalar(0.03), "z2": scalar(100, np.uint8)}
+    check("QLinearConcat", [("ys", None), ("yz", None), ("x1", x1), ("s1", None), ("z1", None),
+                            ("x2", x2), ("s2", None), ("z2", None)], consts, {"axis": 1})
+
+
+@pytest.mark.parametrize("channels_last", [0, 1])
+def test_qlinear_global_average_pool(channels_last):
+    x = q8(np.uint8, 2, 7, 6, 5)
+    consts = {"xs": scalar(0.02), "xz": scalar(3, np.uint8), "ys": scalar(0.01), "yz": scalar(9, np.uint8)}
+    check("QLinearGlobalAveragePool", [("x", x), ("xs", None), ("xz", None), ("ys", None), ("yz", None)], consts,
+          {"channels_last": channels_last})
+
+
+def test_qlinear_average_pool():
+    x = q8(np.uint8, 1, 4, 9, 9)
+    consts = {"xs": scalar(0.02), "xz": scalar(3, np.uint8), "ys": scalar(0.02), "yz": scalar(5, np.uint8)}
+    check("QLinearAveragePool", [("x", x), ("xs", None), ("xz", None), ("ys", None), ("yz", None)], consts,
+          {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "count_include_pad": 0})
+
+
+@pytest.mark.parametrize("opset", [13, 12])
+def test_qlinear_softmax(opset):
+    x = q8(np.uint8, 2, 3, 10)
+    consts = {"xs": scalar(0.08), "xz": scalar(128, np.uint8), "ys": scalar(1 / 256), "yz": scalar(0, np.uint8)}
+    check("QLinearSoftmax", [("x", x), ("xs", None), ("xz", None), ("ys", None), ("yz", None)], consts,
+          {"axis": -1 if opset >= 13 else 1, "opset": opset})
+
+
+@pytest.mark.parametrize("trans_b,per_channel,bias,quantized", [
+    (0, False, False, True), (1, True, True, True), (1, False, True, False), (0, True, False, False)])
+def test_qgemm(trans_b, per_channel, bias, quantized):
+    a = RNG.integers(0, 128, (4, 12)).astype(np.uint8)
+    b = q8(np.int8, 6, 12) if trans_b else q8(np.int8, 12, 6)
+    consts = {"as": scalar(0.02), "az": scalar(64, np.uint8), "b": b,
+              "bs": (RNG.random(6).astype(np.float32) * 0.01 + 0.001) if per_channel else scalar(0.004),
+              "bz": np.zeros(6, np.int8) if per_channel else scalar(0, np.int8)}
+    names = [("a", a), ("as", None), ("az", None), ("b", b), ("bs", None), ("bz", None)]
+    if bias:
+        consts["c"] = RNG.integers(-2000, 2000, 6).astype(np.int32)
+    names.append(("c" if bias else "", None))
+    if quantized:
+        consts.update({"ys": scalar(0.05), "yz": scalar(128, np.uint8)})
+        names += [("ys", None), ("yz", None)]
+    check("QGemm", names, consts, {"transB": trans_b}, out_type=TensorProto.UINT8 if quantized else TensorProto.FLOAT)
