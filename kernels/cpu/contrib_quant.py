@@ -9,7 +9,7 @@ dequantize and a quantize (round half to even, saturate), the way ORT defines th
     QLinearSigmoid / QLinearLeakyRelu (X, x_scale, x_zp?, y_scale, y_zp?)   one 256-entry lookup table
     QLinearConcat (y_scale, y_zp, then X, x_scale, x_zp per input; axis)
     QLinearGlobalAveragePool / QLinearAveragePool (X, x_scale, x_zp, y_scale, y_zp; channels_last)
-    QLinearSoftmax (X, x_scale, x_zp?, y_scale, y_zp; axis, opset)
+    QLinearSoftmax (X, x_scale, x_zp?, y_scale, y_zp; axis=-1, opset: before 13, the axes from `axis` on as one)
     QGemm (A, a_scale, a_zp, B, b_scale, b_zp, C?, y_scale?, y_zp?; alpha, transA, transB)
         int32 C is the bias at scale a_scale * b_scale; without y_scale the output is float
 
@@ -122,7 +122,7 @@ def qlinear_average_pool(ins, at):
 def qlinear_softmax(ins, at):
     x, y_zp = ins[0], ins[4]
     xs = dequantize(x, ins[1], _zp_or_zero(_given(ins, 2), x)).astype(np.float64)
-    axis = at.get("axis", -1 if at.get("opset", 13) >= 13 else 1)
+    axis = at.get("axis", -1)  # ORT's default for this op, whatever `opset` says (Softmax-11's default was 1)
     if at.get("opset", 13) < 13:  # Softmax before 13: over all axes from `axis` on, as one
         flat = xs.reshape(int(np.prod(xs.shape[:axis % xs.ndim])), -1)
         y = _softmax(flat, 1).reshape(xs.shape)

@@ -93,12 +93,13 @@ def test_qlinear_average_pool():
           {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "count_include_pad": 0})
 
 
-@pytest.mark.parametrize("opset", [13, 12])
-def test_qlinear_softmax(opset):
+@pytest.mark.parametrize("opset,axis", [(13, -1), (12, 1), (11, None)])
+def test_qlinear_softmax(opset, axis):
+    """axis left out is -1 for this op even with opset 11 (where Softmax's own default was 1)."""
     x = q8(np.uint8, 2, 3, 10)
     consts = {"xs": scalar(0.08), "xz": scalar(128, np.uint8), "ys": scalar(1 / 256), "yz": scalar(0, np.uint8)}
     check("QLinearSoftmax", [("x", x), ("xs", None), ("xz", None), ("ys", None), ("yz", None)], consts,
-          {"axis": -1 if opset >= 13 else 1, "opset": opset})
+          {"opset": opset, **({} if axis is None else {"axis": axis})})
 
 
 @pytest.mark.parametrize("trans_b,per_channel,bias,quantized", [
