@@ -11,3 +11,4 @@ from . import prepared_rnn  # noqa: F401,E402  (LSTM with constant weights and n
 from . import contrib  # noqa: F401,E402  (ORT's com.microsoft fused ops that share ai.graphopt's semantics)
 from . import contrib_attention  # noqa: F401,E402  (ORT's com.microsoft Attention, MultiHeadAttention, EmbedLayerNormalization)
 from . import contrib_quant  # noqa: F401,E402  (ORT's com.microsoft QOperator-format quantized ops: QLinearAdd, QGemm, ...)
+from . import contrib_quant_lstm  # noqa: F401,E402  (ORT's com.microsoft DynamicQuantizeLSTM, from quantize_dynamic)
