@@ -99,7 +99,9 @@ def dynamic_quantize_linear(ins, at):
     x = ins[0].astype(np.float32)
     lo = min(float(x.min(initial=0.0)), 0.0)
     hi = max(float(x.max(initial=0.0)), 0.0)
-    scale = np.float32((hi - lo) / 255.0)
+    # in float32, as the spec's formula on a float32 input (ORT too): a float64 difference rounded
+    # once to float32 can differ by an ulp, and move a value across a rounding boundary
+    scale = (np.float32(hi) - np.float32(lo)) / np.float32(255)
     zp = np.clip(np.rint(np.float32(0) - np.float32(lo) / scale), 0, 255) if scale else np.float32(0)
     y = quantize(x, np.array(scale if scale else 1.0, np.float32), np.array(zp, np.uint8), np.uint8)
     return (y, np.array(scale, np.float32), np.array(zp, np.uint8))
