@@ -7,9 +7,11 @@ ORT's kernels on CPUs without VNNI saturate pair sums in int16 (see test_integer
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from graphopt import golden
 from graphopt.session import Session
 from graphopt.verify import ort_session
 
@@ -118,3 +120,26 @@ def test_qgemm(trans_b, per_channel, bias, quantized):
         consts.update({"ys": scalar(0.05), "yz": scalar(128, np.uint8)})
         names += [("ys", None), ("yz", None)]
     check("QGemm", names, consts, {"transB": trans_b}, out_type=TensorProto.UINT8 if quantized else TensorProto.FLOAT)
+
+
+@pytest.mark.parametrize("name", ["convnet", "mobilenet_yolo", "transformer_block"])
+def test_models_quantized_by_onnxruntime_run(name, tmp_path):
+    """What onnxruntime.quantization writes in QOperator format (QLinearConv/MatMul plus the contrib
+    ops above) runs in graphopt.Session and gives ORT's outputs."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+    feed = golden.load_golden(name).inputs
+
+    class OneFeed(CalibrationDataReader):
+        def __init__(self):
+            self.left = [feed]
+
+        def get_next(self):
+            return self.left.pop() if self.left else None
+    out = tmp_path / "q.onnx"
+    quantize_static(str(golden.model_path(name)), str(out), OneFeed(), quant_format=QuantFormat.QOperator)
+    model = onnx.load(out)
+    assert any(n.domain == MS for n in model.graph.node)
+    want = ort_session(model).run(None, feed)
+    got = Session(model).run(None, feed)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6 * max(1.0, float(np.abs(w).max())))
