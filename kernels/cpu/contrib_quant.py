@@ -154,6 +154,8 @@ def qgemm(ins, at):
     scale = np.float64(at.get("alpha", 1.0)) * a_scale.astype(np.float64) * b_scale.astype(np.float64).reshape(-1)
     if y_scale is None:
         return ((acc * scale).astype(np.float32),)
+    if y_zp is None:
+        y_zp = np.zeros((), a.dtype)
     y = np.rint(acc * (scale / y_scale.astype(np.float64))) + y_zp.astype(np.float64)
     lo, hi = _int_range(y_zp.dtype)
     return (np.clip(y, lo, hi).astype(y_zp.dtype),)
