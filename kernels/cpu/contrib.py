@@ -12,13 +12,16 @@ against onnxruntime 1.32 (tests/unit/test_contrib_kernels.py runs each op in bot
     QuickGelu(X; alpha=1.702)        X * sigmoid(alpha * X)
     SkipLayerNormalization(X, skip, gamma, beta?, bias?; epsilon=1e-12)
     FusedConv, FusedGemm             Conv / Gemm + activation (the same attributes as ai.graphopt's)
+    SkipSimplifiedLayerNormalization(X, skip, gamma, bias?; epsilon=1e-12)   RMS norm of X + skip (+ bias)
+In the default domain, for opsets where ONNX has no such op: LayerNormalization (standard from 17)
+and SimplifiedLayerNormalization (RMS norm), which ORT registers from opset 1.
 Attention, MultiHeadAttention and EmbedLayerNormalization: kernels/cpu/contrib_attention.py. Others
 (GroupQueryAttention, ...) stay unsupported: Session lists them at build, as any op without a kernel.
 """
 from __future__ import annotations
 
 from ..registry import kernel, prepare
-from . import fused
+from . import fused, norm
 
 DOMAIN = "com.microsoft"
 
@@ -49,6 +52,15 @@ def _fast_gelu(ins, at):
     return fused.bias_gelu([ins[0], bias], {"approximate": "tanh"})
 
 
+def _skip_simplified_layer_norm(ins, at):
+    """RMS norm of input + skip (+ bias); outputs (y, mean: not written, inv_std_var: not written, sum)."""
+    s = ins[0] + ins[1]
+    if len(ins) > 3 and ins[3] is not None:
+        s = s + ins[3]
+    y = fused.rms_norm([s, ins[2]], {"epsilon": at["epsilon"]})[0]
+    return (y, None, None, s) if at.get("__n_outputs__", 1) >= 4 else (y,)
+
+
 _SAME = {  # op -> (ai.graphopt kernel, its prepare hook or None, ORT's attribute defaults)
     "Gelu": (lambda ins, at: fused.gelu(ins, {"approximate": "none"}), None, {}),
     "FastGelu": (_fast_gelu, None, {}),
@@ -57,7 +69,19 @@ _SAME = {  # op -> (ai.graphopt kernel, its prepare hook or None, ORT's attribut
     "SkipLayerNormalization": (fused.skip_layer_norm, fused.prepare_skip_layer_norm, {"epsilon": 1e-12}),
     "FusedConv": (fused.fused_conv, fused.prepare_fused_conv, {}),
     "FusedGemm": (fused.fused_gemm, fused.prepare_fused_gemm, {}),
+    # RMS norms of ORT's transformer optimizer (T5/LLaMA-like models): the ai.graphopt RMSNormalization
+    "SkipSimplifiedLayerNormalization": (_skip_simplified_layer_norm, None, {"epsilon": 1e-12}),
 }
+
+# ORT also registers two normalizations in the default domain from opset 1 on, and its transformer
+# optimizer writes them into models of any opset (LayerNormalization is standard only from 17):
+# below 17 they would otherwise have no kernel here
+_ORT_DEFAULT_DOMAIN = {
+    "LayerNormalization": (lambda ins, at: norm.layer_norm(ins, at), {"axis": -1, "epsilon": 1e-5, "stash_type": 1}),
+    "SimplifiedLayerNormalization": (lambda ins, at: fused.rms_norm(ins[:2], at), {"axis": -1, "epsilon": 1e-5}),
+}
+for _op, (_fn, _defaults) in _ORT_DEFAULT_DOMAIN.items():
+    kernel(_op, 1)(_with_defaults(_fn, _defaults))
 
 for _op, (_fn, _hook, _defaults) in _SAME.items():
     kernel(_op, 1, domain=DOMAIN)(_with_defaults(_fn, _defaults))

@@ -81,3 +81,30 @@ def test_unsupported_contrib_op_is_listed_at_build():
     node = helper.make_node("GroupQueryAttention", ["x"], ["y"], domain=MS)
     with pytest.raises(Exception, match="com.microsoft::GroupQueryAttention"):
         Session(model(node, {"x": data(2, 3)}, {}))
+
+
+@pytest.mark.parametrize("op", ["SimplifiedLayerNormalization", "LayerNormalization"])
+@pytest.mark.parametrize("eps", [None, 1e-3])
+def test_default_domain_norms_below_opset_17(op, eps):
+    """ORT's own LayerNormalization / SimplifiedLayerNormalization in the default domain at opset 14
+    (what its transformer optimizer writes); epsilon left out is ORT's default, 1e-5: rows of tiny
+    magnitude tell it apart."""
+    node = helper.make_node(op, ["x", "g"] + (["b"] if op == "LayerNormalization" else []), ["y"],
+                            **({} if eps is None else {"epsilon": eps}))
+    consts = {"g": data(8), **({"b": data(8)} if op == "LayerNormalization" else {})}
+    m = model(node, {"x": data(2, 5, 8, scale=1e-3)}, consts)
+    del m.opset_import[:]
+    m.opset_import.extend([helper.make_opsetid("", 14)])
+    x = {"x": data(2, 5, 8, scale=1e-3)}
+    np.testing.assert_allclose(Session(m).run(None, x)[0], ort_session(m).run(None, x)[0], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("bias,sum_out,eps", [(False, False, None), (True, True, None), (True, False, 1e-5)])
+def test_skip_simplified_layer_norm(bias, sum_out, eps):
+    ins = ["x", "r", "g"] + (["b"] if bias else [])
+    consts = {"g": data(8), **({"b": data(8, scale=1e-3)} if bias else {})}
+    outs = ["y", "", "", "s"] if sum_out else ["y"]
+    node = helper.make_node("SkipSimplifiedLayerNormalization", ins, outs, domain=MS,
+                            **({} if eps is None else {"epsilon": eps}))
+    check(node, {"x": data(2, 5, 8, scale=1e-3), "r": data(2, 5, 8, scale=1e-3)}, consts,
+          n_out=2 if sum_out else 1, rtol=1e-4, atol=1e-6)
