@@ -13,12 +13,15 @@ against onnxruntime 1.32 (tests/unit/test_contrib_kernels.py runs each op in bot
     SkipLayerNormalization(X, skip, gamma, beta?, bias?; epsilon=1e-12)
     FusedConv, FusedGemm             Conv / Gemm + activation (the same attributes as ai.graphopt's)
     SkipSimplifiedLayerNormalization(X, skip, gamma, bias?; epsilon=1e-12)   RMS norm of X + skip (+ bias)
+    FusedMatMul(A, B; alpha, transA, transB)   alpha * A' @ B' (transBatchA/B refused at build)
 In the default domain, for opsets where ONNX has no such op: LayerNormalization (standard from 17)
 and SimplifiedLayerNormalization (RMS norm), which ORT registers from opset 1.
 Attention, MultiHeadAttention and EmbedLayerNormalization: kernels/cpu/contrib_attention.py. Others
 (GroupQueryAttention, ...) stay unsupported: Session lists them at build, as any op without a kernel.
 """
 from __future__ import annotations
+
+import numpy as np
 
 from ..registry import kernel, prepare
 from . import fused, norm
@@ -72,6 +75,26 @@ _SAME = {  # op -> (ai.graphopt kernel, its prepare hook or None, ORT's attribut
     # RMS norms of ORT's transformer optimizer (T5/LLaMA-like models): the ai.graphopt RMSNormalization
     "SkipSimplifiedLayerNormalization": (_skip_simplified_layer_norm, None, {"epsilon": 1e-12}),
 }
+
+def _fused_matmul(ins, at):
+    """alpha * op(A) @ op(B), op transposing the last two axes (ORT's MatMul + Transpose/Mul fusion)."""
+    a, b = ins[0], ins[1]
+    if at.get("transA") and a.ndim >= 2:
+        a = np.swapaxes(a, -1, -2)
+    if at.get("transB") and b.ndim >= 2:
+        b = np.swapaxes(b, -1, -2)
+    y = np.matmul(a, b)
+    alpha = at.get("alpha", 1.0)
+    return (y if alpha == 1.0 else (y * y.dtype.type(alpha)).astype(y.dtype, copy=False),)
+
+
+def _refuse_fused_matmul(at, inputs, outputs):
+    return "transBatchA/transBatchB" if at.get("transBatchA") or at.get("transBatchB") else None
+
+
+_fused_matmul.refuse = _refuse_fused_matmul
+kernel("FusedMatMul", 1, domain=DOMAIN)(_fused_matmul)
+
 
 # ORT also registers two normalizations in the default domain from opset 1 on, and its transformer
 # optimizer writes them into models of any opset (LayerNormalization is standard only from 17):

@@ -108,3 +108,11 @@ def test_skip_simplified_layer_norm(bias, sum_out, eps):
                             **({} if eps is None else {"epsilon": eps}))
     check(node, {"x": data(2, 5, 8, scale=1e-3), "r": data(2, 5, 8, scale=1e-3)}, consts,
           n_out=2 if sum_out else 1, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("attrs", [{}, {"transA": 1}, {"transB": 1, "alpha": 0.125}, {"transA": 1, "transB": 1, "alpha": 2.0}])
+def test_fused_matmul(attrs):
+    """What ORT writes for MatMul + Transpose/Mul when it saves an optimized model."""
+    a = data(2, 3, 4, 5) if attrs.get("transA") else data(2, 3, 5, 4)
+    b = data(3, 6, 4) if attrs.get("transB") else data(3, 4, 6)
+    check(helper.make_node("FusedMatMul", ["a", "b"], ["y"], domain=MS, **attrs), {"a": a}, {"b": b}, rtol=1e-5, atol=1e-5)
