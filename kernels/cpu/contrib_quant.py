@@ -13,6 +13,10 @@ dequantize and a quantize (round half to even, saturate), the way ORT defines th
     QGemm (A, a_scale, a_zp, B, b_scale, b_zp, C?, y_scale?, y_zp?; alpha, transA, transB)
         int32 C is the bias at scale a_scale * b_scale; without y_scale the output is float
 
+    MatMulNBits (A, B packed 2/4/8-bit, scales, zero_points?, g_idx?, bias?; K, N, bits, block_size)
+        A @ dequantized B^T in float32 (ORT's accuracy_level 4 quantizes A to int8 instead: results
+        then differ from ORT's by that quantization); act-order g_idx is refused at build
+
 ORT computes some of them with other float roundings (its QLinearAdd scales each input by
 a_scale/c_scale first): an output may differ from ORT's by one quantization step.
 """
@@ -20,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..registry import kernel
+from ..registry import DYNAMIC, kernel, prepare
 from .nn import average_pool
 from .quant import _int_range, dequantize, quantize
 
@@ -159,3 +163,69 @@ def qgemm(ins, at):
     y = np.rint(acc * (scale / y_scale.astype(np.float64))) + y_zp.astype(np.float64)
     lo, hi = _int_range(y_zp.dtype)
     return (np.clip(y, lo, hi).astype(y_zp.dtype),)
+
+
+# --- MatMulNBits: weight-only quantized MatMul (ORT's MatMulNBitsQuantizer, int4 LLMs) -------------
+def _unpack_bits(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
+    """(..., bytes) uint8 -> (..., count) values of `bits` bits each, the lowest bits first."""
+    per_byte = 8 // bits
+    shifts = np.arange(per_byte, dtype=np.uint8) * bits
+    values = (packed[..., None] >> shifts) & np.uint8((1 << bits) - 1)
+    return values.reshape(packed.shape[:-1] + (-1,))[..., :count]
+
+
+def dequantize_nbits(b, scales, zero_points, k: int, n: int, bits: int, block_size: int) -> np.ndarray:
+    """MatMulNBits' weight as float32 (K, N): per column n and block j of `block_size` rows,
+    (q - zero point) * scale; the zero point defaults to 2^(bits - 1)."""
+    blocks = -(-k // block_size)
+    q = _unpack_bits(b.reshape(n, blocks, -1), bits, block_size).astype(np.float32)  # (N, blocks, block)
+    s = scales.reshape(n, blocks).astype(np.float32)
+    if zero_points is None:
+        zp = np.full((n, blocks), 1 << (bits - 1), np.float32)
+    elif zero_points.dtype == np.uint8:  # packed like B, each column padded to whole bytes
+        zp = _unpack_bits(zero_points.reshape(n, -1), bits, blocks).astype(np.float32)
+    else:  # given in the scales' float type
+        zp = zero_points.reshape(n, blocks).astype(np.float32)
+    w = (q - zp[:, :, None]) * s[:, :, None]
+    return np.ascontiguousarray(w.reshape(n, -1)[:, :k].T)
+
+
+@kernel("MatMulNBits", 1, domain=DOMAIN)
+def matmul_nbits(ins, at):
+    a, b, scales = ins[0], ins[1], ins[2]
+    zero_points, bias = _given(ins, 3), _given(ins, 5)
+    w = dequantize_nbits(b, scales, zero_points, at["K"], at["N"], at.get("bits", 4), at["block_size"])
+    y = np.matmul(a.astype(np.float32), w)
+    if bias is not None:
+        y += bias.astype(np.float32)
+    return (y.astype(a.dtype, copy=False),)
+
+
+@prepare("MatMulNBits", 1, domain=DOMAIN)
+def prepare_matmul_nbits(at, consts, generic):
+    """Constant weights (the usual case): dequantized once at build, then one GEMM per run."""
+    b, scales = consts[1], consts[2]
+    zero_points = consts[3] if len(consts) > 3 else None
+    if not isinstance(b, np.ndarray) or not isinstance(scales, np.ndarray) or zero_points is DYNAMIC:
+        return None
+    w = dequantize_nbits(b, scales, zero_points, at["K"], at["N"], at.get("bits", 4), at["block_size"])
+
+    def run(args, at):
+        a = args[0]
+        bias = _given(args, 5)
+        y = np.matmul(a if a.dtype == w.dtype else a.astype(np.float32), w)
+        if bias is not None:
+            y += bias.astype(np.float32)
+        return (y.astype(a.dtype, copy=False),)
+    return run
+
+
+def _refuse_nbits(at, inputs, outputs):
+    if len(inputs) > 4 and inputs[4]:
+        return "g_idx (act-order)"
+    if at.get("bits", 4) not in (2, 4, 8):
+        return f"bits={at.get('bits')}"
+    return None
+
+
+matmul_nbits.refuse = _refuse_nbits

@@ -143,3 +143,46 @@ def test_models_quantized_by_onnxruntime_run(name, tmp_path):
     got = Session(model).run(None, feed)
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6 * max(1.0, float(np.abs(w).max())))
+
+
+def _pack(values: np.ndarray, bits: int) -> np.ndarray:
+    """(..., count) small ints -> (..., bytes) uint8, the lowest bits first (MatMulNBits' layout)."""
+    per_byte = 8 // bits
+    pad = (-values.shape[-1]) % per_byte
+    v = np.concatenate([values, np.zeros(values.shape[:-1] + (pad,), values.dtype)], axis=-1).astype(np.uint8)
+    v = v.reshape(values.shape[:-1] + (-1, per_byte))
+    return np.bitwise_or.reduce(v << (np.arange(per_byte, dtype=np.uint8) * bits), axis=-1).astype(np.uint8)
+
+
+@pytest.mark.parametrize("bits,block,k,zp_kind,bias", [
+    (4, 32, 64, None, False), (4, 16, 40, "packed", True), (4, 32, 64, "float", False), (8, 16, 48, "packed", True),
+    (2, 16, 32, "packed", False)])
+def test_matmul_nbits(bits, block, k, zp_kind, bias):
+    """Weight-only quantized MatMul (ORT's MatMulNBitsQuantizer writes it for int4 LLMs), K not always a
+    multiple of the block size, zero points absent / packed / float, a bias."""
+    n = 12
+    blocks = -(-k // block)
+    q = RNG.integers(0, 1 << bits, (n, blocks, block))
+    b = _pack(q, bits)  # (N, blocks, block * bits / 8)
+    scales = (RNG.random(n * blocks) * 0.1 + 0.01).astype(np.float32)
+    consts = {"b": b, "s": scales}
+    ins = ["a", "b", "s"]
+    if zp_kind == "packed":
+        consts["z"] = _pack(RNG.integers(0, 1 << bits, (n, blocks)), bits).reshape(-1)
+    elif zp_kind == "float":
+        consts["z"] = (RNG.random(n * blocks) * 8).astype(np.float32)
+    ins.append("z" if zp_kind else "")
+    if bias:
+        consts["bias"] = RNG.standard_normal(n).astype(np.float32)
+        ins += ["", "bias"]
+    while ins[-1] == "":
+        ins.pop()
+    a = RNG.standard_normal((2, 3, k)).astype(np.float32)
+    node = helper.make_node("MatMulNBits", ins, ["y"], domain=MS, K=k, N=n, bits=bits, block_size=block)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("a", TensorProto.FLOAT, a.shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v, name) for name, v in consts.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(MS, 1)])
+    want = ort_session(model).run(None, {"a": a})[0]
+    got = Session(model).run(None, {"a": a})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
