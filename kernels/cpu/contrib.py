@@ -14,6 +14,7 @@ against onnxruntime 1.32 (tests/unit/test_contrib_kernels.py runs each op in bot
     FusedConv, FusedGemm             Conv / Gemm + activation (the same attributes as ai.graphopt's)
     SkipSimplifiedLayerNormalization(X, skip, gamma, bias?; epsilon=1e-12)   RMS norm of X + skip (+ bias)
     FusedMatMul(A, B; alpha, transA, transB)   alpha * A' @ B' (transBatchA/B refused at build)
+    GridSample(X, grid; mode, padding_mode, align_corners)   PyTorch's export below opset 16
 In the default domain, for opsets where ONNX has no such op: LayerNormalization (standard from 17)
 and SimplifiedLayerNormalization (RMS norm), which ORT registers from opset 1.
 Attention, MultiHeadAttention and EmbedLayerNormalization: kernels/cpu/contrib_attention.py. Others
@@ -24,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..registry import kernel, prepare
-from . import fused, norm
+from . import fused, norm, resize
 
 DOMAIN = "com.microsoft"
 
@@ -94,6 +95,12 @@ def _refuse_fused_matmul(at, inputs, outputs):
 
 _fused_matmul.refuse = _refuse_fused_matmul
 kernel("FusedMatMul", 1, domain=DOMAIN)(_fused_matmul)
+
+
+# PyTorch exports grid_sample below opset 16 as com.microsoft GridSample: the standard op's semantics
+# (GridSample-16), with the same attributes and defaults
+kernel("GridSample", 1, domain=DOMAIN)(_with_defaults(
+    lambda ins, at: resize.grid_sample(ins, at), {"mode": "bilinear", "padding_mode": "zeros", "align_corners": 0}))
 
 
 # ORT also registers two normalizations in the default domain from opset 1 on, and its transformer

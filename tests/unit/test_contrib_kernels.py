@@ -116,3 +116,13 @@ def test_fused_matmul(attrs):
     a = data(2, 3, 4, 5) if attrs.get("transA") else data(2, 3, 5, 4)
     b = data(3, 6, 4) if attrs.get("transB") else data(3, 4, 6)
     check(helper.make_node("FusedMatMul", ["a", "b"], ["y"], domain=MS, **attrs), {"a": a}, {"b": b}, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("attrs", [{}, {"mode": "nearest", "padding_mode": "border"},
+                                   {"mode": "bilinear", "padding_mode": "reflection", "align_corners": 1},
+                                   {"mode": "bicubic"}])
+def test_grid_sample(attrs):
+    """PyTorch's grid_sample exported below opset 16 (com.microsoft GridSample)."""
+    grid = (RNG.random((2, 4, 5, 2)) * 2.4 - 1.2).astype(np.float32)  # some samples fall outside
+    check(helper.make_node("GridSample", ["x", "g"], ["y"], domain=MS, **attrs), {"x": data(2, 3, 6, 7)}, {"g": grid},
+          rtol=1e-4, atol=1e-5)
