@@ -76,6 +76,11 @@ _SAME = {  # op -> (ai.graphopt kernel, its prepare hook or None, ORT's attribut
     # RMS norms of ORT's transformer optimizer (T5/LLaMA-like models): the ai.graphopt RMSNormalization
     "SkipSimplifiedLayerNormalization": (_skip_simplified_layer_norm, None, {"epsilon": 1e-12}),
 }
+for _op, (_fn, _hook, _defaults) in _SAME.items():
+    kernel(_op, 1, domain=DOMAIN)(_with_defaults(_fn, _defaults))
+    if _hook is not None:
+        prepare(_op, 1, domain=DOMAIN)(_prepare_with_defaults(_hook, _defaults))
+
 
 def _fused_matmul(ins, at):
     """alpha * op(A) @ op(B), op transposing the last two axes (ORT's MatMul + Transpose/Mul fusion)."""
@@ -100,20 +105,15 @@ kernel("FusedMatMul", 1, domain=DOMAIN)(_fused_matmul)
 # PyTorch exports grid_sample below opset 16 as com.microsoft GridSample: the standard op's semantics
 # (GridSample-16), with the same attributes and defaults
 kernel("GridSample", 1, domain=DOMAIN)(_with_defaults(
-    lambda ins, at: resize.grid_sample(ins, at), {"mode": "bilinear", "padding_mode": "zeros", "align_corners": 0}))
+    resize.grid_sample, {"mode": "bilinear", "padding_mode": "zeros", "align_corners": 0}))
 
 
 # ORT also registers two normalizations in the default domain from opset 1 on, and its transformer
 # optimizer writes them into models of any opset (LayerNormalization is standard only from 17):
 # below 17 they would otherwise have no kernel here
 _ORT_DEFAULT_DOMAIN = {
-    "LayerNormalization": (lambda ins, at: norm.layer_norm(ins, at), {"axis": -1, "epsilon": 1e-5, "stash_type": 1}),
+    "LayerNormalization": (norm.layer_norm, {"axis": -1, "epsilon": 1e-5, "stash_type": 1}),
     "SimplifiedLayerNormalization": (lambda ins, at: fused.rms_norm(ins[:2], at), {"axis": -1, "epsilon": 1e-5}),
 }
 for _op, (_fn, _defaults) in _ORT_DEFAULT_DOMAIN.items():
     kernel(_op, 1)(_with_defaults(_fn, _defaults))
-
-for _op, (_fn, _hook, _defaults) in _SAME.items():
-    kernel(_op, 1, domain=DOMAIN)(_with_defaults(_fn, _defaults))
-    if _hook is not None:
-        prepare(_op, 1, domain=DOMAIN)(_prepare_with_defaults(_hook, _defaults))
