@@ -3,9 +3,12 @@ itself on the same model, the attribute defaults included (the contrib schemas a
 from __future__ import annotations
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from graphopt import golden
 from graphopt.session import Session
 from graphopt.verify import ort_session
 
@@ -126,3 +129,21 @@ def test_grid_sample(attrs):
     grid = (RNG.random((2, 4, 5, 2)) * 2.4 - 1.2).astype(np.float32)  # some samples fall outside
     check(helper.make_node("GridSample", ["x", "g"], ["y"], domain=MS, **attrs), {"x": data(2, 3, 6, 7)}, {"g": grid},
           rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["bert_encoder", "transformer_block", "convnet", "custom_domain"])
+@pytest.mark.parametrize("level", ["BASIC", "EXTENDED"])
+def test_models_saved_by_onnxruntime_after_its_optimizations_run(name, level, tmp_path):
+    """SessionOptions.optimized_model_filepath: what ORT writes after its own fusions (FusedMatMul,
+    FusedGemm, FusedConv, QuickGelu, BiasGelu, ...) runs in graphopt.Session, with ORT's outputs on the
+    original model."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, f"ORT_ENABLE_{level}")
+    so.optimized_model_filepath = str(tmp_path / "saved.onnx")
+    so.log_severity_level = 3
+    ort.InferenceSession(str(golden.model_path(name)), so, providers=["CPUExecutionProvider"])
+    feed = golden.load_golden(name).inputs
+    want = ort_session(onnx.load(golden.model_path(name))).run(None, feed)
+    got = Session(onnx.load(tmp_path / "saved.onnx")).run(None, feed)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(w).max())))
