@@ -6,7 +6,7 @@ column. ORT runs it as its LSTM with integer GEMMs whose float operand is quanti
 once for all steps, h_{t-1} at every step, each to uint8 over its own range (min and max widened to
 include 0, scale = (max - min) / 255, zero point = round(-min / scale), round half to even). The
 integer products are exact here (float64 sums of integers), scaled by a_scale * w_scale in float32,
-as ORT does. Then the gates as in the float LSTM (prepared_rnn._lstm's order: i, o, f, c). The
+as ORT does. Then the gates as in the float LSTM (prepared_rnn.lstm_steps: i, o, f, c). The
 forms the float LSTM's prepared kernel leaves out (peepholes, clip, other activations, coupled
 input-forget) are refused when the Session is built; ragged sequence_lens fail at run time.
 """
@@ -14,33 +14,25 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..registry import kernel
-from ._util import sigmoid_in_place
-from .prepared_rnn import _reverse, _runner, _steps
+from ..registry import DYNAMIC, kernel, prepare
+from .prepared_rnn import _reverse, _runner, lstm_steps
+from .quant import dynamic_uint8
 
 DOMAIN = "com.microsoft"
 
 
-def _dynamic_uint8(a: np.ndarray):
-    """(a as uint8 values, as float64, minus the zero point; its float32 scale): ORT's on-the-fly
-    quantization of a GEMM's float operand."""
-    lo = min(float(a.min(initial=0.0)), 0.0)
-    hi = max(float(a.max(initial=0.0)), 0.0)
-    scale = np.float32(1.0) if hi == lo else np.float32((np.float32(hi) - np.float32(lo)) / np.float32(255))
-    zp = np.rint(np.clip(np.float32(0) - np.float32(lo) / scale, 0, 255))
-    q = np.clip(np.rint(a.astype(np.float32) / scale) + zp, 0, 255)
-    return q.astype(np.float64) - zp, scale
-
-
 def _quantized_gemm(a, w_centered, w_scale):
-    """a (M, K) float32 @ 8-bit weights (K, N), the way ORT's quantized LSTM GEMM computes it."""
-    qa, a_scale = _dynamic_uint8(a)
-    acc = (qa @ w_centered).astype(np.float32)  # exact integer sums, then int32 -> float as in MLAS
+    """a (M, K) float32 @ 8-bit weights (K, N, zero point already subtracted), the way ORT's
+    quantized LSTM GEMM computes it: a quantized to uint8 over its own range, exact integer sums,
+    int32 -> float32 as in MLAS, times a_scale * w_scale."""
+    qa, a_scale, a_zp = dynamic_uint8(a)
+    acc = ((qa.astype(np.float64) - a_zp) @ w_centered).astype(np.float32)
     return acc * (a_scale * w_scale)
 
 
-@kernel("DynamicQuantizeLSTM", 1, domain=DOMAIN)
-def dynamic_quantize_lstm(ins, at):
+def _build(ins, at):
+    """The kernel for these weights (inputs 1-3 and 8-11): zero points subtracted and both biases
+    summed once; X and h quantized per call and per step."""
     w, r = ins[1], ins[2]
     b = ins[3] if len(ins) > 3 and ins[3] is not None else None
     w_scale, w_zp, r_scale, r_zp = ins[8], ins[9], ins[10], ins[11]
@@ -53,20 +45,26 @@ def dynamic_quantize_lstm(ins, at):
         bias = (b[d, :4 * hidden] + b[d, 4 * hidden:]).astype(np.float32) if b is not None else np.zeros(4 * hidden, np.float32)
 
         def run(x, states, out):
-            h, c = states
             seq, batch, _ = x.shape
             xw = _quantized_gemm(x.reshape(seq * batch, -1), wc, ws).reshape(seq, batch, -1)
             xw += bias
-            for t in _steps(seq, _reverse(at, d)):
-                gates = xw[t] + _quantized_gemm(h, rc, rs)
-                sigmoid_in_place(gates[:, :3 * hidden])  # i, o, f
-                cand = np.tanh(gates[:, 3 * hidden:])
-                c = gates[:, 2 * hidden:3 * hidden] * c + gates[:, :hidden] * cand
-                h = np.tanh(c, out=out[t])
-                h *= gates[:, hidden:2 * hidden]
-            return h, c
+            return lstm_steps(xw, lambda h, gates: _quantized_gemm(h, rc, rs), *states, out, _reverse(at, d))
         return run
-    return _runner(at, _ragged_lens, np.dtype(np.float32), hidden, dirs, [direction(d) for d in range(dirs)], 2)(ins, at)
+    return _runner(at, _ragged_lens, np.dtype(np.float32), hidden, dirs, [direction(d) for d in range(dirs)], 2)
+
+
+@kernel("DynamicQuantizeLSTM", 1, domain=DOMAIN)
+def dynamic_quantize_lstm(ins, at):
+    return _build(ins, at)(ins, at)
+
+
+@prepare("DynamicQuantizeLSTM", 1, domain=DOMAIN)
+def prepare_dynamic_quantize_lstm(at, consts, generic):
+    """Constant weights, scales and zero points (the usual case): the kernel built once at build."""
+    if any(not isinstance(consts[i], np.ndarray) for i in (1, 2, 8, 9, 10, 11)) \
+            or (len(consts) > 3 and consts[3] is DYNAMIC):
+        return None
+    return _build(consts, at)
 
 
 def _ragged_lens(args, at):

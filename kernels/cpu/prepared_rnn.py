@@ -95,18 +95,21 @@ def prepare_lstm(at, consts, generic):
     def direction(d):
         w_t, r_t = np.ascontiguousarray(w[d].T), np.ascontiguousarray(r[d].T)
         bias = b[d, :4 * hidden] + b[d, 4 * hidden:] if b is not None else np.zeros(4 * hidden, w.dtype)
-        return lambda x, states, out: _lstm(x, w_t, r_t, bias, *states, out, _reverse(at, d))
+        def recurrent(h, gates):  # h R^T, into the step's gate buffer
+            return np.dot(h, r_t, out=gates)
+        return lambda x, states, out: lstm_steps(_projection(x, w_t, bias), recurrent, *states, out, _reverse(at, d))
     return _runner(at, generic, w.dtype, hidden, dirs, [direction(d) for d in range(dirs)], 2)
 
 
-def _lstm(x, w_t, r_t, bias, h, c, out, reverse):
-    """One direction; gates in ONNX order i, o, f, c. c is updated in place."""
-    hidden = r_t.shape[0]
-    xw = _projection(x, w_t, bias)
-    gates = np.empty((x.shape[1], 4 * hidden), x.dtype)
-    ig = np.empty((x.shape[1], hidden), x.dtype)
-    for t in _steps(x.shape[0], reverse):
-        np.dot(h, r_t, out=gates)
+def lstm_steps(xw, recurrent, h, c, out, reverse):
+    """One direction over all steps, given the input projection xw (seq, batch, 4H, biases included)
+    and recurrent(h, gates) -> h R^T (written into `gates` or a new array); gates in ONNX order i, o,
+    f, c. out[t] = h_t; returns the last (h, c), c updated in place."""
+    hidden = c.shape[1]
+    gates = np.empty((xw.shape[1], 4 * hidden), xw.dtype)
+    ig = np.empty((xw.shape[1], hidden), xw.dtype)
+    for t in _steps(xw.shape[0], reverse):
+        gates = recurrent(h, gates)
         gates += xw[t]
         sigmoid_in_place(gates[:, :3 * hidden])     # i, o, f together
         cand = np.tanh(gates[:, 3 * hidden:], out=gates[:, 3 * hidden:])

@@ -94,9 +94,11 @@ def dequantize_linear(ins, at):
     return (dequantize(x, s, z).astype(out),)
 
 
-@kernel("DynamicQuantizeLinear", 11)
-def dynamic_quantize_linear(ins, at):
-    x = ins[0].astype(np.float32)
+def dynamic_uint8(x: np.ndarray):
+    """(x quantized to uint8, its scale, its zero point) over x's own range widened to include 0:
+    DynamicQuantizeLinear's formula, and ORT's on-the-fly quantization of a GEMM's float operand.
+    The scale is 0 for an all-zero x (the values are then quantized with scale 1: all zero points)."""
+    x = x.astype(np.float32)
     lo = min(float(x.min(initial=0.0)), 0.0)
     hi = max(float(x.max(initial=0.0)), 0.0)
     # in float32, as the spec's formula on a float32 input (ORT too): a float64 difference rounded
@@ -104,6 +106,12 @@ def dynamic_quantize_linear(ins, at):
     scale = (np.float32(hi) - np.float32(lo)) / np.float32(255)
     zp = np.clip(np.rint(np.float32(0) - np.float32(lo) / scale), 0, 255) if scale else np.float32(0)
     y = quantize(x, np.array(scale if scale else 1.0, np.float32), np.array(zp, np.uint8), np.uint8)
+    return y, np.float32(scale), np.uint8(zp)
+
+
+@kernel("DynamicQuantizeLinear", 11)
+def dynamic_quantize_linear(ins, at):
+    y, scale, zp = dynamic_uint8(ins[0])
     return (y, np.array(scale, np.float32), np.array(zp, np.uint8))
 
 
