@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..registry import DYNAMIC, kernel, prepare
+from ._util import remember
 from .nn import average_pool
 from .quant import _int_range, dequantize, quantize
 
@@ -43,8 +44,7 @@ def _zp_or_zero(zp, like):
 def _binary(fn):
     def run(ins, at):
         a, b = ins[0], ins[3]
-        a_zp, b_zp, c_zp = _zp_or_zero(_given(ins, 2), a), _zp_or_zero(_given(ins, 5), b), _given(ins, 7)
-        c_zp = c_zp if c_zp is not None else np.zeros((), a.dtype)
+        a_zp, b_zp, c_zp = _zp_or_zero(_given(ins, 2), a), _zp_or_zero(_given(ins, 5), b), _zp_or_zero(_given(ins, 7), a)
         y = fn(dequantize(a, ins[1], a_zp), dequantize(b, ins[4], b_zp))
         return (quantize(y, ins[6], c_zp, c_zp.dtype),)
     return run
@@ -54,18 +54,26 @@ kernel("QLinearAdd", 1, domain=DOMAIN)(_binary(np.add))
 kernel("QLinearMul", 1, domain=DOMAIN)(_binary(np.multiply))
 
 
+_TABLES: dict = {}  # (op, alpha, dtype, scales, zero points) -> lookup table: built once, not per run
+_TABLES_KEPT = 1024  # 256-entry tables: a quantized model has one per distinct (scale, zero point)
+
+
 def _lookup(fn):
     """y = quantize(fn(dequantize(x))) through a table over every value of x's 8-bit type."""
     def run(ins, at):
         x = ins[0]
-        x_zp, y_zp = _zp_or_zero(_given(ins, 2), x), _given(ins, 4)
-        y_zp = y_zp if y_zp is not None else np.zeros((), x.dtype)
+        x_zp, y_zp = _zp_or_zero(_given(ins, 2), x), _zp_or_zero(_given(ins, 4), x)
         if x.dtype.itemsize != 1:
             raise ValueError(f"8-bit input expected, got {x.dtype}")
         lo, hi = _int_range(x.dtype)
-        values = np.arange(lo, hi + 1).astype(x.dtype)
-        with np.errstate(over="ignore"):
-            table = quantize(fn(dequantize(values, ins[1], x_zp), at), ins[3], y_zp, y_zp.dtype)
+        key = (fn, at.get("alpha"), x.dtype, ins[1].tobytes(), x_zp.tobytes(), ins[3].tobytes(), y_zp.tobytes(),
+               y_zp.dtype)
+        table = _TABLES.get(key)
+        if table is None:
+            values = np.arange(lo, hi + 1).astype(x.dtype)
+            with np.errstate(over="ignore"):
+                table = quantize(fn(dequantize(values, ins[1], x_zp), at), ins[3], y_zp, y_zp.dtype)
+            remember(_TABLES, key, table, _TABLES_KEPT)
         return (table[x.astype(np.int16) - lo],)
     return run
 
@@ -104,8 +112,9 @@ def _pooled(x, at, pool):
 
 @kernel("QLinearGlobalAveragePool", 1, domain=DOMAIN)
 def qlinear_global_average_pool(ins, at):
-    x, y_zp = ins[0], ins[4]
-    xs = dequantize(x, ins[1], _zp_or_zero(ins[2], x))
+    x = ins[0]
+    y_zp = _zp_or_zero(_given(ins, 4), x)
+    xs = dequantize(x, ins[1], _zp_or_zero(_given(ins, 2), x))
     y = _pooled(xs, at, lambda v: v.mean(axis=tuple(range(2, v.ndim)), keepdims=True, dtype=np.float64))
     return (quantize(y.astype(np.float32), ins[3], y_zp, y_zp.dtype),)
 
@@ -113,7 +122,7 @@ def qlinear_global_average_pool(ins, at):
 @kernel("QLinearAveragePool", 1, domain=DOMAIN)
 def qlinear_average_pool(ins, at):
     x = ins[0]
-    y_zp = _given(ins, 4) if _given(ins, 4) is not None else np.zeros((), x.dtype)
+    y_zp = _zp_or_zero(_given(ins, 4), x)
     xs = dequantize(x, ins[1], _zp_or_zero(_given(ins, 2), x))
     pool_at = {k: at.get(k) for k in ("auto_pad", "ceil_mode", "count_include_pad", "kernel_shape", "pads",
                                       "strides", "dilations")}
@@ -124,7 +133,8 @@ def qlinear_average_pool(ins, at):
 
 @kernel("QLinearSoftmax", 1, domain=DOMAIN)
 def qlinear_softmax(ins, at):
-    x, y_zp = ins[0], ins[4]
+    x = ins[0]
+    y_zp = _zp_or_zero(_given(ins, 4), x)
     xs = dequantize(x, ins[1], _zp_or_zero(_given(ins, 2), x)).astype(np.float64)
     axis = at.get("axis", -1)  # ORT's default for this op, whatever `opset` says (Softmax-11's default was 1)
     if at.get("opset", 13) < 13:  # Softmax before 13: over all axes from `axis` on, as one
@@ -158,8 +168,7 @@ def qgemm(ins, at):
     scale = np.float64(at.get("alpha", 1.0)) * a_scale.astype(np.float64) * b_scale.astype(np.float64).reshape(-1)
     if y_scale is None:
         return ((acc * scale).astype(np.float32),)
-    if y_zp is None:
-        y_zp = np.zeros((), a.dtype)
+    y_zp = _zp_or_zero(y_zp, a)
     y = np.rint(acc * (scale / y_scale.astype(np.float64))) + y_zp.astype(np.float64)
     lo, hi = _int_range(y_zp.dtype)
     return (np.clip(y, lo, hi).astype(y_zp.dtype),)
