@@ -116,13 +116,13 @@ def cmd_run(args) -> int:
             raise UsageError(f"--input {name}: file not found: {file}")
         feed[name] = np.load(file, allow_pickle=False)
     missing = [a.name for a in sess.get_inputs() if a.name not in feed]
+    dims = _dims(args.dim) if missing else {}
     if missing:
         if not args.random:
             raise UsageError(f"no data for input(s) {missing}: pass --input NAME=FILE.npy or --random")
-        dims = _dims(args.dim)
         rnd = _random_feed(model, args.seed, dims)
         feed.update({k: rnd[k] for k in missing})
-    with _dims_hint(model, _dims(args.dim)) if missing else contextlib.nullcontext():
+    with _dims_hint(model, dims) if missing else contextlib.nullcontext():
         outputs = sess.run(None, feed)
     if args.output_dir:
         os.makedirs(args.output_dir, exist_ok=True)

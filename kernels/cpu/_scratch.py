@@ -13,6 +13,8 @@ import threading
 
 import numpy as np
 
+from ._util import remember
+
 _local = threading.local()
 
 
@@ -46,16 +48,18 @@ def padded(x: np.ndarray, begin, end, role: str = "pad") -> np.ndarray:
             small = _local.small = {}
         hit = small.get(key)
         if hit is None:
-            if len(small) >= SMALL_PADDED_KEPT:
-                small.clear()
             xp = _with_border(x, begin, end, np.empty)
-            inner = xp[(slice(None), slice(None)) + tuple(slice(b, b + i) for b, i in zip(begin, x.shape[2:]))]
-            hit = small[key] = (xp, inner)
+            hit = remember(small, key, (xp, xp[_interior(begin, x.shape)]), SMALL_PADDED_KEPT)
         np.copyto(hit[1], x)
         return hit[0]
     xp = _with_border(x, begin, end, lambda shape, dtype: scratch(role, shape, dtype))
-    xp[(slice(None), slice(None)) + tuple(slice(b, b + i) for b, i in zip(begin, x.shape[2:]))] = x
+    xp[_interior(begin, x.shape)] = x
     return xp
+
+
+def _interior(begin, shape) -> tuple:
+    """The index of x's values inside its padded buffer."""
+    return (slice(None), slice(None)) + tuple(slice(b, b + i) for b, i in zip(begin, shape[2:]))
 
 
 def _with_border(x, begin, end, alloc) -> np.ndarray:
