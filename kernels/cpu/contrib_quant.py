@@ -150,18 +150,21 @@ def _softmax(v, axis):
     return e / e.sum(axis=axis, keepdims=True)
 
 
-@kernel("QGemm", 1, domain=DOMAIN)
-def qgemm(ins, at):
-    a, a_scale, a_zp, b, b_scale, b_zp = ins[:6]
+def _centered_b(b, b_zp, trans_b) -> np.ndarray:
+    """QGemm's B minus its zero point, as float64 (K, N): per output channel parameters follow B's
+    rows when it is transposed."""
+    bz = b_zp.astype(np.float64)
+    if trans_b:
+        return (b.astype(np.float64) - (bz.reshape(-1, 1) if bz.size > 1 else bz)).T
+    return b.astype(np.float64) - bz
+
+
+def _qgemm(ins, at, bi):
+    a, a_scale, a_zp, b_scale = ins[0], ins[1], ins[2], ins[4]
     c, y_scale, y_zp = _given(ins, 6), _given(ins, 7), _given(ins, 8)
     ai = a.astype(np.float64) - a_zp.astype(np.float64)
     if at.get("transA"):
         ai = ai.T
-    bz = b_zp.astype(np.float64)
-    if at.get("transB"):  # per output channel parameters follow B's rows then
-        bi = (b.astype(np.float64) - (bz.reshape(-1, 1) if bz.size > 1 else bz)).T
-    else:
-        bi = b.astype(np.float64) - bz
     acc = ai @ bi  # exact: integer-valued float64 products and sums
     if c is not None:
         acc = acc + c.astype(np.float64)
@@ -172,6 +175,21 @@ def qgemm(ins, at):
     y = np.rint(acc * (scale / y_scale.astype(np.float64))) + y_zp.astype(np.float64)
     lo, hi = _int_range(y_zp.dtype)
     return (np.clip(y, lo, hi).astype(y_zp.dtype),)
+
+
+@kernel("QGemm", 1, domain=DOMAIN)
+def qgemm(ins, at):
+    return _qgemm(ins, at, _centered_b(ins[3], ins[5], at.get("transB")))
+
+
+@prepare("QGemm", 1, domain=DOMAIN)
+def prepare_qgemm(at, consts, generic):
+    """Constant B and zero point (the usual case): B centered once at build, not at every run."""
+    b, b_zp = consts[3], consts[5]
+    if not isinstance(b, np.ndarray) or not isinstance(b_zp, np.ndarray):
+        return None
+    bi = _centered_b(b, b_zp, at.get("transB"))
+    return lambda args, at: _qgemm(args, at, bi)
 
 
 # --- MatMulNBits: weight-only quantized MatMul (ORT's MatMulNBitsQuantizer, int4 LLMs) -------------
