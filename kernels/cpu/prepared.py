@@ -60,9 +60,10 @@ class _Conv:
     generic kernel's way) on MobileNet/ShuffleNet shapes, the batched (1 x k*k) GEMM was 2-4x faster.
     1-D/2-D convs with a kernel larger than 1x1 now copy their columns row-wide instead
     (depthwise.RowWideConv: long contiguous runs, the same batched GEMM; 1.2-2.2x faster on
-    depthwise), unless Winograd is the faster one (big dense 3x3 convs)."""
+    depthwise), unless Winograd is the faster one (big dense 3x3 convs). `exact`: never Winograd,
+    whose transforms round (integer-valued operands then give integer sums, see prepared_quant.py)."""
 
-    def __init__(self, w, b, at, generic):
+    def __init__(self, w, b, at, generic, exact=False):
         self.generic = generic
         self.m, self.cg = w.shape[0], w.shape[1]
         self.group = at["group"]
@@ -81,7 +82,7 @@ class _Conv:
         self.w_mat = self.w_gemm[0] if self.group == 1 else None
         # Winograd F(2x2,3x3) for 3x3 stride-1 convs with enough channels (measured: 15-45% faster
         # than im2col+GEMM from 32 channels and 7x7 tiles up; slower below, where transforms dominate)
-        self.winograd = Winograd(w) if (self.kshape == [3, 3] and self.strides == [1, 1] and self.dil == [1, 1]
+        self.winograd = Winograd(w) if (not exact and self.kshape == [3, 3] and self.strides == [1, 1] and self.dil == [1, 1]
                                         and self.group == 1 and self.cg >= 32 and self.m >= 32) else None
         self.bias = None if b is None else np.ascontiguousarray(b.reshape(1, self.m, 1)).astype(w.dtype)
         self.rowwide = RowWideConv(self.w_gemm, self.kshape, self.dil) if nsp in (1, 2) else None
