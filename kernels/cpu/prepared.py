@@ -17,7 +17,7 @@ import numpy as np
 from ..registry import DYNAMIC, prepare
 from ._inplace import INPLACE_MIN_SIZE, reusable
 from ._scratch import padded, scratch
-from ._util import clip_ufunc, remember
+from ._util import clip_ufunc, remember, tiled
 from .depthwise import RowWideConv
 from .nn import conv_pads, windows
 from .winograd import Winograd
@@ -174,6 +174,7 @@ def prepare_gemm(at, consts, generic):
     cm = None if c is None else np.ascontiguousarray(c * c.dtype.type(beta) if beta != 1.0 else c).astype(b.dtype)
     trans_a = bool(at.get("transA"))
     dt = bm.dtype
+    tiles = {}  # C tiled to the output's shape, per shape (_util.tiled)
 
     def gemm(args, at):
         a = args[0]
@@ -183,7 +184,7 @@ def prepare_gemm(at, consts, generic):
         # checked over 900 shape/dtype/layout combinations) without the ufunc machinery (~0.6 us)
         y = (a.T if trans_a else a).dot(bm)
         if cm is not None:
-            y += cm  # np.add(y, cm, out=y) through the operator slot: no keyword parsing
+            y += tiled(tiles, cm, y.shape)  # np.add(y, c, out=y) through the operator slot: no keyword parsing
         return (y,)
     return gemm
 
@@ -245,6 +246,9 @@ def _binary_in_place(ufunc):
     dtype check, a shape compare and the ufunc."""
     def prep(at, consts, generic):
         fits = {}  # (shape of the other operand, shape of the one written) -> it broadcasts to it
+        # a constant operand that broadcasts over the other is tiled to its shape (_util.tiled)
+        constant = [c if isinstance(c, np.ndarray) and c.ndim else None for c in consts[:2]]
+        tiles = {}
 
         def into(other, target):  # other, target: shapes
             ok = fits.get((other, target))
@@ -261,8 +265,10 @@ def _binary_in_place(ufunc):
                 if not (b.dtype is dt or b.dtype == dt) or dt.kind != "f":
                     return generic(args, at)
                 sb = b.shape
-                if not sb or sb == a.shape or into(sb, a.shape):
+                if not sb or sb == a.shape:
                     return (ufunc(a, b, a),)  # out positionally: no keyword parsing
+                if into(sb, a.shape):
+                    return (ufunc(a, tiled(tiles, b, a.shape) if b is constant[1] else b, a),)
                 del a, b  # args[1] may be the dying one the result fits
             if args[1].size >= INPLACE_MIN_SIZE and reusable(args, 1):
                 a = args[0]
@@ -270,8 +276,10 @@ def _binary_in_place(ufunc):
                 dt = b.dtype
                 if (a.dtype is dt or a.dtype == dt) and dt.kind == "f":
                     sa = a.shape
-                    if not sa or sa == b.shape or into(sa, b.shape):
+                    if not sa or sa == b.shape:
                         return (ufunc(a, b, b),)
+                    if into(sa, b.shape):
+                        return (ufunc(tiled(tiles, a, b.shape) if a is constant[0] else a, b, b),)
             return generic(args, at)  # small (a new array costs no more), or nothing to write into
         return run
     return prep

@@ -108,9 +108,10 @@ def test_binary_operand_roles(op, dtype, batch):
              n(op, ["q", "q"], ["y7"]),                                               # two 0-d feeds
              n("Mul", ["x", "k"], ["live"]), n(op, ["live", "row"], ["u"]), n("Add", ["u", "live"], ["y8"]),
              # a big dying operand the result does not fit (batch 8: (1,16,96) against (8,16,1))
-             n("Mul", ["m", "k"], ["md"]), n("Mul", ["c", "k"], ["cd"]), n(op, ["md", "cd"], ["y9"])]
+             n("Mul", ["m", "k"], ["md"]), n("Mul", ["c", "k"], ["cd"]), n(op, ["md", "cd"], ["y9"]),
+             n("Mul", ["x", "k"], ["b3"]), n(op, ["row", "b3"], ["y10"])]                # constant first, big dies
     outs = [vi(f"y{i}", t, []) if i in (6, 7) else vi(f"y{i}", t, shape) for i in range(1, 9)]
-    outs.append(vi("y9", t, [batch, 16, 96]))
+    outs += [vi("y9", t, [batch, 16, 96]), vi("y10", t, shape)]
     m = RNG.uniform(0.5, 2, (1, 16, 96)).astype(dtype)
     c = RNG.uniform(0.5, 2, (batch, 16, 1)).astype(dtype)
     model = model_of(nodes, [vi("x", t, shape), vi("r", t, [16, 1]), vi("q", t, []), vi("m", t, [1, 16, 96]),
@@ -157,7 +158,8 @@ def test_reduce_mean_matches_numpy_mean_bit_for_bit():
 
 
 @pytest.mark.parametrize("trans_a,trans_b,alpha,beta,bias", [
-    (0, 0, 1.0, 1.0, (6,)), (0, 1, 1.0, 1.0, (1, 6)), (1, 0, 0.5, 2.0, (3, 6)), (1, 1, 1.0, 1.0, None)])
+    (0, 0, 1.0, 1.0, (6,)), (0, 1, 1.0, 1.0, (1, 6)), (1, 0, 0.5, 2.0, (3, 6)), (0, 0, 1.0, 1.0, (3, 1)),
+    (0, 1, 1.0, 0.5, ()), (1, 1, 1.0, 1.0, None)])
 def test_gemm_with_constant_weight(trans_a, trans_b, alpha, beta, bias):
     a = RNG.standard_normal((4, 3) if trans_a else (3, 4)).astype(np.float32)
     w = RNG.standard_normal((6, 4) if trans_b else (4, 6)).astype(np.float32)
@@ -170,6 +172,17 @@ def test_gemm_with_constant_weight(trans_a, trans_b, alpha, beta, bias):
              helper.make_node("Gemm", ins, ["y"], transA=trans_a, transB=trans_b, alpha=alpha, beta=beta)]
     model = model_of(nodes, [vi("a", TensorProto.FLOAT, list(a.shape))], [vi("y", TensorProto.FLOAT, [3, 6])], inits)
     check(model, {"a": a}, rtol=1e-5, atol=1e-5)
+
+
+def test_gemm_bias_per_batch_size():
+    """The bias tiled to the output's shape is kept per shape: batches of other sizes through one
+    session each get their own."""
+    w = numpy_helper.from_array(RNG.standard_normal((4, 6)).astype(np.float32), "w")
+    c = numpy_helper.from_array(RNG.standard_normal(6).astype(np.float32), "c")
+    model = model_of([helper.make_node("Gemm", ["a", "w", "c"], ["y"])], [vi("a", TensorProto.FLOAT, ["n", 4])],
+                     [vi("y", TensorProto.FLOAT, ["n", 6])], [w, c])
+    for n in (3, 1, 5, 3):
+        check(model, {"a": RNG.standard_normal((n, 4)).astype(np.float32)}, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("shape", [(5,), (3, 5), (2, 3, 5), (40, 30, 5)])
