@@ -11,7 +11,7 @@ A read left of column 0 or right of column W-1 wraps into the neighbouring row; 
 are the horizontal zero padding and are zeroed in the columns after the copy. Stride sx > 1
 splits the input into sx column phases (phase q: columns q, q+sx, ...) so that each offset still
 reads contiguous runs; the vertical stride is a row stride of the view. Columns are copied and
-multiplied in blocks of groups that fit in L2. Small layers spend as much in view bookkeeping as
+multiplied in blocks of groups that stay in cache (BLOCK_BYTES). Small layers spend as much in view bookkeeping as
 in arithmetic, so the padded buffer and its views are made once per input geometry (_Plan).
 
 Measured single-thread float32 against the plain path (interleaved runs on a shared 2-core
@@ -30,9 +30,11 @@ from numpy.lib.stride_tricks import as_strided
 from ._scratch import scratch
 from ._util import remember
 
-# column-block size for the copy + GEMM: blocks of groups whose columns fit in L2 (measured:
-# large planes, e.g. 32x112x112 depthwise, run ~1.5x faster blocked; small ones are one block)
-BLOCK_BYTES = 512 * 1024
+# column-block size for the copy + GEMM, in blocks of groups: past a few MiB the columns leave the
+# L3 cache (measured, single thread, depthwise 3x3 / 5x5 against 512 KiB blocks (the size of L2):
+# 4 MiB 13-25% faster from 24x56x56 to 128x100x76 and 32x112x112, stride 2 6% faster; 32 MiB,
+# i.e. unblocked, 1.7x slower on 128x100x76 5x5). Small layers are one block.
+BLOCK_BYTES = 4 << 20
 # Winograd F(2x2,3x3) (prepared._Conv) beats this path on dense 3x3 convs only once its GEMMs
 # dominate its transforms: C_in * C_out * output pixels of at least this (measured: 128x128
 # channels at 28x28 or 256x256 at 14x14 are 1.1x faster with Winograd; 64x64 at 28x28 1.4x
