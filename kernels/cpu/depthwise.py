@@ -11,8 +11,9 @@ A read left of column 0 or right of column W-1 wraps into the neighbouring row; 
 are the horizontal zero padding and are zeroed in the columns after the copy. Stride sx > 1
 splits the input into sx column phases (phase q: columns q, q+sx, ...) so that each offset still
 reads contiguous runs; the vertical stride is a row stride of the view. Columns are copied and
-multiplied in blocks of groups that stay in cache (BLOCK_BYTES). Small layers spend as much in view bookkeeping as
-in arithmetic, so the padded buffer and its views are made once per input geometry (_Plan).
+multiplied in blocks of groups that stay in cache (BLOCK_BYTES). Small layers spend as much in view
+bookkeeping as in arithmetic, so the padded buffer and its views are made once per input geometry
+(_Plan).
 
 Measured single-thread float32 against the plain path (interleaved runs on a shared 2-core
 machine, lower quartiles): depthwise 3x3 stride 1 1.6-2.2x faster from 7x7 to 112x112 planes

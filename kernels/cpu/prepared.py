@@ -82,8 +82,9 @@ class _Conv:
         self.w_mat = self.w_gemm[0] if self.group == 1 else None
         # Winograd F(2x2,3x3) for 3x3 stride-1 convs with enough channels (measured: 15-45% faster
         # than im2col+GEMM from 32 channels and 7x7 tiles up; slower below, where transforms dominate)
-        self.winograd = Winograd(w) if (not exact and self.kshape == [3, 3] and self.strides == [1, 1] and self.dil == [1, 1]
-                                        and self.group == 1 and self.cg >= 32 and self.m >= 32) else None
+        self.winograd = Winograd(w) if (not exact and self.kshape == [3, 3] and self.strides == [1, 1]
+                                        and self.dil == [1, 1] and self.group == 1 and self.cg >= 32
+                                        and self.m >= 32) else None
         self.bias = None if b is None else np.ascontiguousarray(b.reshape(1, self.m, 1)).astype(w.dtype)
         self.rowwide = RowWideConv(self.w_gemm, self.kshape, self.dil) if nsp in (1, 2) else None
         self.geometry = {}
