@@ -94,7 +94,7 @@ def test_node(name):
         pytest.xfail(EXPECTED_FAILURES.get(name, "random output"))
     try:
         run_case(case)
-    except Exception as e:
+    except Exception:
         if name in EXPECTED_FAILURES:
             pytest.xfail(EXPECTED_FAILURES[name] or "listed in expected_failures.txt")
         raise
