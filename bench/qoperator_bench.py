@@ -31,7 +31,8 @@ import onnx.version_converter
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.runtime_bench import LIGHT, _cpu_name, fmt_ms, geomean, interleaved_medians, max_rel_error, ort_session  # noqa: E402
+from bench.runtime_bench import (LIGHT, _cpu_name, fmt_ms, geomean, interleaved_medians, max_rel_error,  # noqa: E402
+                                 ort_session, write_markdown)
 
 DEFAULT_MODELS = "squeezenet,shufflenet,resnet50,densenet121,inception_v1"
 
@@ -105,8 +106,7 @@ def main(argv=None):
     text = "\n".join(lines) + "\n"
     print(text)
     if args.markdown_out:
-        Path(args.markdown_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown_out).write_text(text)
+        write_markdown(text, args.markdown_out)
     return 0
 
 

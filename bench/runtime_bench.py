@@ -326,12 +326,18 @@ def main(argv=None):
     text = "\n".join(header + lines + [""] + summary) + "\n"
     print(text)
     if args.markdown_out:
-        Path(args.markdown_out).parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.markdown_out + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, args.markdown_out)
+        write_markdown(text, args.markdown_out)
     return 0
+
+
+def write_markdown(text: str, path: str) -> None:
+    """`text` into `path` (its folder made if needed) through a temporary file, so an interrupted
+    run never leaves a half-written table under the real name."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def _cpu_name():
