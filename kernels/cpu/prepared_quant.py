@@ -23,7 +23,7 @@ from ..registry import prepare
 from ._util import clip_ufunc
 from .nn import conv_kernel
 from .prepared import _Conv
-from .quant import _int_range
+from .quant import _int_range, centered_conv_weight, conv_output_scale
 
 EXACT_FLOAT32 = 2 ** 24  # integers up to this magnitude (and every one below) are float32 values
 
@@ -71,16 +71,12 @@ def prepare_qlinear_conv(at, consts, generic):
     if not _constant(x_s, x_zp, w, w_s, w_zp, y_s, y_zp) or (bias is not None and not _constant(bias)) \
             or x_zp.size != 1 or w.ndim < 3 or w.dtype.kind not in "iu" or x_zp.dtype.kind not in "iu":
         return None
-    wz = w_zp.astype(np.float64)  # as the generic kernel: per output channel, or one for all
-    wi = w.astype(np.float64) - (wz.reshape((-1,) + (1,) * (w.ndim - 1)) if wz.size > 1 else wz)
+    wi = centered_conv_weight(w, w_zp)
     calc = _accumulator(wi.reshape(wi.shape[0], -1), x_zp.dtype, x_zp.reshape(()))
     wc = wi.astype(calc)
     conv = _Conv(wc, None, at, lambda args, a: conv_kernel([args[0], wc], a), exact=True)
-    spatial = (1,) * (w.ndim - 2)
-    scale = (x_s.astype(np.float64) * w_s.astype(np.float64)).reshape((1, -1) + spatial) if w_s.size > 1 \
-        else x_s * w_s
-    requantize = _Requantize(scale, y_s, y_zp,
-                             None if bias is None else bias.astype(np.float64).reshape((1, -1) + spatial))
+    requantize = _Requantize(conv_output_scale(x_s, w_s, w.ndim), y_s, y_zp,
+                             None if bias is None else bias.astype(np.float64).reshape((1, -1) + (1,) * (w.ndim - 2)))
     x_dtype, zx = x_zp.dtype, np.full((), x_zp.reshape(())[()], calc)
 
     def qlinear_conv(args, at):

@@ -140,12 +140,21 @@ def qlinear_conv(ins, at):
     x, x_s, x_zp, w, w_s, w_zp, y_s, y_zp = ins[:8]
     bias = ins[8] if len(ins) > 8 else None
     xi = x.astype(np.float64) - x_zp.astype(np.float64)
-    wz = w_zp.astype(np.float64)
-    wi = w.astype(np.float64) - (wz.reshape((-1,) + (1,) * (w.ndim - 1)) if wz.size > 1 else wz)
-    acc = conv(xi, wi, None, at["group"], at["strides"], at["dilations"], at["pads"], at["auto_pad"],
-               at["kernel_shape"])
+    acc = conv(xi, centered_conv_weight(w, w_zp), None, at["group"], at["strides"], at["dilations"], at["pads"],
+               at["auto_pad"], at["kernel_shape"])
     if bias is not None:
         acc = acc + bias.astype(np.float64).reshape((1, -1) + (1,) * (x.ndim - 2))
-    scale = (x_s.astype(np.float64) * w_s.astype(np.float64)).reshape((1, -1) + (1,) * (x.ndim - 2)) \
-        if w_s.size > 1 else x_s * w_s
-    return (_requantize(acc, np.asarray(scale), y_s, y_zp),)
+    return (_requantize(acc, conv_output_scale(x_s, w_s, x.ndim), y_s, y_zp),)
+
+
+def centered_conv_weight(w, w_zp) -> np.ndarray:
+    """QLinearConv's w - w_zp in float64, the zero point per output channel or one for all."""
+    wz = w_zp.astype(np.float64)
+    return w.astype(np.float64) - (wz.reshape((-1,) + (1,) * (w.ndim - 1)) if wz.size > 1 else wz)
+
+
+def conv_output_scale(x_s, w_s, ndim: int) -> np.ndarray:
+    """x_s * w_s, per output channel (shaped to broadcast over an ndim-D output) or one for all."""
+    if w_s.size > 1:
+        return (x_s.astype(np.float64) * w_s.astype(np.float64)).reshape((1, -1) + (1,) * (ndim - 2))
+    return np.asarray(x_s * w_s)
