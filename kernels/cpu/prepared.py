@@ -17,6 +17,7 @@ import numpy as np
 from ..registry import DYNAMIC, prepare
 from ._inplace import INPLACE_MIN_SIZE, reusable
 from ._scratch import padded, scratch
+from . import conv_gather
 from ._util import clip_ufunc, remember, tiled
 from .depthwise import RowWideConv
 from .nn import conv_pads, windows
@@ -51,6 +52,7 @@ class ConvPath(NamedTuple):
     wino: bool       # Winograd F(2x2, 3x3)
     rowwide: bool    # depthwise.RowWideConv
     merge: bool      # a batch of small outputs: one GEMM for all images (_batch_merged)
+    gather: np.ndarray | None  # a small im2col: one gather through this index (conv_gather.py)
 
 
 class _Conv:
@@ -87,6 +89,7 @@ class _Conv:
                                         and self.m >= 32) else None
         self.bias = None if b is None else np.ascontiguousarray(b.reshape(1, self.m, 1)).astype(w.dtype)
         self.rowwide = RowWideConv(self.w_gemm, self.kshape, self.dil) if nsp in (1, 2) else None
+        self.w_bias = None  # w_mat with the bias as a last column, made for the first gather path
         self.geometry = {}
 
     def _geometry(self, shape):
@@ -101,16 +104,25 @@ class _Conv:
         merge = shape[0] > 1 and self.group == 1 and not wino and math.prod(out) < MERGE_MAX_PIXELS \
             and self.w_gemm[0].size >= MERGE_MIN_WEIGHTS
         rowwide = rowwide and not merge
-        geo = ConvPath(begin, end, out, pointwise, any(v < 0 for v in begin + end), wino, rowwide, merge)
-        self.geometry[shape] = geo
-        return geo
+        negative = any(v < 0 for v in begin + end)
+        gather = None
+        if self.group == 1 and not (pointwise or wino or merge or negative) and conv_gather.suits(
+                shape[0] * shape[1] * math.prod(self.kshape) * math.prod(out), strided=max(self.strides) > 1):
+            gather = conv_gather.gather_index(shape, self.kshape, self.strides, self.dil, begin, out,
+                                              ones_row=self.bias is not None)
+            rowwide = False
+            if self.w_bias is None:  # the bias as a last weight column, against the index's row of ones
+                self.w_bias = self.w_mat if self.bias is None else \
+                    np.concatenate([self.w_mat, self.bias.reshape(-1, 1)], axis=1)
+        # kept for a bounded number of input shapes: a gather index is up to a few hundred KiB
+        return remember(self.geometry, shape, ConvPath(begin, end, out, pointwise, negative, wino, rowwide, merge, gather))
 
     def __call__(self, args, at):
         x = args[0]
         if x.dtype != self.dtype or x.ndim != self.nsp + 2 or x.shape[1] != self.cg * self.group:
             return self.generic(args, at)
         geo = self.geometry.get(x.shape) or self._geometry(x.shape)
-        begin, end, out, pointwise, negative, wino, rowwide, merge = geo
+        begin, end, out, pointwise, negative, wino, rowwide, merge, gather = geo
         if negative:
             return self.generic(args, at)
         n, c = x.shape[:2]
@@ -123,6 +135,10 @@ class _Conv:
             y = np.matmul(self.w_gemm, x.reshape(n, self.group, self.cg, -1))
         elif rowwide:
             return (self.rowwide(x, begin, end, out, self.bias, self.strides),)
+        elif gather is not None:  # bias included
+            cols = conv_gather.gathered(x, gather)
+            y = self.w_bias.dot(cols[0]) if n == 1 else np.matmul(self.w_bias, cols)
+            return (y.reshape((n, m) + tuple(out)),)
         elif wino:
             y = self.winograd(padded(x, begin, end), out)
         else:

@@ -97,7 +97,15 @@ CASES = [
     ("stft_like_merged", 4, 1, 258, 1, (832,), (256,), {"strides": [128]}, True),
     # a wide kernel with a stride: plain im2col, not row-wide
     ("stft_like_k64_s32", 2, 1, 66, 1, (200,), (64,), {"strides": [32], "pads": [5, 3]}, False),
+    # few columns: one gather through an index (kernels/cpu/conv_gather.py), bias as a weight column
+    ("gather_1d_frames", 1, 129, 128, 1, (4,), (3,), {"pads": [1, 1]}, True),
+    ("gather_1d_s2_nobias", 1, 64, 64, 1, (2,), (3,), {"pads": [1, 1], "strides": [2]}, False),
+    ("gather_2d_dil_asym", 1, 8, 12, 1, (5, 6), (3, 3), {"pads": [2, 0, 1, 3], "dilations": [2, 1]}, True),
+    ("gather_2d_s2_same_upper_batch2", 2, 6, 10, 1, (7, 9), (3, 3), {"auto_pad": "SAME_UPPER", "strides": [2, 2]}, True),
+    ("gather_2d_pads_past_kernel", 1, 3, 5, 1, (3, 3), (3, 3), {"pads": [3, 2, 4, 3]}, False),
+    ("gather_3d", 1, 3, 4, 1, (3, 4, 5), (2, 3, 3), {"pads": [1, 0, 1, 1, 1, 0]}, True),
 ]
+GATHERED = {c[0] for c in CASES if c[0].startswith("gather_")}
 
 
 def make_case(n, cin, cout, group, spatial, kernel, bias, seed):
@@ -118,6 +126,10 @@ def test_conv_matches_ort(case):
     got = sess.run(None, {"X": x})[0]
     assert got.shape == want.shape and got.dtype == want.dtype
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+    if name in GATHERED:  # the case exercises the path it is named for
+        conv = prepare_conv({"group": group, "kernel_shape": list(kernel), "strides": None, "dilations": None,
+                             "pads": None, "auto_pad": "NOTSET", **attrs}, [None, w, b], conv_kernel)
+        assert conv._geometry(x.shape).gather is not None
     # a second run on other values reuses the buffers the first one filled (and scratch it left dirty)
     x2 = (x * -2.0 + 1.0).astype(np.float32)
     again = sess.run(None, {"X": x2})[0]
@@ -164,6 +176,7 @@ def test_prepared_conv_path_choice():
     path = dense._geometry((1, 256, 4, 4))
     assert not path.wino and path.rowwide
     assert dense._geometry((4, 256, 4, 4)).merge  # a batch of 16-pixel outputs: one GEMM
+    assert dense._geometry((1, 256, 2, 2)).gather is not None  # 9k columns: one gather
     wide = prepare_conv({"group": 1, "kernel_shape": [256], "strides": [128], "dilations": [1], "pads": [0, 0],
                          "auto_pad": "NOTSET"}, [None, np.zeros((16, 1, 256), np.float32), None], conv_kernel)
     assert not wide._geometry((1, 1, 832)).rowwide  # a copy per kernel column: plain im2col instead
