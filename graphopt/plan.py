@@ -156,7 +156,10 @@ class Plan:
         self._input_defaults = [(n, template[s]) for n, s in zip(self.input_names, self.input_slots)]
         self._compiled = compile_plan(self, KernelFailed)
         self._ctx, self._constants = ctx, constants
-        self._fixed = [] if nested or ctx.unsupported else fixed_steps(self)
+        # an If branch (a nested plan without inputs) is specialized on the shapes of the outer
+        # values it reads: exporters test shapes there (Shape -> Gather -> Equal -> If). Loop and
+        # Scan bodies are not: their carried values may change shape at every iteration.
+        self._fixed = [] if (nested and self.input_slots) or ctx.unsupported else fixed_steps(self)
         self._specialized = {}  # input signature -> compiled function (graphopt/plan_specialize.py)
         self._seen = set()  # signatures run once
 
@@ -219,12 +222,13 @@ class Plan:
 
     def run_inputs(self, ins: list, outer: dict | None = None, sig: tuple | None = None) -> list:
         """Run with one value per input (plan.input_names order, defaults included): the compiled
-        function, or the one specialized for these inputs' shapes (graphopt/plan_specialize.py).
+        function, or the one specialized for these inputs' shapes (graphopt/plan_specialize.py),
+        and an If branch's for the shapes of the outer values it reads.
         `sig`: signature(ins), when the caller knows it already."""
         if not self._fixed:
             return self._compiled(ins, outer)
         if sig is None:
-            sig = signature(ins)
+            sig = signature(ins + [outer[n] for n, _ in self.outer_slots] if self.outer_slots else ins)
         if sig is None:
             return self._compiled(ins, outer)
         fn = self._specialized.get(sig)

@@ -16,6 +16,9 @@ consume them (Reshape, Expand, ...) cannot be prepared for them. Here:
     results as ever) and keeps those steps' outputs; then a compiled function without those steps
     is built, their outputs being constants, and the consumers re-prepared for them
     (registry.prepare hooks). Later runs with that signature take the specialized function.
+  * an If branch is specialized the same way, its signature being the shapes and dtypes of the
+    outer values it reads: PyTorch exports test shapes inside branches (squeeze a dim when it is
+    1, ...), nested several Ifs deep, and each level's Shape -> Gather -> Equal then folds.
 """
 from __future__ import annotations
 
@@ -57,7 +60,8 @@ def fixed_steps(plan) -> list[int]:
     """Indices of the steps whose outputs are fixed by the feeds' shapes and dtypes (see above)."""
     from graphopt.plan import Plan, _LocalFunction, _SchemaFunction
     const = set(plan.constant_slots) - set(plan.input_slots)  # an initializer a feed may override is not fixed
-    shape_known = set(plan.input_slots) | const | {plan.slots["\0none"]}
+    # an If branch's signature includes the outer values it reads (Plan.run_inputs)
+    shape_known = set(plan.input_slots) | {s for _, s in plan.outer_slots} | const | {plan.slots["\0none"]}
     value_known = const | {plan.slots["\0none"]}
     found = []
     for i, ((fn, ins, outs, attrs, _f, _d), op) in enumerate(zip(plan.steps, plan.ops)):
@@ -95,6 +99,8 @@ def specialize(plan, ins, outer, fixed: list[int], failed_cls):
     env = plan.template.copy()
     for s, v in zip(plan.input_slots, ins):
         env[s] = v
+    for name, s in plan.outer_slots:
+        env[s] = outer[name]
     captured = {}
     step = None
     try:

@@ -67,7 +67,7 @@ def _own(v):
 @kernel("If", 1)
 def if_(ins, at):
     branch = at["then_branch"] if _truth(ins[0]) else at["else_branch"]
-    return branch.runner(0)([], at.get("__outer__"))
+    return branch.run_inputs([], at.get("__outer__"))  # specialized on the outer values' shapes
 
 
 def _stack(values, arg=None):

@@ -217,6 +217,37 @@ def test_branches_read_outer_values_with_any_name():
         assert_matches_ort(model, feed)
 
 
+# branches that test the shape of an outer value, nested, as PyTorch exports do (squeeze a dim
+# when it is 1, ...): each branch is specialized on the shapes of the outer values it reads
+SHAPE_TESTING_IF = parse("""
+<ir_version: 8, opset_import: ["" : 17]>
+g (bool c, float[?, ?] x) => (float[?, ?] y) {
+    y = If(c) <then_branch = th () => (float[?, ?] r) {
+        s = Shape(x)
+        zero = Constant <value = int64[1] {0}> ()
+        one = Constant <value = int64[1] {1}> ()
+        d0 = Gather(s, zero)
+        d1 = Gather(s, one)
+        single = Equal(d0, one)
+        swapped = Concat <axis = 0> (d1, d0)
+        t = Reshape(x, swapped)
+        r = If(single) <then_branch = a () => (float[?, ?] ra) { two = Constant <value = float {2}> ()
+                                                                  ra = Mul(t, two) },
+                        else_branch = b () => (float[?, ?] rb) { rb = ReduceSum <keepdims = 1> (t, one) }>
+    }, else_branch = el () => (float[?, ?] r) { r = Neg(x) }>
+}""")
+
+
+def test_if_branches_specialized_on_outer_shapes_match_ort():
+    sess = Session(SHAPE_TESTING_IF)
+    for shape in [(1, 3), (4, 3), (1, 3), (4, 3), (1, 5), (4, 3), (1, 3), (2, 2), (1, 5)]:
+        for cond in (True, False):
+            assert_matches_ort(SHAPE_TESTING_IF, {"c": np.array(cond), "x": RNG.standard_normal(shape).astype(np.float32)}, sess)
+    outer_if = next(st for st in sess._plan.steps if "then_branch" in st[3])
+    branch = outer_if[3]["then_branch"]
+    assert len(branch._specialized) == 3  # the shapes seen twice or more; (2, 2) was seen once
+
+
 def _scan8_model(directions):
     from onnx import TensorProto, helper
     f = TensorProto.FLOAT
