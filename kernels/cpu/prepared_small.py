@@ -86,17 +86,13 @@ def prepare_gather(at, consts, generic):
     idx = consts[1]
     if not isinstance(idx, np.ndarray) or idx.dtype.kind not in "iu" or consts[0] is not DYNAMIC:
         return None
-    idx = idx.astype(np.int64)
-    negative = bool((idx < 0).any())
     axis = at["axis"]
 
     def gather(args, at):
         x = args[0]
         if type(x) is not np.ndarray or x.ndim == 0:
             return generic(args, at)
-        ax = axis % x.ndim
-        i = np.where(idx < 0, idx + x.shape[ax], idx) if negative else idx
-        return (np.take(x, i, axis=ax),)
+        return (x.take(idx, axis=axis % x.ndim),)  # negative indices count from the end (gather.gather)
     return gather
 
 

@@ -221,3 +221,28 @@ def test_reusable_decisions():
     args = [np.ones(4), held, ro, np.ones(8)[2:6], base.reshape(2, 4), np.ones(8).reshape(2, 4), 3.0, None]
     got = [reusable(args, i) for i in range(len(args))]
     assert got == [True, False, False, False, False, True, False, False]
+
+
+@pytest.mark.parametrize("idx_type", [np.int32, np.int64])
+@pytest.mark.parametrize("axis", [0, 1, -1])
+@pytest.mark.parametrize("constant_index", [False, True])  # the generic kernel, prepare_gather
+def test_gather_negative_indices(idx_type, axis, constant_index):
+    idx = np.array([[-1, 0], [2, -3]], idx_type)
+    data = RNG.standard_normal((4, 3)).astype(np.float32)
+    ins = [vi("x", TensorProto.FLOAT, [4, 3])]
+    inits = [numpy_helper.from_array(idx, "i")] if constant_index else []
+    if not constant_index:
+        ins.append(vi("i", TensorProto.INT32 if idx_type is np.int32 else TensorProto.INT64, [2, 2]))
+    model = model_of([helper.make_node("Gather", ["x", "i"], ["y"], axis=axis)], ins,
+                     [vi("y", TensorProto.FLOAT, [None] * 3)], inits)
+    check(model, {"x": data} if constant_index else {"x": data, "i": idx})
+
+
+@pytest.mark.parametrize("bad", [3, -4])
+def test_gather_index_out_of_range_is_an_error_naming_the_node(bad):
+    from graphopt.plan import KernelFailed
+    model = model_of([helper.make_node("Gather", ["x", "i"], ["y"], axis=1, name="lookup")],
+                     [vi("x", TensorProto.FLOAT, [2, 3]), vi("i", TensorProto.INT64, [1])],
+                     [vi("y", TensorProto.FLOAT, [2, 1])])
+    with pytest.raises(KernelFailed, match="lookup"):
+        Session(model).run(None, {"x": np.zeros((2, 3), np.float32), "i": np.array([bad], np.int64)})
