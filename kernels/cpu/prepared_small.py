@@ -81,6 +81,40 @@ def prepare_unsqueeze(at, consts, generic):
     return None if axes is None or axes is DYNAMIC or not axes else _unsqueeze(axes, generic)
 
 
+def _squeeze(axes, generic):
+    """Squeeze by constant axes as a reshape to the output shape, found once per input shape (the
+    generic kernel normalizes the axes and calls np.squeeze every time); an axis out of range,
+    repeated or not of size 1 goes to the generic kernel, which raises."""
+    per_shape = {}  # input shape -> output shape
+
+    def squeeze(args, at):
+        x = args[0]
+        if type(x) is not np.ndarray:
+            return generic(args, at)
+        shape = per_shape.get(x.shape)
+        if shape is None:
+            rank = x.ndim
+            gone = {a % rank for a in axes if -rank <= a < rank}
+            if len(gone) != len(axes) or any(x.shape[a] != 1 for a in gone):
+                return generic(args, at)
+            shape = remember(per_shape, x.shape, tuple(d for i, d in enumerate(x.shape) if i not in gone))
+        return (x.reshape(shape),)
+    return squeeze
+
+
+@prepare("Squeeze", 1)
+def prepare_squeeze_v1(at, consts, generic):
+    return _squeeze(list(at["axes"]), generic) if at.get("axes") else None
+
+
+@prepare("Squeeze", 13)
+def prepare_squeeze(at, consts, generic):
+    if len(consts) < 2 or consts[1] is None:
+        return None  # no axes: every size-1 dim goes, the generic kernel
+    axes = _const_ints(consts, 1)
+    return None if axes is None or axes is DYNAMIC or not axes else _squeeze(axes, generic)
+
+
 @prepare("Gather", 1)
 def prepare_gather(at, consts, generic):
     idx = consts[1]

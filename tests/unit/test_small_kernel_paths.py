@@ -246,3 +246,27 @@ def test_gather_index_out_of_range_is_an_error_naming_the_node(bad):
                      [vi("y", TensorProto.FLOAT, [2, 1])])
     with pytest.raises(KernelFailed, match="lookup"):
         Session(model).run(None, {"x": np.zeros((2, 3), np.float32), "i": np.array([bad], np.int64)})
+
+
+@pytest.mark.parametrize("opset, axes", [(13, [1, -1]), (13, [-4]), (11, [1, 3]), (11, [0])])
+def test_squeeze_by_constant_axes(opset, axes):
+    x = RNG.standard_normal((1, 1, 5, 1)).astype(np.float32)
+    if opset >= 13:
+        node = helper.make_node("Squeeze", ["x", "axes"], ["y"])
+        inits = [numpy_helper.from_array(np.array(axes, np.int64), "axes")]
+    else:
+        node, inits = helper.make_node("Squeeze", ["x"], ["y"], axes=axes), []
+    rank = 4 - len(axes)
+    model = model_of([node, helper.make_node("Relu", ["y"], ["z"])], [vi("x", TensorProto.FLOAT, [1, 1, 5, 1])],
+                     [vi("z", TensorProto.FLOAT, [None] * rank)], inits, opset=opset)
+    check(model, {"x": x})
+
+
+@pytest.mark.parametrize("axes", [[2], [0, -4]])  # a dim of size 5; the same axis twice
+def test_squeeze_of_a_wrong_axis_is_an_error_naming_the_node(axes):
+    from graphopt.plan import KernelFailed
+    model = model_of([helper.make_node("Squeeze", ["x", "axes"], ["y"], name="drop")],
+                     [vi("x", TensorProto.FLOAT, [None, 1, None, 1])], [vi("y", TensorProto.FLOAT, None)],
+                     [numpy_helper.from_array(np.array(axes, np.int64), "axes")])
+    with pytest.raises(KernelFailed, match="drop"):
+        Session(model).run(None, {"x": np.zeros((1, 1, 5, 1), np.float32)})
