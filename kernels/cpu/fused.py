@@ -21,7 +21,7 @@ import math
 import numpy as np
 
 from ..registry import kernel, prepare
-from ._util import ONE, clip_ufunc, erf, sigmoid_in_place
+from ._util import ONE, clip_ufunc, erf, sigmoid_in_place, tiled
 from .linalg import gemm as gemm_kernel
 from .nn import conv_kernel
 from .prepared import prepare_conv, prepare_gemm
@@ -221,11 +221,20 @@ def _constant_affine(scale, bias):
 def _prepared_norm(scale, bias, eps, skip: bool, keep_sum: bool, generic, skip_bias=None):
     """LayerNorm over the last axis (of x + r (+ skip_bias) when `skip`) with constant scale/bias
     (and skip_bias: a constant vector like scale), checked once at build: per call only x's (and r's)
-    dtype and shape are checked, anything else goes to the generic kernel. Same NumPy operations, in
-    the same order, as _layer_norm's."""
+    dtype and shape are checked, anything else goes to the generic kernel.
+
+    Fewer and cheaper NumPy calls than _layer_norm, for the small token batches of inference: on
+    rows of n values the mean is one GEMV with a column of 1/n (0.65 us on 14 x 64 against 2.5 for
+    add.reduce and a divide), the variance's 1/n is folded into the scale (x - m) / sqrt(S/n + eps)
+    = (x - m) * sqrt(n) / sqrt(S + n*eps), S the sum of squares, and scale and bias are tiled to
+    the rows' shape (a same-shape multiply is half the cost of one broadcast along rows). The
+    result differs from the generic kernel's by float rounding only."""
     dtype, n = scale.dtype, scale.shape[0]
-    e, count = np.full((), eps, dtype), np.full((), n, dtype)  # 0-d: cheaper ufunc operands than scalars
+    mean_col = np.full((n, 1), 1.0 / n, dtype)
+    e = np.full((), n * eps, dtype)  # 0-d: cheaper ufunc operands than scalars
+    scale_n = (scale.astype(np.float64) * math.sqrt(n)).astype(dtype)
     in_place = skip and not keep_sum
+    tiles = {"scale": {}, "bias": {}, "skip": {}}
 
     def run(args, at):
         x = args[0]
@@ -236,22 +245,23 @@ def _prepared_norm(scale, bias, eps, skip: bool, keep_sum: bool, generic, skip_b
             if type(r) is not np.ndarray or r.dtype != dtype or r.shape != x.shape:
                 return generic(args, at)
             s = x + r
+            rows = s.reshape(-1, n)
             if skip_bias is not None:
-                s += skip_bias
+                rows += tiled(tiles["skip"], skip_bias, rows.shape)
         else:
             s = x
-        m = np.add.reduce(s, axis=-1, keepdims=True)
-        m /= count
-        d = np.subtract(s, m, out=s) if in_place else s - m  # never into x, nor into a returned sum
+            rows = s.reshape(-1, n)
+        m = rows.dot(mean_col)
+        d = np.subtract(rows, m, out=rows) if in_place else rows - m  # never into x, nor into a returned sum
         v = np.vecdot(d, d, keepdims=True)
-        v /= count
         v += e
         np.sqrt(v, out=v)
         np.divide(d, v, out=d)
-        d *= scale
+        d *= tiled(tiles["scale"], scale_n, d.shape)
         if bias is not None:
-            d += bias
-        return (d, None, None, s) if keep_sum else (d,)
+            d += tiled(tiles["bias"], bias, d.shape)
+        y = d.reshape(x.shape)
+        return (y, None, None, s) if keep_sum else (y,)
     return run
 
 
