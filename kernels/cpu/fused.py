@@ -101,6 +101,23 @@ def bias_gelu(ins, at):
     return (_gelu(s, at.get("approximate") or "none", fresh=True),)
 
 
+@prepare("BiasGelu", 1, domain=DOMAIN)
+def prepare_bias_gelu(at, consts, generic):
+    """A constant bias vector tiled to x's shape: a same-shape add costs half a broadcast one."""
+    b = consts[1]
+    if not isinstance(b, np.ndarray) or b.dtype not in _FLOATS or b.ndim != 1:
+        return None
+    approximate = at.get("approximate") or "none"
+    tiles = {}
+
+    def run(args, at):
+        x = args[0]
+        if type(x) is not np.ndarray or x.dtype != b.dtype or x.shape[-1:] != b.shape:
+            return generic(args, at)
+        return (_gelu(np.add(x, tiled(tiles, b, x.shape)), approximate, fresh=True),)
+    return run
+
+
 @kernel("QuickGelu", 1, domain=DOMAIN)
 def quick_gelu(ins, at):
     """x * sigmoid(alpha * x) (ORT's QuickGelu; alpha 1 is SiLU/Swish): one step for Sigmoid + Mul."""

@@ -97,9 +97,11 @@ def test_bias_gelu(approximate):
     b = data(8)
     want = ort_run([helper.make_node("Add", ["x", "b"], ["s"]),
                     helper.make_node("Gelu", ["s"], ["y"], approximate=approximate)], {"x": x, "b": b}, ["y"], 20)[0]
-    got = fused.bias_gelu([x, b], {"approximate": approximate})[0]
-    assert got.dtype == np.float32
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    attrs = {"approximate": approximate}
+    for got in both_paths(fused.bias_gelu, fused.prepare_bias_gelu, [x, b], attrs, {1}):
+        assert got[0].dtype == np.float32
+        np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(x, np.repeat(x[..., :1], 8, axis=2))  # x was not written into
     nan = fused.gelu([np.array([np.nan, np.inf], np.float32)], {"approximate": approximate})[0]
     assert np.isnan(nan[0]) and nan[1] == np.inf
 
