@@ -413,6 +413,18 @@ class _Activation:
             c = self._constants[y.dtype] = _constants(self.name, self.params, y.dtype)
         return _activate(y, self.name, self.params, c)
 
+    def in_place(self, dtype):
+        """fn(y) -> the activation computed in y, its constants bound for `dtype`: a prepared kernel's
+        per-call path without the constants lookup (the Relu/Clip clamp called directly); None for
+        Identity."""
+        if self.name == "Identity":
+            return None
+        name, params, c = self.name, self.params, _constants(self.name, self.params, dtype)
+        if name in ("Relu", "Clip"):
+            lo, hi = c
+            return lambda y: clip_ufunc(y, lo, hi, y)
+        return lambda y: _activate(y, name, params, c)
+
 
 def _finish(y, z, act: _Activation, dtype):
     """Z and the activation on a conv/gemm result, in place: every conv and gemm path returns a
@@ -438,11 +450,16 @@ def prepare_fused_conv(at, consts, generic):
     if inner is None:
         return None
     act = _Activation(*_conv_params(at))
+    dt = consts[1].dtype
+    fast = act.in_place(dt)
 
     def run(args, attrs):
-        z = args[3] if len(args) > 3 else None
-        y = inner(args[:3], conv_at)[0]
-        return (_finish(y, z, act, args[0].dtype),)
+        if len(args) > 3:
+            return (_finish(inner(args[:3], conv_at)[0], args[3], act, args[0].dtype),)
+        y = inner(args, conv_at)[0]
+        if y.dtype is dt and args[0].dtype is dt and y.flags.writeable:  # _finish's checks, passed
+            return (y if fast is None else fast(y),)
+        return (_finish(y, None, act, args[0].dtype),)
     return run
 
 
@@ -459,7 +476,12 @@ def prepare_fused_gemm(at, consts, generic):
     if inner is None:
         return None
     act = _Activation(*_gemm_params(at))
+    dt = consts[1].dtype
+    fast = act.in_place(dt)
 
     def run(args, attrs):
-        return (_finish(inner(args, gemm_at)[0], None, act, args[0].dtype),)
+        y = inner(args, gemm_at)[0]
+        if y.dtype is dt and args[0].dtype is dt and y.flags.writeable:  # _finish's checks, passed
+            return (y if fast is None else fast(y),)
+        return (_finish(y, None, act, args[0].dtype),)
     return run
