@@ -49,25 +49,37 @@ def prepare_cast(at, consts, generic):
     return cast
 
 
-def _unsqueeze(axes, generic):
+def _reshaping(output_shape, generic):
+    """A kernel that is a reshape of its input to output_shape(input shape), found once per input
+    shape (the generic kernels normalize the axes and call NumPy's function every time);
+    output_shape returns None for axes the shape does not allow: the generic kernel raises."""
     per_shape = {}  # input shape -> output shape
 
-    def unsqueeze(args, at):
+    def reshaped(args, at):
         x = args[0]
         if type(x) is not np.ndarray:
             return generic(args, at)
         shape = per_shape.get(x.shape)
         if shape is None:
-            rank = x.ndim + len(axes)
-            pos = sorted(a % rank for a in axes)
-            if any(not -rank <= a < rank for a in axes) or len(set(pos)) != len(pos):
-                return generic(args, at)  # raises the generic kernel's error
-            shape = list(x.shape)
-            for p in pos:
-                shape.insert(p, 1)
-            shape = remember(per_shape, x.shape, tuple(shape))
+            shape = output_shape(x.shape)
+            if shape is None:
+                return generic(args, at)
+            remember(per_shape, x.shape, shape)
         return (x.reshape(shape),)
-    return unsqueeze
+    return reshaped
+
+
+def _unsqueeze(axes, generic):
+    def output_shape(in_shape):
+        rank = len(in_shape) + len(axes)
+        pos = sorted(a % rank for a in axes)
+        if any(not -rank <= a < rank for a in axes) or len(set(pos)) != len(pos):
+            return None
+        shape = list(in_shape)
+        for p in pos:
+            shape.insert(p, 1)
+        return tuple(shape)
+    return _reshaping(output_shape, generic)
 
 
 @prepare("Unsqueeze", 1)
@@ -82,24 +94,13 @@ def prepare_unsqueeze(at, consts, generic):
 
 
 def _squeeze(axes, generic):
-    """Squeeze by constant axes as a reshape to the output shape, found once per input shape (the
-    generic kernel normalizes the axes and calls np.squeeze every time); an axis out of range,
-    repeated or not of size 1 goes to the generic kernel, which raises."""
-    per_shape = {}  # input shape -> output shape
-
-    def squeeze(args, at):
-        x = args[0]
-        if type(x) is not np.ndarray:
-            return generic(args, at)
-        shape = per_shape.get(x.shape)
-        if shape is None:
-            rank = x.ndim
-            gone = {a % rank for a in axes if -rank <= a < rank}
-            if len(gone) != len(axes) or any(x.shape[a] != 1 for a in gone):
-                return generic(args, at)
-            shape = remember(per_shape, x.shape, tuple(d for i, d in enumerate(x.shape) if i not in gone))
-        return (x.reshape(shape),)
-    return squeeze
+    def output_shape(in_shape):  # None for an axis out of range, repeated or not of size 1
+        rank = len(in_shape)
+        gone = {a % rank for a in axes if -rank <= a < rank}
+        if len(gone) != len(axes) or any(in_shape[a] != 1 for a in gone):
+            return None
+        return tuple(d for i, d in enumerate(in_shape) if i not in gone)
+    return _reshaping(output_shape, generic)
 
 
 @prepare("Squeeze", 1)
