@@ -4,9 +4,9 @@ On tiny layers (an audio model's 1-D convs over a few frames, the last stages of
 4x4 pixels) the column matrix holds a few thousand values, and the other im2col paths' fixed
 costs (a padded copy of the input, window views, one copy per kernel offset, zeroing the columns
 that wrapped) are most of the conv: 10-30 NumPy calls of 1-2 us each. Here the columns are one
-np.take from the flat input followed by one zero: an index entry that falls in the padding points
-at that zero. The index has the columns' layout, (N, C, *kernel, *out), so the GEMMs that follow
-are the plain path's.
+fancy-indexing read of the flat input followed by a zero and a one: an index entry that falls in
+the padding points at the zero, and a last row of ones multiplies the bias, appended to the
+weights as a column, so that one GEMM gives the biased result (prepared._Conv).
 """
 from __future__ import annotations
 
