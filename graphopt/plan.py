@@ -244,6 +244,13 @@ class Plan:
         outputs, self._specialized[sig] = specialize(self, ins, outer, self._fixed, KernelFailed)
         return outputs
 
+    def compiled_for(self, sig: tuple | None):
+        """The function run_inputs calls for inputs of signature `sig` (no outer values), once it
+        is final: the compiled plan, or the one specialized for `sig`; None until then."""
+        if not self._fixed:
+            return self._compiled
+        return self._specialized.get(sig) if sig is not None else None
+
     def run_named(self, feeds: dict, outer: dict | None, profile: Profile | None = None) -> list:
         if profile is None and feeds.keys() <= self._input_set:
             return self.run_inputs([feeds.get(n, d) for n, d in self._input_defaults], outer)

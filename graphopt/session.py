@@ -19,8 +19,8 @@ from .errors import InvalidModel, Unsupported, UsageError
 from .blas_threads import thread_limiter
 from .memory import keep_freed_memory
 from .plan import BuildContext, KernelFailed, Plan, opset_map  # noqa: F401  (KernelFailed: re-exported)
-from .plan_specialize import signature
 from .profile import Profile
+from .session_fast import build_fast_run
 
 _ELEM_NAMES = {v: k.lower() for k, v in onnx.TensorProto.DataType.items()}
 
@@ -146,43 +146,15 @@ class Session:
         return [_as_output(outputs[index[n]]) for n in output_names]
 
     def _build_fast_run(self):
-        """fn(feed) -> outputs, or None when the feed is not the common case: exactly the model's
-        required inputs, each a plain ndarray of the declared dtype, rank and fixed dims (then no
-        conversion or message is needed, and the plan takes them as they are). Built at the first run;
-        False when an input's type cannot be checked this way (sequences, optionals, ...). When every
-        input's shape is fully declared, a feed that passes the checks has one shape signature, so it
-        is computed once here instead of per run (about 0.5 us, a few percent of a small model)."""
+        """fn(feed) -> outputs, or None when the feed is not the common case (graphopt/session_fast.py).
+        Built at the first run; False when an input's type cannot be checked that way (sequences,
+        optionals, ...)."""
         specs = [(a.name, _fast_spec(a)) for a in self._inputs]
         if not all(spec for _, spec in specs):
             self._fast_run = False
             return False
-        required = {name: _checker(spec) for name, spec in specs}
-        slots = [(name, required.get(name), default) for name, default in self._plan._input_defaults]
-        n_required, run_inputs, limit = len(required), self._plan.run_inputs, self._limit
-        static = all(len(spec[2]) == spec[1] for _, spec in specs)
-        known_signature = []  # the one signature of a static model's feeds, once seen
-
-        def fast(feed):
-            if len(feed) != n_required:
-                return None
-            ins = []
-            for name, fits, default in slots:
-                if fits is None:  # an initializer the caller may override (not fed here)
-                    ins.append(default)
-                    continue
-                v = feed.get(name)
-                if not fits(v):
-                    return None
-                ins.append(v)
-            if limit is not None:
-                limit()
-            if not static:
-                return _as_outputs(run_inputs(ins))
-            if not known_signature:
-                known_signature.append(signature(ins))
-            return _as_outputs(run_inputs(ins, None, known_signature[0]))
-        self._fast_run = fast
-        return fast
+        self._fast_run = build_fast_run(specs, self._plan._input_defaults, self._plan, self._limit, _as_outputs)
+        return self._fast_run
 
     @property
     def peak_activation_bytes(self) -> int | None:
@@ -236,15 +208,6 @@ def _fast_spec(arg: NodeArg):
         return ()
     dims = tp.tensor_type.shape.dim
     return (want, len(dims), [(i, d.dim_value) for i, d in enumerate(dims) if d.HasField("dim_value")])
-
-
-def _checker(spec):
-    """fits(value) for one input's _fast_spec: a shape compare when all its dims are declared."""
-    dtype, rank, fixed = spec
-    if len(fixed) != rank:
-        return lambda value: _fits(spec, value)
-    shape = tuple(d for _, d in fixed)
-    return lambda value: type(value) is np.ndarray and value.shape == shape and value.dtype == dtype
 
 
 def _fits(spec, value) -> bool:
