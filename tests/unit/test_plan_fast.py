@@ -207,6 +207,22 @@ def test_small_op_prepare_hooks_match_ort(op, x, inits, attrs, opset, out_type):
             np.testing.assert_array_equal(got, want)
 
 
+EXTREMES = [-1e4, -700.0, -100.0, -89.0, -87.0, -30.0, -1.0, 0.0, 1e-3, 5.0, 30.0, 100.0, 800.0, np.inf, -np.inf]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size", [15, 2048])  # the small-tensor path (exp input clipped) and the in-place one
+def test_sigmoid_matches_ort_at_the_extremes(dtype, size):
+    x = np.resize(np.array(EXTREMES, dtype), size)
+    model = single("Sigmoid", x, [], {}, 17, helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
+    with np.errstate(over="raise"):  # an overflow in exp may not escape the kernel as an error
+        got = Session(model).run(None, {"x": x})[0]
+    want = ort_run(model, {"x": x})[0]
+    assert got.dtype == want.dtype
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=2e-8)  # ORT clamps float32 inputs at -18 (1.5e-8)
+    assert np.isnan(Session(model).run(None, {"x": np.full(size, np.nan, dtype)})[0]).all()
+
+
 def test_generated_code_lets_a_kernel_reuse_only_values_that_die_at_it():
     from graphopt.kernels.cpu._inplace import reusable
     model = onnx.parser.parse_model("""
