@@ -18,7 +18,7 @@ bookkeeping as in arithmetic, so the padded buffer and its views are made once p
 Measured single-thread float32 against the plain path (interleaved runs on a shared 2-core
 machine, lower quartiles): depthwise 3x3 stride 1 1.6-2.2x faster from 7x7 to 112x112 planes
 (272x14x14: 631 -> 362 us), 5x5 1.7-3x; depthwise stride 2 1.2-1.5x (on par at 112x56x56);
-grouped 3x3 1.6x; dense 3x3 1.1-1.7x, except where Winograd wins (WINOGRAD_MIN_WORK). The result
+grouped 3x3 1.6x; dense 3x3 1.1-1.7x, except where Winograd wins (beats_winograd). The result
 differs from the plain path's only by float rounding (the GEMM sees other matrix shapes).
 """
 from __future__ import annotations
@@ -36,11 +36,17 @@ from ._util import remember
 # 4 MiB 13-25% faster from 24x56x56 to 128x100x76 and 32x112x112, stride 2 6% faster; 32 MiB,
 # i.e. unblocked, 1.7x slower on 128x100x76 5x5). Small layers are one block.
 BLOCK_BYTES = 4 << 20
-# Winograd F(2x2,3x3) (prepared._Conv) beats this path on dense 3x3 convs only once its GEMMs
-# dominate its transforms: C_in * C_out * output pixels of at least this (measured: 128x128
-# channels at 28x28 or 256x256 at 14x14 are 1.1x faster with Winograd; 64x64 at 28x28 1.4x
-# faster here, 128x128 at 16x16 1.1x)
+# Winograd F(2x2,3x3) (prepared._Conv) beats this path on dense 3x3 convs once its GEMMs dominate
+# its transforms, i.e. with enough channel pairs (C_in * C_out), and when its 2x2 output tiles waste
+# little on an odd-sized map. Measured, float32, one thread, Winograd time / this path's: 64x96 at
+# 28x28 0.84, 96x96 0.79 at 28x28 and 0.95 at 14x14, 64x128 at 14x14 0.96, 128x64 at 20x20 0.89,
+# 128x128 0.75-0.85, 256x128 and up 0.71-0.77; but 64x64 1.15 at 14x14, 1.02 at 16x16 and
+# 0.93-0.94 from 40x40 up, 32x64 at 56x56 1.09, 64x32 at 40x40 1.13, and on 13x13 maps (tiles
+# cover 14x14) 48x192 1.18, 64x256 1.04
+WINOGRAD_MIN_PAIRS = 6144
+WINOGRAD_MIN_PAIRS_BIG_MAP = 4096  # with at least WINOGRAD_MIN_WORK pairs x output pixels
 WINOGRAD_MIN_WORK = 8 << 20
+WINOGRAD_MIN_TILE_USE = 0.9  # output pixels / pixels the tiles cover
 # padded inputs up to this size get a buffer of their own per conv and geometry, zeros written
 # once and views made once (that bookkeeping costs more than the arithmetic on small layers);
 # bigger ones share a scratch buffer (measured: 0.7-8 MiB per Session on the light zoo models)
@@ -73,7 +79,11 @@ class RowWideConv:
 
     @staticmethod
     def beats_winograd(c_in: int, c_out: int, out_shape) -> bool:
-        return c_in * c_out * int(np.prod(out_shape)) < WINOGRAD_MIN_WORK
+        pairs, pixels = c_in * c_out, int(np.prod(out_shape))
+        covered = int(np.prod([2 * (-(-o // 2)) for o in out_shape]))
+        winograd = pixels >= WINOGRAD_MIN_TILE_USE * covered and (
+            pairs >= WINOGRAD_MIN_PAIRS or (pairs >= WINOGRAD_MIN_PAIRS_BIG_MAP and pairs * pixels >= WINOGRAD_MIN_WORK))
+        return not winograd
 
     def __call__(self, x: np.ndarray, begin, end, out_shape, bias, strides=(1, 1)) -> np.ndarray:
         if x.ndim == 3:  # 1-D conv: a 2-D one with a single row
