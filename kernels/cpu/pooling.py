@@ -15,10 +15,11 @@ those calls cost several times their arithmetic. Here, per (shape, dtype, thread
   * divides AveragePool sums by a divisor map computed once by the generic kernel's rules (pads
     counted or not per count_include_pad, ceil-mode overhang never counted).
 Global pools reduce a (N, C, H*W) view along its contiguous last axis (np.mean/np.max over a tuple
-of axes take a slower multi-axis reduction). MaxPool's Indices output, LpPool, half/integer
-averages, negative pads and very wide pads or dilations (more than MAX_EDGE_ROWS edge rows) keep the
-generic kernel. Max results equal the generic kernel's; sums add the same taps in the same order
-(padding zeros aside), except the whole-map and global reductions (pairwise order: rounding only).
+of axes take a slower multi-axis reduction), the average's sums as a GEMV (_util.row_sums).
+MaxPool's Indices output, LpPool, half/integer averages, negative pads and very wide pads or
+dilations (more than MAX_EDGE_ROWS edge rows) keep the generic kernel. Max results equal the
+generic kernel's; sums add the same taps in the same order (padding zeros aside), except the
+whole-map and global reductions (pairwise or BLAS order: rounding only).
 Measured in bench/pool_bench.py.
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ import threading
 import numpy as np
 
 from ..registry import prepare
-from ._util import remember
+from ._util import remember, row_sums, row_sums_fit
 from .nn import _pad_spatial, _pool, _pool_geometry
 
 _AVG_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -291,7 +292,7 @@ def _global(reduce, average, ok):
             if type(x) is not np.ndarray or x.ndim < 3 or not ok(x.dtype) or x.size == 0:
                 return generic(args, attrs)
             n, c = x.shape[:2]
-            y = reduce(x.reshape(n, c, -1), axis=2)
+            y = row_sums(x.reshape(n, c, -1)) if average and row_sums_fit(x) else reduce(x.reshape(n, c, -1), axis=2)
             if average:
                 np.divide(y, np.intp(x.size // (n * c)), out=y, casting="unsafe")
             return (y.reshape((n, c) + (1,) * (x.ndim - 2)),)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..registry import DYNAMIC, prepare
-from ._util import ints, np_dtype, remember
+from ._util import ROW_SUM_DTYPES, ints, np_dtype, remember, row_sums
 from .shape import slice_index
 
 # dtypes whose Cast is a plain astype in the generic kernel (shape.cast_to's last line)
@@ -156,8 +156,10 @@ def _reduce(mean):
             count = int(np.prod([x.shape[a] for a in ax]))
             if mean and count >= 1 << 24:
                 return None
+            last = ax == (nd - 1,) and x.dtype in ROW_SUM_DTYPES  # contiguous rows: a GEMV (_util.row_sums)
+            kept = x.shape[:-1] + (1,) if keep else x.shape[:-1]
             return remember(per_shape, (x.shape, x.dtype), (ax[0] if len(ax) == 1 else ax,
-                                                            np.array(count, x.dtype)))
+                                                            np.array(count, x.dtype), kept if last else None))
 
         def reduce(args, at):
             x = args[0]
@@ -168,7 +170,10 @@ def _reduce(mean):
                 geo = geometry(x) if x.size else None
                 if geo is None:
                     return generic(args, at)  # an empty input; NumPy's axis error; a huge mean
-            y = add_reduce(x, geo[0], None, None, keep)
+            if geo[2] is not None and x.flags.c_contiguous:
+                y = row_sums(x).reshape(geo[2])
+            else:
+                y = add_reduce(x, geo[0], None, None, keep)
             if type(y) is not np.ndarray:  # every axis reduced without keepdims: a NumPy scalar
                 y = np.asarray(y)
             if mean:

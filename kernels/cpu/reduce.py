@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..registry import kernel
-from ._util import axes_of, ints
+from ._util import axes_of, ints, row_sums, row_sums_fit
 
 
 def _axes(ins, at, ndim):
@@ -145,7 +145,10 @@ _cumulative("CumProd", np.cumprod, 26)
 def _softmax_last(x, axis):
     e = x - np.maximum.reduce(x, axis=axis, keepdims=True)
     np.exp(e, out=e)
-    e /= np.add.reduce(e, axis=axis, keepdims=True)
+    if axis == e.ndim - 1 and row_sums_fit(e):  # e is a fresh array: a GEMV sums its rows (_util.row_sums)
+        e /= row_sums(e)[..., None]
+    else:
+        e /= np.add.reduce(e, axis=axis, keepdims=True)
     return e
 
 
