@@ -287,14 +287,25 @@ def prepare_average_pool(at, consts, generic):
 
 def _global(reduce, average, ok):
     def prep(at, consts, generic):
+        counts = {}  # (pixels, dtype) -> the pixel count as a 0-d array of the dtype
+
         def run(args, attrs):
             x = args[0]
             if type(x) is not np.ndarray or x.ndim < 3 or not ok(x.dtype) or x.size == 0:
                 return generic(args, attrs)
             n, c = x.shape[:2]
-            y = row_sums(x.reshape(n, c, -1)) if average and row_sums_fit(x) else reduce(x.reshape(n, c, -1), axis=2)
-            if average:
-                np.divide(y, np.intp(x.size // (n * c)), out=y, casting="unsafe")
+            hw = x.size // (n * c)
+            if not average:
+                y = reduce(x.reshape(n, c, hw), axis=2)
+            elif row_sums_fit(x) and hw < 1 << 24:  # float32/64: the sums as a GEMV, divided by the
+                count = counts.get((hw, x.dtype))   # count in the dtype (exact: a correctly rounded quotient)
+                if count is None:
+                    count = remember(counts, (hw, x.dtype), np.array(hw, x.dtype))
+                y = row_sums(x.reshape(n, c, hw))
+                np.divide(y, count, y)
+            else:
+                y = reduce(x.reshape(n, c, hw), axis=2)
+                np.divide(y, np.intp(hw), out=y, casting="unsafe")
             return (y.reshape((n, c) + (1,) * (x.ndim - 2)),)
         return run
     return prep
