@@ -65,8 +65,13 @@ def sigmoid_of_negated_clipped(y: np.ndarray) -> np.ndarray:
     return np.reciprocal(y, y)
 
 
+SMALL_SIGMOID = 1024  # below this many values the clip costs less than the errstate call
+
+
 def sigmoid_in_place(x: np.ndarray) -> np.ndarray:
     """1 / (1 + exp(-x)) computed in x (a float array the caller owns)."""
+    if x.size < SMALL_SIGMOID and x.dtype in _EXP_LIMIT:
+        return sigmoid_of_negated_clipped(np.negative(x, x))
     return sigmoid_of_negated(np.negative(x, x))
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..registry import prepare
 from ._inplace import INPLACE_MIN_SIZE, reusable
-from ._util import INF, ZERO, clip_ufunc, sigmoid_of_negated, sigmoid_of_negated_clipped
+from ._util import INF, SMALL_SIGMOID, ZERO, clip_ufunc, sigmoid_of_negated, sigmoid_of_negated_clipped
 
 _FLOATS = frozenset(np.dtype(t) for t in (np.float16, np.float32, np.float64))
 _SIGMOID_FLOATS = frozenset(np.dtype(t) for t in (np.float32, np.float64))  # float16: generic (float32 math)
@@ -68,7 +68,7 @@ def prepare_relu(at, consts, generic):
 @prepare("Sigmoid", 6)
 def prepare_sigmoid(at, consts, generic):
     def sigmoid(args, at):
-        if args[0].size < INPLACE_MIN_SIZE:
+        if args[0].size < SMALL_SIGMOID:
             x = args[0]
             if type(x) is np.ndarray and x.dtype in _SIGMOID_FLOATS and x.ndim:
                 return (sigmoid_of_negated_clipped(np.negative(x)),)
