@@ -41,16 +41,22 @@ BLOCK_BYTES = 4 << 20
 # little on an odd-sized map. Measured, float32, one thread, Winograd time / this path's: 64x96 at
 # 28x28 0.84, 96x96 0.79 at 28x28 and 0.95 at 14x14, 64x128 at 14x14 0.96, 128x64 at 20x20 0.89,
 # 128x128 0.75-0.85, 256x128 and up 0.71-0.77; but 64x64 1.15 at 14x14, 1.02 at 16x16 and
-# 0.93-0.94 from 40x40 up, 32x64 at 56x56 1.09, 64x32 at 40x40 1.13, and on 13x13 maps (tiles
-# cover 14x14) 48x192 1.18, 64x256 1.04
+# 0.93-0.94 from 40x40 up, 32x64 at 56x56 1.09, 64x32 at 40x40 1.13, 128x32 at 56x56 1.25 (against
+# this path's row slabs), and on 13x13 maps (tiles cover 14x14) 48x192 1.18, 64x256 1.04
 WINOGRAD_MIN_PAIRS = 6144
-WINOGRAD_MIN_PAIRS_BIG_MAP = 4096  # with at least WINOGRAD_MIN_WORK pairs x output pixels
+WINOGRAD_MIN_CHANNELS_BIG_MAP = 64  # in and out, with WINOGRAD_MIN_WORK pairs x output pixels
 WINOGRAD_MIN_WORK = 8 << 20
 WINOGRAD_MIN_TILE_USE = 0.9  # output pixels / pixels the tiles cover
 # padded inputs up to this size get a buffer of their own per conv and geometry, zeros written
 # once and views made once (that bookkeeping costs more than the arithmetic on small layers);
 # bigger ones share a scratch buffer (measured: 0.7-8 MiB per Session on the light zoo models)
 OWN_BUFFER_BYTES = 512 * 1024
+# a conv whose columns for one group pass SLAB_MIN_BYTES (dense convs on big maps) copies and
+# multiplies them in slabs of output rows of about SLAB_BYTES, which stay in cache (measured,
+# float32, one thread, 3x3: 96->24 channels at 80x80, 22.7 MB of columns, 5.5 -> 4.5 ms with
+# 2.3 MB slabs; 128->32 at 56x56, 15 MB, 3.9 -> 3.6 ms; no gain at 7.5 MB (64->64 at 56x56))
+SLAB_MIN_BYTES = 12 << 20
+SLAB_BYTES = 2 << 20
 MAX_PLANS = 8  # input geometries (x threads) remembered per conv, each holding a padded-input buffer
 # a horizontal stride > 1 makes one view (one copy call) per kernel column, where the plain im2col
 # makes one copy in all: past this kernel width the calls cost more than the long runs save
@@ -81,8 +87,8 @@ class RowWideConv:
     def beats_winograd(c_in: int, c_out: int, out_shape) -> bool:
         pairs, pixels = c_in * c_out, int(np.prod(out_shape))
         covered = int(np.prod([2 * (-(-o // 2)) for o in out_shape]))
-        winograd = pixels >= WINOGRAD_MIN_TILE_USE * covered and (
-            pairs >= WINOGRAD_MIN_PAIRS or (pairs >= WINOGRAD_MIN_PAIRS_BIG_MAP and pairs * pixels >= WINOGRAD_MIN_WORK))
+        winograd = pixels >= WINOGRAD_MIN_TILE_USE * covered and (pairs >= WINOGRAD_MIN_PAIRS or (
+            min(c_in, c_out) >= WINOGRAD_MIN_CHANNELS_BIG_MAP and pairs * pixels >= WINOGRAD_MIN_WORK))
         return not winograd
 
     def __call__(self, x: np.ndarray, begin, end, out_shape, bias, strides=(1, 1)) -> np.ndarray:
@@ -134,7 +140,10 @@ class _Plan:
         self.conv, self.sx = conv, sx
         self.n, self.c, self.ho, self.wo, self.wq, self.kh, self.kw = n, c, ho, wo, wq, kh, kw
         cpg = c // conv.group
-        self.gb = max(1, min(conv.group, BLOCK_BYTES // max(n * cpg * kh * kw * ho * wq * np.dtype(dtype).itemsize, 1)))
+        row_bytes = n * cpg * kh * kw * wq * np.dtype(dtype).itemsize  # one group's columns per output row
+        self.gb = max(1, min(conv.group, BLOCK_BYTES // max(row_bytes * ho, 1)))
+        # one group's columns past SLAB_MIN_BYTES: copied and multiplied a slab of output rows at a time
+        self.rows = ho if row_bytes * ho <= SLAB_MIN_BYTES else max(1, SLAB_BYTES // row_bytes)
 
     def _zeroed(self, flat):
         """Write the zeros of the padded-input layout into `flat`: per stride phase, a region of
@@ -187,19 +196,25 @@ class _Plan:
         g, mg, ckk, gb = conv.group, conv.mg, conv.ckk, self.gb
         cpg, span = c // g, ho * wq  # output rows as wide as a phase; columns wo.. are garbage
         y = np.empty((n, g, mg, span), x.dtype)
-        cols = scratch("cols", (n, gb * cpg, self.kh, self.kw, ho, wq), x.dtype)
+        rows, kh, kw = self.rows, self.kh, self.kw
+        cols = scratch("cols", (n * gb * cpg * kh * kw * rows * wq,), x.dtype)
         for g0 in range(0, g, gb):
             g1 = min(g, g0 + gb)
-            block = cols if g1 - g0 == gb else cols[:, :(g1 - g0) * cpg]
-            for j, view in views:
-                np.copyto(block[:, :, :, j], view[:, g0 * cpg:g1 * cpg] if g > gb else view)
-            for j, lo, hi in self.wrapped:
-                if lo:
-                    block[:, :, :, j, :, :lo] = 0
-                if hi < wq:
-                    block[:, :, :, j, :, hi:] = 0
-            np.matmul(conv.w_gemm[g0:g1] if g > gb else conv.w_gemm, block.reshape(n, g1 - g0, ckk, span),
-                      out=y[:, g0:g1] if g > gb else y)
+            for r0 in range(0, ho, rows):
+                r1 = min(ho, r0 + rows)
+                nb, nr = (g1 - g0) * cpg, r1 - r0
+                block = cols[:n * nb * kh * kw * nr * wq].reshape(n, nb, kh, kw, nr, wq)
+                for j, view in views:
+                    if g > gb:
+                        view = view[:, g0 * cpg:g1 * cpg]
+                    np.copyto(block[:, :, :, j], view[..., r0:r1, :] if nr < ho else view)
+                for j, lo, hi in self.wrapped:
+                    if lo:
+                        block[:, :, :, j, :, :lo] = 0
+                    if hi < wq:
+                        block[:, :, :, j, :, hi:] = 0
+                np.matmul(conv.w_gemm[g0:g1] if g > gb else conv.w_gemm, block.reshape(n, g1 - g0, ckk, nr * wq),
+                          out=y[:, g0:g1, :, r0 * wq:r1 * wq] if nr < ho else y[:, g0:g1] if g > gb else y)
         y = y.reshape(n, g * mg, ho, wq)
         if self.wo < wq:
             res = np.empty((n, g * mg, ho, self.wo), x.dtype)

@@ -86,6 +86,10 @@ CASES = [
     ("dense3x3_small_batch2", 2, 5, 7, 1, (6, 7), (3, 3), {"pads": [0, 2, 1, 0]}, False),
     ("dense3x3_large", 1, 4, 4, 1, (20, 20), (3, 3), {"pads": [1, 1, 1, 1]}, True),
     ("dense3x3_winograd_sized", 1, 40, 36, 1, (16, 16), (3, 3), {"pads": [1, 1, 1, 1]}, True),
+    # columns past depthwise.SLAB_MIN_BYTES: copied and multiplied a slab of output rows at a time
+    ("dense3x3_row_slabs", 1, 48, 8, 1, (100, 110), (3, 3), {"pads": [1, 2, 0, 1]}, True),
+    ("dense3x3_s2_row_slabs_batch2", 2, 40, 6, 1, (150, 131), (3, 3), {"pads": [0, 1, 2, 1], "strides": [2, 2]},
+     False),
     ("dw1d_k5", 1, 8, 8, 8, (20,), (5,), {"pads": [2, 2]}, True),
     ("dense1d_s2", 2, 6, 10, 1, (33,), (7,), {"pads": [3, 2], "strides": [2]}, True),
     ("dw1d_dil2_asym", 2, 6, 6, 6, (17,), (3,), {"pads": [3, 1], "dilations": [2]}, False),
@@ -156,6 +160,8 @@ def test_row_wide_kernel_matches_ort(case):
     got = conv(x, begin, end, out, b, strides)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+    (plan,) = conv._plans.values()
+    assert (plan.rows < plan.ho) == ("row_slabs" in name)  # the case exercises the path it is named for
 
 
 def test_prepared_conv_path_choice():
