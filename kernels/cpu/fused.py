@@ -290,6 +290,16 @@ def prepare_layer_norm(at, consts, generic):
     return _prepared_norm(*affine, at.get("epsilon", 1e-5), False, False, generic)
 
 
+@prepare("LayerNormalization", 17)
+def prepare_onnx_layer_norm(at, consts, generic):
+    """The standard op (as exported, and as the `onnx` target leaves it) takes the same prepared path
+    when only Y is an output and it normalizes the last axis (float32/64: stash_type changes nothing)."""
+    affine = _constant_affine(consts[1], consts[2] if len(consts) > 2 else None)
+    if affine is None or at.get("axis", -1) != -1 or at.get("__n_outputs__", 1) != 1:
+        return None
+    return _prepared_norm(*affine, at.get("epsilon", 1e-5), False, False, generic)
+
+
 @prepare("SkipLayerNormalization", 1, domain=DOMAIN)
 def prepare_skip_layer_norm(at, consts, generic):
     affine = _constant_affine(consts[2], consts[3] if len(consts) > 3 else None)

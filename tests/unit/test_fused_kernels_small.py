@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from graphopt.kernels.cpu import fused
+from graphopt.kernels.cpu import fused, norm
 from graphopt.kernels.registry import DYNAMIC
 
 RNG = np.random.default_rng(7)
@@ -76,6 +76,25 @@ def test_layer_norm(axis, bias):
                           const if bias else ({1} if axis == -1 else set())):
         np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(x, x_before)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_standard_layer_norm_takes_the_prepared_path_when_only_y_is_used(bias):
+    x = data(3, 4, 32, offset=100.0)
+    g, b = data(32), data(32)
+    names = ["x", "g", "b"] if bias else ["x", "g"]
+    feed = dict(zip(names, [x, g, b]))
+    want = ort_run([helper.make_node("LayerNormalization", names, ["y"], axis=-1, epsilon=1e-5)], feed, ["y"], 17)
+    attrs = {"axis": -1, "epsilon": 1e-5, "stash_type": 1, "__n_outputs__": 1}
+    got = both_paths(norm.layer_norm, fused.prepare_onnx_layer_norm, [feed[n] for n in names], attrs,
+                     set(range(1, len(names))))
+    assert len(got) == 2  # generic and prepared
+    for g_ in got:
+        np.testing.assert_allclose(g_[0], want[0], rtol=1e-4, atol=1e-4)
+    consts = [DYNAMIC, g, b if bias else None]
+    # Mean / InvStdDev wanted, or another axis: the generic kernel, which computes them
+    assert fused.prepare_onnx_layer_norm({**attrs, "__n_outputs__": 3}, consts, norm.layer_norm) is None
+    assert fused.prepare_onnx_layer_norm({**attrs, "axis": 1}, consts, norm.layer_norm) is None
 
 
 def test_layer_norm_hook_falls_back_on_another_dtype_or_width():
