@@ -143,13 +143,11 @@ def test_conv_matches_ort(case):
 ROW_WIDE = [c for c in CASES if 1 <= len(c[5]) <= 2 and any(k > 1 for k in c[6])]
 
 
-@pytest.mark.parametrize("case", ROW_WIDE, ids=[c[0] for c in ROW_WIDE])
-def test_row_wide_kernel_matches_ort(case):
-    """The row-wide kernel itself, whatever prepare_conv would pick for the shape."""
+def row_wide_run(case, seed):
+    """(the row-wide kernel's output, the plan it made, ORT's output) for a CASES entry."""
     name, n, cin, cout, group, spatial, kernel, attrs, bias = case
-    x, w, b = make_case(n, cin, cout, group, spatial, kernel, bias, seed=len(name) + 1)
+    x, w, b = make_case(n, cin, cout, group, spatial, kernel, bias, seed=seed)
     model = conv_model(x.shape, w, b, {"group": group, "kernel_shape": list(kernel), **attrs})
-    want = ort_run(model, {"X": x})[0]
     nsp = len(spatial)
     strides = attrs.get("strides") or [1] * nsp
     begin, end, out = conv_pads(list(spatial), list(kernel), strides, attrs.get("dilations"),
@@ -158,10 +156,26 @@ def test_row_wide_kernel_matches_ort(case):
     conv = RowWideConv(w.reshape(group, cout // group, (cin // group) * kk), list(kernel),
                        attrs.get("dilations") or [1] * nsp)
     got = conv(x, begin, end, out, b, strides)
+    (plan,) = conv._plans.values()
+    return got, plan, ort_run(model, {"X": x})[0]
+
+
+@pytest.mark.parametrize("case", ROW_WIDE, ids=[c[0] for c in ROW_WIDE])
+def test_row_wide_kernel_matches_ort(case):
+    """The row-wide kernel itself, whatever prepare_conv would pick for the shape."""
+    got, plan, want = row_wide_run(case, seed=len(case[0]) + 1)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
-    (plan,) = conv._plans.values()
-    assert (plan.rows < plan.ho) == ("row_slabs" in name)  # the case exercises the path it is named for
+    assert (plan.rows < plan.ho) == ("row_slabs" in case[0])  # the case exercises the path it is named for
+
+
+def test_row_wide_cases_cover_both_row_layouts():
+    """Rows with zero columns between them (no wrapped reads to zero) and rows as wide as the input."""
+    cases = {c[0]: c for c in ROW_WIDE}
+    gapped = {"dw5x5_same_upper", "dw3x3_valid", "dw3x3_wide_pads", "dw1d_k5", "dw4x4_same_lower"}
+    wrapped = {"dw3x3_s1", "dw3x3_s2_odd", "dw3x3_asym_pads", "dense3x3_small", "dw5x5_s2_big_asym"}
+    for name in gapped | wrapped:
+        assert row_wide_run(cases[name], seed=1)[1].gapped == (name in gapped), name
 
 
 def test_prepared_conv_path_choice():
