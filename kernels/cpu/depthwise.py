@@ -45,6 +45,10 @@ BLOCK_BYTES = 4 << 20
 # this path's row slabs), and on 13x13 maps (tiles cover 14x14) 48x192 1.18, 64x256 1.04
 WINOGRAD_MIN_PAIRS = 6144
 WINOGRAD_MIN_CHANNELS_BIG_MAP = 64  # in and out, with WINOGRAD_MIN_WORK pairs x output pixels
+# and at most this many output pixels (64x64 channels: Winograd 0.88-0.92x this path's time at
+# 56x56, 1.07x at 80x80, 1.13-1.24x from 112x112 to 224x224, where the row slabs stay in cache
+# and Winograd's transforms do not; 64x128 at 112x112 0.95x, 128x128 0.77-0.83x)
+WINOGRAD_MAX_PIXELS_FEW_PAIRS = 64 * 64
 WINOGRAD_MIN_WORK = 8 << 20
 WINOGRAD_MIN_TILE_USE = 0.9  # output pixels / pixels the tiles cover
 # padded inputs up to this size get a buffer of their own per conv and geometry, zeros written
@@ -88,7 +92,8 @@ class RowWideConv:
         pairs, pixels = c_in * c_out, int(np.prod(out_shape))
         covered = int(np.prod([2 * (-(-o // 2)) for o in out_shape]))
         winograd = pixels >= WINOGRAD_MIN_TILE_USE * covered and (pairs >= WINOGRAD_MIN_PAIRS or (
-            min(c_in, c_out) >= WINOGRAD_MIN_CHANNELS_BIG_MAP and pairs * pixels >= WINOGRAD_MIN_WORK))
+            min(c_in, c_out) >= WINOGRAD_MIN_CHANNELS_BIG_MAP and pairs * pixels >= WINOGRAD_MIN_WORK
+            and pixels <= WINOGRAD_MAX_PIXELS_FEW_PAIRS))
         return not winograd
 
     def __call__(self, x: np.ndarray, begin, end, out_shape, bias, strides=(1, 1)) -> np.ndarray:

@@ -139,8 +139,8 @@ class _Conv:
             cols = conv_gather.gathered(x, gather)
             y = self.w_bias.dot(cols[0]) if n == 1 else np.matmul(self.w_bias, cols)
             return (y.reshape((n, m) + tuple(out)),)
-        elif wino:
-            y = self.winograd(padded(x, begin, end), out)
+        elif wino:  # bias included
+            return (self.winograd(padded(x, begin, end), out, self.bias),)
         else:
             view = windows(padded(x, begin, end), self.kshape, self.strides, self.dil, out)
             cols = scratch("cols", view.shape, view.dtype)

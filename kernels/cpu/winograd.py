@@ -34,8 +34,9 @@ class Winograd:
         self.kb = np.kron(_BT, _BT).astype(w.dtype)  # (16, 16): vec(B^T d B) for row-major vec
         self.ka = np.kron(_AT, _AT).astype(w.dtype)  # (4, 16)
 
-    def __call__(self, xp: np.ndarray, out_hw) -> np.ndarray:
-        """xp: (N, C, H, W) already padded; returns (N, M, oh, ow) for a 3x3 stride-1 conv."""
+    def __call__(self, xp: np.ndarray, out_hw, bias: np.ndarray | None = None) -> np.ndarray:
+        """xp: (N, C, H, W) already padded; returns (N, M, oh, ow) for a 3x3 stride-1 conv, plus
+        `bias` ((1, M, 1) or None), added by the copies that put the tiles' outputs in place."""
         n, c, h, w = xp.shape
         oh, ow = out_hw
         th, tw = -(-oh // 2), -(-ow // 2)
@@ -53,9 +54,13 @@ class Winograd:
         y = np.matmul(self.ka, mm, out=scratch("winograd-y", (4, mm.shape[1]), xp.dtype))
         y = y.reshape(2, 2, self.m, n, th, tw)  # output (a, b) of every tile
         out = np.empty((n, self.m, 2 * th, 2 * tw), xp.dtype)
+        b4 = None if bias is None else bias.reshape(1, self.m, 1, 1)
         for a in range(2):
             for b in range(2):
-                out[:, :, a::2, b::2] = y[a, b].transpose(1, 0, 2, 3)
+                if b4 is None:
+                    out[:, :, a::2, b::2] = y[a, b].transpose(1, 0, 2, 3)
+                else:
+                    np.add(y[a, b].transpose(1, 0, 2, 3), b4, out=out[:, :, a::2, b::2])
         if 2 * th != oh or 2 * tw != ow:
             out = np.ascontiguousarray(out[:, :, :oh, :ow])
         return out

@@ -86,6 +86,8 @@ CASES = [
     ("dense3x3_small_batch2", 2, 5, 7, 1, (6, 7), (3, 3), {"pads": [0, 2, 1, 0]}, False),
     ("dense3x3_large", 1, 4, 4, 1, (20, 20), (3, 3), {"pads": [1, 1, 1, 1]}, True),
     ("dense3x3_winograd_sized", 1, 40, 36, 1, (16, 16), (3, 3), {"pads": [1, 1, 1, 1]}, True),
+    ("dense3x3_winograd_odd_nobias_batch2", 2, 64, 96, 1, (29, 27), (3, 3), {"pads": [1, 1, 1, 1]}, False),
+    ("dense3x3_winograd_bias", 1, 96, 64, 1, (14, 14), (3, 3), {"pads": [1, 1, 1, 1]}, True),
     # columns past depthwise.SLAB_MIN_BYTES: copied and multiplied a slab of output rows at a time
     ("dense3x3_row_slabs", 1, 48, 8, 1, (100, 110), (3, 3), {"pads": [1, 2, 0, 1]}, True),
     ("dense3x3_s2_row_slabs_batch2", 2, 40, 6, 1, (150, 131), (3, 3), {"pads": [0, 1, 2, 1], "strides": [2, 2]},
@@ -110,6 +112,7 @@ CASES = [
     ("gather_3d", 1, 3, 4, 1, (3, 4, 5), (2, 3, 3), {"pads": [1, 0, 1, 1, 1, 0]}, True),
 ]
 GATHERED = {c[0] for c in CASES if c[0].startswith("gather_")}
+WINOGRAD = {"dense3x3_winograd_odd_nobias_batch2", "dense3x3_winograd_bias"}
 
 
 def make_case(n, cin, cout, group, spatial, kernel, bias, seed):
@@ -130,10 +133,11 @@ def test_conv_matches_ort(case):
     got = sess.run(None, {"X": x})[0]
     assert got.shape == want.shape and got.dtype == want.dtype
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
-    if name in GATHERED:  # the case exercises the path it is named for
+    if name in GATHERED | WINOGRAD:  # the case exercises the path it is named for
         conv = prepare_conv({"group": group, "kernel_shape": list(kernel), "strides": None, "dilations": None,
                              "pads": None, "auto_pad": "NOTSET", **attrs}, [None, w, b], conv_kernel)
-        assert conv._geometry(x.shape).gather is not None
+        path = conv._geometry(x.shape)
+        assert path.gather is not None if name in GATHERED else path.wino
     # a second run on other values reuses the buffers the first one filled (and scratch it left dirty)
     x2 = (x * -2.0 + 1.0).astype(np.float32)
     again = sess.run(None, {"X": x2})[0]
