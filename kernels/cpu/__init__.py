@@ -7,6 +7,7 @@ from . import prepared_unary  # noqa: F401,E402  (unary float ops: in place when
 from . import pooling  # noqa: F401,E402  (build-time specialized MaxPool/AveragePool/global pools)
 from . import prepared_split  # noqa: F401,E402  (Split with constant sizes: slices remembered per input shape)
 from . import prepared_pad  # noqa: F401,E402  (Pad with constant pads: np.pad's work done once per input shape)
+from . import prepared_deconv  # noqa: F401,E402  (ConvTranspose with kernel == stride: one GEMM, one write per offset)
 from . import prepared_rnn  # noqa: F401,E402  (LSTM with constant weights and no options: fewer calls per step)
 from . import prepared_quant  # noqa: F401,E402  (QLinearConv/QLinearMatMul with constant weights: centered once, float32 where exact)
 from . import contrib  # noqa: F401,E402  (ORT's com.microsoft fused ops that share ai.graphopt's semantics)
