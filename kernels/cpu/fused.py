@@ -21,7 +21,7 @@ import math
 import numpy as np
 
 from ..registry import kernel, prepare
-from ._util import ONE, clip_ufunc, erf, sigmoid_in_place, tiled
+from ._util import ONE, clip_ufunc, erf, row_sums, sigmoid_in_place, tiled
 from .linalg import gemm as gemm_kernel
 from .nn import conv_kernel
 from .prepared import prepare_conv, prepare_gemm
@@ -339,7 +339,7 @@ def attention(ins, at):
         scores += mask if mask.dtype == calc else mask.astype(calc)
     scores -= np.maximum.reduce(scores, axis=3, keepdims=True)  # = .max(): without the method's wrapper
     np.exp(scores, out=scores)
-    scores /= np.add.reduce(scores, axis=3, keepdims=True)
+    scores /= row_sums(scores)[..., None]  # matmul's fresh result: contiguous rows, summed by a GEMV
     # the context written by matmul straight into (B, S, H, D) order: the final reshape is a view,
     # not the copy a transpose of matmul's (B, H, S, D) result made (dividing the context there
     # instead of the scores was slower: a strided divide)
