@@ -95,3 +95,22 @@ def test_symbolic_dims_are_checked_per_run_and_match_ort_at_every_size():
         check(sess, DYNAMIC, {"x": RNG.standard_normal((n, 3)).astype(np.float32)})
     with pytest.raises(UsageError, match="dimension 1 must be 3"):
         sess.run(None, {"x": np.zeros((2, 4), np.float32)})
+
+
+def test_a_sequence_output_comes_back_as_ort_gives_it():
+    """Outputs the generated function does not pass as they are (a sequence here) go through the
+    general conversion, on the first runs and once the plan is bound."""
+    model = onnx.parser.parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[2, 3] x) => (seq(float[2, 3]) s, float[2, 3] y) {
+        y = Relu(x)
+        s = SequenceConstruct(x, y)
+    }""")
+    sess = Session(model)
+    for _ in range(4):
+        x = RNG.standard_normal((2, 3)).astype(np.float32)
+        (seq, y), (want_seq, want_y) = sess.run(None, {"x": x}), ort_session(model).run(None, {"x": x})
+        assert type(seq) is list and len(seq) == len(want_seq) == 2
+        for g, w in zip(seq + [y], want_seq + [want_y]):
+            assert type(g) is np.ndarray
+            np.testing.assert_array_equal(g, w)
