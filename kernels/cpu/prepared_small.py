@@ -82,17 +82,6 @@ def _unsqueeze(axes, generic):
     return _reshaping(output_shape, generic)
 
 
-@prepare("Unsqueeze", 1)
-def prepare_unsqueeze_v1(at, consts, generic):
-    return _unsqueeze(list(at["axes"]), generic) if at.get("axes") else None
-
-
-@prepare("Unsqueeze", 13)
-def prepare_unsqueeze(at, consts, generic):
-    axes = _const_ints(consts, 1)
-    return None if axes is None or axes is DYNAMIC or not axes else _unsqueeze(axes, generic)
-
-
 def _squeeze(axes, generic):
     def output_shape(in_shape):  # None for an axis out of range, repeated or not of size 1
         rank = len(in_shape)
@@ -103,17 +92,22 @@ def _squeeze(axes, generic):
     return _reshaping(output_shape, generic)
 
 
-@prepare("Squeeze", 1)
-def prepare_squeeze_v1(at, consts, generic):
-    return _squeeze(list(at["axes"]), generic) if at.get("axes") else None
+def _constant_axes_hooks(op, build):
+    """Prepare hooks for `op` (Unsqueeze, Squeeze) when its axes are known at build: the axes
+    attribute before opset 13, the constant axes input from 13 on. No axes (Squeeze of every
+    size-1 dim), empty or computed at run time: the generic kernel."""
+    @prepare(op, 1)
+    def before_13(at, consts, generic):
+        return build(list(at["axes"]), generic) if at.get("axes") else None
+
+    @prepare(op, 13)
+    def from_13(at, consts, generic):
+        axes = _const_ints(consts, 1)
+        return None if axes is None or axes is DYNAMIC or not axes else build(axes, generic)
 
 
-@prepare("Squeeze", 13)
-def prepare_squeeze(at, consts, generic):
-    if len(consts) < 2 or consts[1] is None:
-        return None  # no axes: every size-1 dim goes, the generic kernel
-    axes = _const_ints(consts, 1)
-    return None if axes is None or axes is DYNAMIC or not axes else _squeeze(axes, generic)
+_constant_axes_hooks("Unsqueeze", _unsqueeze)
+_constant_axes_hooks("Squeeze", _squeeze)
 
 
 @prepare("Gather", 1)
