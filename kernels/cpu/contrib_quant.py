@@ -27,7 +27,7 @@ import numpy as np
 from ..registry import DYNAMIC, kernel, prepare
 from ._util import remember
 from .nn import average_pool
-from .quant import _int_range, dequantize, quantize
+from .quant import _int_range, _requantize, dequantize, quantize
 
 DOMAIN = "com.microsoft"
 
@@ -171,10 +171,7 @@ def _qgemm(ins, at, bi):
     scale = np.float64(at.get("alpha", 1.0)) * a_scale.astype(np.float64) * b_scale.astype(np.float64).reshape(-1)
     if y_scale is None:
         return ((acc * scale).astype(np.float32),)
-    y_zp = _zp_or_zero(y_zp, a)
-    y = np.rint(acc * (scale / y_scale.astype(np.float64))) + y_zp.astype(np.float64)
-    lo, hi = _int_range(y_zp.dtype)
-    return (np.clip(y, lo, hi).astype(y_zp.dtype),)
+    return (_requantize(acc, scale, y_scale, _zp_or_zero(y_zp, a)),)
 
 
 @kernel("QGemm", 1, domain=DOMAIN)
