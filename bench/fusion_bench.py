@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from report_io import write_report  # a sibling module: this script's folder is sys.path[0]
 
 ROOT = Path(__file__).resolve().parent.parent
 RTOL, ATOL = 1e-4, 1e-5
@@ -328,10 +329,9 @@ def main(argv=None) -> int:
     text = markdown(rows, targets, header(a, targets))
     print(text)
     if a.markdown_out:
-        Path(a.markdown_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.markdown_out).write_text(text)
+        write_report(text, a.markdown_out)
     if a.json_out:
-        Path(a.json_out).write_text(json.dumps(rows, indent=1, default=float))
+        write_report(json.dumps(rows, indent=1, default=float), a.json_out)
     return 0
 
 

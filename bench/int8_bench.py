@@ -31,6 +31,7 @@ from graphopt import lossy
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench import wheel_models  # noqa: E402
+from bench.report_io import write_report  # noqa: E402
 FONTS = sorted(Path("/usr/share/fonts/truetype/dejavu").glob("DejaVuSans*.ttf"))
 
 
@@ -291,8 +292,7 @@ def main(argv=None) -> int:
                 report.append(f"| {label} | {ms:.2f} | {med:.2f} | {ratio:.2f} | {mib:.2f} | "
                               + ", ".join(f"{k} {v:.4f}" for k, v in agree.items()) + " |")
             report += [""] + [f"- {line}" for line in ratios] + [""]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(report) + "\n")
+    write_report("\n".join(report) + "\n", args.out)
     print(f"wrote {args.out}")
     return 0
 

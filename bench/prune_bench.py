@@ -22,6 +22,7 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import int8_bench as common  # noqa: E402  (same data and timing helpers)
+from bench.report_io import write_report  # noqa: E402  (int8_bench put the repository root on sys.path)
 
 import graphopt  # noqa: E402
 from graphopt.budget import BudgetNotMet, prune_with_budget  # noqa: E402
@@ -84,8 +85,7 @@ def main(argv=None) -> int:
     if search:
         lines += ["", f"Budget search (cosine error <= {args.budget:g} on the {len(select)} selection images; "
                   "latency here is the search's own quick measure):", "", "```", search, "```"]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
+    write_report("\n".join(lines) + "\n", args.out)
     print(f"wrote {args.out}")
     return 0
 

@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.runtime_bench import (LIGHT, _cpu_name, fmt_ms, geomean, interleaved_medians, max_rel_error,  # noqa: E402
-                                 ort_session, write_markdown)
+                                 ort_session)
+from bench.report_io import write_report  # noqa: E402
 
 DEFAULT_MODELS = "squeezenet,shufflenet,resnet50,densenet121,inception_v1"
 
@@ -106,7 +107,7 @@ def main(argv=None):
     text = "\n".join(lines) + "\n"
     print(text)
     if args.markdown_out:
-        write_markdown(text, args.markdown_out)
+        write_report(text, args.markdown_out)
     return 0
 
 

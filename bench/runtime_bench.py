@@ -48,6 +48,7 @@ import onnx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.report_io import write_report  # noqa: E402
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 
 
@@ -326,18 +327,8 @@ def main(argv=None):
     text = "\n".join(header + lines + [""] + summary) + "\n"
     print(text)
     if args.markdown_out:
-        write_markdown(text, args.markdown_out)
+        write_report(text, args.markdown_out)
     return 0
-
-
-def write_markdown(text: str, path: str) -> None:
-    """`text` into `path` (its folder made if needed) through a temporary file, so an interrupted
-    run never leaves a half-written table under the real name."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _cpu_name():

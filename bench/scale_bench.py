@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from report_io import write_report  # a sibling module: this script's folder is sys.path[0]
+
 HERE = Path(__file__).resolve().parent
 LOAD_AT_START = "load average %.2f %.2f %.2f at start" % os.getloadavg()  # timings shift when others share the CPUs
 
@@ -175,8 +177,7 @@ def main(argv=None) -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     if a.markdown_out:
-        Path(a.markdown_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.markdown_out).write_text(text)
+        write_report(text, a.markdown_out)
     return 0
 
 
