@@ -73,7 +73,7 @@ def tool_function(tool: str):
 
 def count_ops(model: onnx.ModelProto) -> dict:
     """Op histogram including nodes inside If/Loop/Scan bodies."""
-    from graphopt.report import summarize
+    from graphopt.compiler.report import summarize
     return summarize(model).ops
 
 

@@ -51,7 +51,7 @@ def plain_convs():
 
 def compare(model, graphopt_model, feed, args):
     """Median seconds of before / after / ort, and the max abs error of both graphopt runs vs ORT."""
-    from graphopt.session import Session
+    from graphopt.runtime.session import Session
     ort_sess = ort_session(model, args.threads)
     want = ort_sess.run(None, feed)
     with plain_convs():

@@ -53,7 +53,7 @@ def compile_for(model: onnx.ModelProto, target: str) -> onnx.ModelProto:
     """graphopt -O2 --target TARGET. Before compile_model takes `target`, the passes still read it from
     ctx.options["target"], so set it there for this one call."""
     import graphopt
-    from graphopt import pass_manager
+    from graphopt.compiler import pass_manager
     if "target" in inspect.signature(graphopt.compile_model).parameters:
         return graphopt.compile_model(model, level=2, target=target).model
     plain = pass_manager.PassContext
@@ -127,7 +127,7 @@ def discover(filters: list[str]) -> list[tuple[str, Path]]:
 
 
 def node_count(path: Path) -> tuple[int, dict]:
-    from graphopt.report import summarize
+    from graphopt.compiler.report import summarize
     ops = summarize(onnx.load(str(path))).ops
     return sum(ops.values()), dict(ops)
 

@@ -204,7 +204,7 @@ def run_gpu(args) -> int:
     try:
         import cupy as cp
         import torch
-        from graphopt.gpu_session import require_gpu
+        from graphopt.runtime.gpu.session import require_gpu
         require_gpu()
         if not torch.cuda.is_available():
             raise RuntimeError("torch sees no CUDA device")

@@ -52,7 +52,7 @@ def main():
     args = ap.parse_args()
     from runtime_bench import interleaved_times, ort_session
 
-    from graphopt.session import Session
+    from graphopt.runtime.session import Session
 
     if args.profile:
         import cProfile

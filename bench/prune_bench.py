@@ -25,7 +25,7 @@ import int8_bench as common  # noqa: E402  (same data and timing helpers)
 from bench.report_io import write_report  # noqa: E402  (int8_bench put the repository root on sys.path)
 
 import graphopt  # noqa: E402
-from graphopt.budget import BudgetNotMet, prune_with_budget  # noqa: E402
+from graphopt.lossy.budget import BudgetNotMet, prune_with_budget  # noqa: E402
 from graphopt.passes.prune import prune  # noqa: E402
 
 

@@ -171,7 +171,7 @@ def model_feed(model, group, spec):
 
 def bench_model(name, path, group, spec, args):
     import graphopt
-    from graphopt.session import Session
+    from graphopt.runtime.session import Session
     model = onnx.load(str(path))
     feed = model_feed(model, group, spec)
     row = {"model": name, "nodes": len(model.graph.node)}

@@ -65,7 +65,7 @@ def check(original, out_path: Path, seed: int) -> tuple[int, str]:
     """(nodes after, 'OK'/'FAIL (...)') of an output model vs the original in ORT."""
     import onnx
 
-    from graphopt.report import summarize
+    from graphopt.compiler.report import summarize
     from graphopt.verify import compare_models
     cand = onnx.load(str(out_path))
     try:
@@ -110,7 +110,7 @@ def main(argv=None) -> int:
 
     import onnx
 
-    from graphopt.report import summarize
+    from graphopt.compiler.report import summarize
     tmp = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="scale_bench_"))
     tmp.mkdir(parents=True, exist_ok=True)
     rows = []

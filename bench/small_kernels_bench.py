@@ -82,7 +82,7 @@ def main():
     args = ap.parse_args()
     import onnxruntime as ort
 
-    from graphopt.session import Session
+    from graphopt.runtime.session import Session
     cases = _cases()
     names = args.cases.split(",") if args.cases else list(cases)
     print(f"{'case':<18} {'kernel us':>9} {'bare us':>8} {'ORT us':>7}  kernel")

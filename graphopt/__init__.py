@@ -9,13 +9,13 @@ if (not _os.path.isdir(_os.path.join(_os.path.dirname(__file__), "passes"))
         and _os.path.isfile(_os.path.join(_checkout, "passes", "__init__.py"))):
     __path__.append(_checkout)
 
-from .compiler import CompileResult, compile, compile_model, load_plugin
-from .errors import (GraphoptError, InvalidModel, LimitExceeded, Unsupported, UnsafePath, UsageError,
-                     VerificationFailed)
-from .ir import load, save
-from .limits import Limits
-from .pass_manager import PassContext, PassManager, PassResult, register_pass, register_rules
-from .rewrite import Const, Match, Op, Rule, Var, apply_rules
+from graphopt.compiler.pass_manager import PassContext, PassManager, PassResult, register_pass, register_rules
+from graphopt.compiler.rewrite import Const, Match, Op, Rule, Var, apply_rules
+from graphopt.errors import (GraphoptError, InvalidModel, LimitExceeded, Unsupported, UnsafePath, UsageError,
+                             VerificationFailed)
+from graphopt.ir import load, save
+from graphopt.ir.limits import Limits
+from graphopt.pipeline import CompileResult, compile, compile_model, load_plugin
 
 __all__ = [
     "compile", "compile_model", "CompileResult", "load", "save", "load_plugin",
@@ -28,6 +28,6 @@ __all__ = [
 
 def __getattr__(name):
     if name == "Session":  # the runtime is imported only when asked for
-        from .session import Session
+        from graphopt.runtime import Session
         return Session
     raise AttributeError(name)

@@ -31,3 +31,7 @@ class VerificationFailed(GraphoptError):
 
 class UsageError(GraphoptError):
     """Bad options or arguments (the CLI exits 2 for these)."""
+
+
+class KernelFailed(GraphoptError):
+    """A runtime kernel raised while a plan ran; the message names the node and its op."""

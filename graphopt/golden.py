@@ -135,7 +135,7 @@ def golden_inputs(name: str, model: onnx.ModelProto) -> dict:
     rng = np.random.default_rng(SEED)
     if hasattr(builder, "inputs"):
         return builder.inputs(rng)
-    from .verify import random_feed
+    from graphopt.verify import random_feed
     return random_feed(model, seed=SEED, dims=getattr(builder, "DIMS", None))
 
 
@@ -165,7 +165,7 @@ def update(name: str) -> Path:
 
 def compare(want: dict, got: dict, rtol=RTOL, atol=ATOL) -> list[str]:
     """Mismatches between two output dicts (names, order, shapes, dtypes, values)."""
-    from .verify import compare_arrays
+    from graphopt.verify import compare_arrays
     if list(want) != list(got):
         return [f"outputs {list(got)} != expected {list(want)}"]
     problems = []
@@ -193,7 +193,7 @@ def check(name: str, levels=(0, 1, 2, 3)) -> list[str]:
     golden = load_golden(name)
     problems += [f"{name}: ONNX Runtime no longer reproduces golden.npz: {p}"
                  for p in compare(golden.outputs, reference_outputs(model_path(name), golden.inputs))]
-    from .compiler import compile_model
+    from graphopt.pipeline import compile_model
     for level in levels:
         try:
             compiled = compile_model(model_path(name), level=level).model

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from .errors import Unsupported, VerificationFailed
+from graphopt.errors import Unsupported, VerificationFailed
 
 FP32_RTOL, FP32_ATOL = 1e-4, 1e-5
 

@@ -11,9 +11,8 @@ from __future__ import annotations
 import bisect
 from typing import Callable
 
-import numpy as np
-import onnx
-from onnx import helper, numpy_helper
+from graphopt.ir.attributes import norm_domain
+from graphopt.ir.op_traits import register_shape_rule
 
 KernelFn = Callable[[list, dict], "tuple | list"]
 
@@ -21,12 +20,12 @@ KernelFn = Callable[[list, dict], "tuple | list"]
 _TABLE: dict[tuple[str, str, str], list[tuple[int, KernelFn]]] = {}
 
 
-def norm_domain(domain: str) -> str:
-    return "" if domain in ("", "ai.onnx") else domain
-
-
-def kernel(op: str, since: int = 1, device: str = "cpu", domain: str = ""):
-    """Register the decorated function as the kernel of `op` from opset `since` on."""
+def kernel(op: str, since: int = 1, device: str = "cpu", domain: str = "", shape_from_shapes: bool = False):
+    """Register the decorated function as the kernel of `op` from opset `since` on.
+    shape_from_shapes: the op's output shapes follow from its input shapes and attributes alone (an
+    op fact, recorded in graphopt.ir.op_traits; standard ops have theirs listed there already)."""
+    if shape_from_shapes:
+        register_shape_rule(norm_domain(domain), op)
 
     def register(fn: KernelFn) -> KernelFn:
         versions = _TABLE.setdefault((norm_domain(domain), op, device), [])
@@ -91,119 +90,12 @@ def registered(device: str = "cpu") -> list[tuple[str, str, int]]:
     return sorted((d, op, s) for (d, op, dev), vs in _TABLE.items() if dev == device for s, _ in vs)
 
 
-def get_schema(domain: str, op: str, opset: int):
-    try:
-        return onnx.defs.get_schema(op, opset, norm_domain(domain))
-    except onnx.defs.SchemaError:
-        return None
-
-
-def attribute_value(attr: onnx.AttributeProto, convert_graph: Callable | None = None):
-    """An AttributeProto as a Python value: str for strings, ndarray for tensors."""
-    t = attr.type
-    A = onnx.AttributeProto
-    if t == A.FLOAT:
-        return float(attr.f)
-    if t == A.INT:
-        return int(attr.i)
-    if t == A.STRING:
-        return attr.s.decode("utf-8", errors="replace")
-    if t == A.TENSOR:
-        return numpy_helper.to_array(attr.t)
-    if t == A.SPARSE_TENSOR:
-        return sparse_to_dense(attr.sparse_tensor)
-    if t == A.GRAPH:
-        return convert_graph(attr.g) if convert_graph else attr.g
-    if t == A.FLOATS:
-        return [float(x) for x in attr.floats]
-    if t == A.INTS:
-        return [int(x) for x in attr.ints]
-    if t == A.STRINGS:
-        return [s.decode("utf-8", errors="replace") for s in attr.strings]
-    if t == A.TENSORS:
-        return [numpy_helper.to_array(x) for x in attr.tensors]
-    if t == A.GRAPHS:
-        return [convert_graph(g) if convert_graph else g for g in attr.graphs]
-    if t == A.TYPE_PROTO:
-        return attr.tp
-    if t == A.TYPE_PROTOS:
-        return list(attr.type_protos)
-    return helper.get_attribute_value(attr)
-
-
-def sparse_to_dense(sp: onnx.SparseTensorProto) -> np.ndarray:
-    values = numpy_helper.to_array(sp.values)
-    indices = numpy_helper.to_array(sp.indices).astype(np.int64)
-    shape = tuple(sp.dims)
-    dense = np.zeros(shape, dtype=values.dtype)
-    if indices.ndim == 1:  # linearized indices
-        dense.reshape(-1)[indices] = values
-    else:
-        dense[tuple(indices.T)] = values
-    return dense
-
-
-def resolve_attributes(node: onnx.NodeProto, opset: int, convert_graph: Callable | None = None) -> dict:
-    """The node's attributes with every schema attribute present (default or None)."""
-    attrs: dict = {}
-    schema = get_schema(node.domain, node.op_type, opset)
-    if schema is not None:
-        for name, a in schema.attributes.items():
-            dv = a.default_value
-            attrs[name] = attribute_value(dv, convert_graph) if dv.type else None
-    for a in node.attribute:
-        attrs[a.name] = attribute_value(a, convert_graph)
-    return attrs
-
-
-def fill_default_attributes(node: onnx.NodeProto, schema) -> onnx.NodeProto:
-    """A copy of `node` carrying the schema's default for every attribute it leaves out."""
-    filled = onnx.NodeProto()
-    filled.CopyFrom(node)
-    present = {a.name for a in node.attribute}
-    for name, a in schema.attributes.items():
-        if name not in present and a.default_value.type:
-            dv = onnx.AttributeProto()
-            dv.CopyFrom(a.default_value)
-            dv.name = name
-            filled.attribute.append(dv)
-    return filled
-
-
-def instantiate_function(fproto: onnx.FunctionProto, node: onnx.NodeProto) -> list[onnx.NodeProto]:
-    """The function body with every attribute reference (ref_attr_name) bound to the caller's
-    attribute, or the function's default; references to absent attributes are dropped."""
-    given = {a.name: a for a in node.attribute}
-    defaults = {a.name: a for a in fproto.attribute_proto}
-    A = onnx.AttributeProto
-
-    def bind(nodes):
-        out = []
-        for n in nodes:
-            if not any(a.ref_attr_name or a.type in (A.GRAPH, A.GRAPHS) for a in n.attribute):
-                out.append(n)
-                continue
-            m = onnx.NodeProto()
-            m.CopyFrom(n)
-            del m.attribute[:]
-            for a in n.attribute:
-                if a.ref_attr_name:
-                    src = given.get(a.ref_attr_name) or defaults.get(a.ref_attr_name)
-                    if src is None:
-                        continue
-                    b = A()
-                    b.CopyFrom(src)
-                    b.name = a.name
-                else:
-                    b = A()
-                    b.CopyFrom(a)
-                    graphs = [b.g] if b.type == A.GRAPH else list(b.graphs)
-                    for g in graphs:
-                        body = bind(g.node)
-                        del g.node[:]
-                        g.node.extend(body)
-                m.attribute.append(b)
-            out.append(m)
-        return out
-
-    return bind(fproto.node)
+def table() -> list[tuple[str, str, int, str, Callable, Callable | None]]:
+    """Every registered kernel as (domain, op, since, device, kernel, its prepare hook or None),
+    for `graphopt kernels`."""
+    rows = []
+    for (d, op, dev), versions in _TABLE.items():
+        for since, fn in versions:
+            prep = next((p for s, p in _PREPARE.get((d, op, dev), ()) if s == since), None)
+            rows.append((d, op, since, dev, fn, prep))
+    return sorted(rows, key=lambda r: r[:4])

@@ -8,8 +8,8 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt.pass_manager import PassResult, register_pass, register_rules
-from graphopt.rewrite import STANDARD_DOMAINS, Const, Op, Rule, Var, all_equal, attr_value, same_shape_after_broadcast
+from graphopt.compiler.pass_manager import PassResult, register_pass, register_rules
+from graphopt.compiler.rewrite import STANDARD_DOMAINS, Const, Op, Rule, Var, all_equal, attr_value, same_shape_after_broadcast
 
 from .fold import NONDETERMINISTIC
 

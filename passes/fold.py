@@ -10,9 +10,9 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt.limits import DEFAULT as DEFAULT_LIMITS
-from graphopt.pass_manager import PassResult, register_pass, register_rules
-from graphopt.rewrite import STANDARD_DOMAINS, Const, Op, Rule, Var, attr_value
+from graphopt.ir.limits import DEFAULT as DEFAULT_LIMITS
+from graphopt.compiler.pass_manager import PassResult, register_pass, register_rules
+from graphopt.compiler.rewrite import STANDARD_DOMAINS, Const, Op, Rule, Var, attr_value
 
 NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
                     "Bernoulli"}

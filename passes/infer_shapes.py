@@ -9,10 +9,10 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt.limits import DEFAULT as DEFAULT_LIMITS
-from graphopt.limits import check_count
-from graphopt.pass_manager import PassResult, register_pass
-from graphopt.validate import tensor_bytes
+from graphopt.ir.limits import DEFAULT as DEFAULT_LIMITS
+from graphopt.ir.limits import check_count
+from graphopt.compiler.pass_manager import PassResult, register_pass
+from graphopt.ir.validate import tensor_bytes
 
 from .slice_shapes import refine_slices
 

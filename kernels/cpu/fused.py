@@ -89,12 +89,12 @@ def _gelu(x: np.ndarray, approximate: str, fresh: bool = False) -> np.ndarray:
     return np.multiply(x, _phi(x), out=x if fresh else np.empty_like(x), casting="same_kind")
 
 
-@kernel("Gelu", 1, domain=DOMAIN)
+@kernel("Gelu", 1, domain=DOMAIN, shape_from_shapes=True)
 def gelu(ins, at):
     return (_gelu(ins[0], at.get("approximate") or "none"),)
 
 
-@kernel("BiasGelu", 1, domain=DOMAIN)
+@kernel("BiasGelu", 1, domain=DOMAIN, shape_from_shapes=True)
 def bias_gelu(ins, at):
     x, b = ins[0], ins[1]
     s = x + b  # a fresh array (NumPy's promotion when the dtypes differ, as the unfused Add has it)
@@ -198,14 +198,14 @@ def _layer_norm(s, fresh, scale, bias, axis, eps, dtype):
     return _affine(y, scale, bias).astype(dtype, copy=False)
 
 
-@kernel("LayerNormalization", 1, domain=DOMAIN)
+@kernel("LayerNormalization", 1, domain=DOMAIN, shape_from_shapes=True)
 def layer_norm(ins, at):
     x = ins[0]
     bias = ins[2] if len(ins) > 2 else None
     return (_layer_norm(x, False, ins[1], bias, at.get("axis", -1), at.get("epsilon", 1e-5), x.dtype),)
 
 
-@kernel("SkipLayerNormalization", 1, domain=DOMAIN)
+@kernel("SkipLayerNormalization", 1, domain=DOMAIN, shape_from_shapes=True)
 def skip_layer_norm(ins, at):
     x = ins[0] + ins[1]
     skip_bias = ins[4] if len(ins) > 4 else None  # ORT's 5th input, added before the norm (and in the sum)
@@ -310,7 +310,7 @@ def prepare_skip_layer_norm(at, consts, generic):
                           skip_bias)
 
 
-@kernel("RMSNormalization", 1, domain=DOMAIN)
+@kernel("RMSNormalization", 1, domain=DOMAIN, shape_from_shapes=True)
 def rms_norm(ins, at):
     x, scale = ins
     if x.size == 0:
@@ -320,7 +320,7 @@ def rms_norm(ins, at):
     return (_affine(y, scale, None).astype(x.dtype, copy=False),)
 
 
-@kernel("Attention", 1, domain=DOMAIN)
+@kernel("Attention", 1, domain=DOMAIN, shape_from_shapes=True)
 def attention(ins, at):
     q, k, v = ins[0], ins[1], ins[2]
     mask = ins[3] if len(ins) > 3 else None
@@ -445,7 +445,7 @@ def _finish(y, z, act: _Activation, dtype):
     return act(y)
 
 
-@kernel("FusedConv", 1, domain=DOMAIN)
+@kernel("FusedConv", 1, domain=DOMAIN, shape_from_shapes=True)
 def fused_conv(ins, at):
     z = ins[3] if len(ins) > 3 else None
     y = conv_kernel(ins[:3], _conv_attrs(at))[0]
@@ -473,7 +473,7 @@ def prepare_fused_conv(at, consts, generic):
     return run
 
 
-@kernel("FusedGemm", 1, domain=DOMAIN)
+@kernel("FusedGemm", 1, domain=DOMAIN, shape_from_shapes=True)
 def fused_gemm(ins, at):
     y = gemm_kernel(ins, _gemm_attrs(at))[0]
     return (_finish(y, None, _Activation(*_gemm_params(at)), ins[0].dtype),)

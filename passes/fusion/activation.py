@@ -19,7 +19,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt.rewrite import Op, Rule, Var, attr_value
+from graphopt.compiler.rewrite import Op, Rule, Var, attr_value
 
 from .common import near, optional_input, out_like
 from .lower import (

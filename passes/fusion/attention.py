@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from graphopt import ir
-from graphopt.rewrite import Op, Rule, Var, attr_value
+from graphopt.compiler.rewrite import Op, Rule, Var, attr_value
 
 from .common import out_like
 from .lower import emit, register_fusion_rules

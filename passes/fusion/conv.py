@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 
 from graphopt import ir
-from graphopt.pass_manager import register_rules
-from graphopt.rewrite import Const, Op, Rule, Var, attr_value
+from graphopt.compiler.pass_manager import register_rules
+from graphopt.compiler.rewrite import Const, Op, Rule, Var, attr_value
 
 from .common import FLOAT_TYPES, axis_vector, only_first_output_used, optional_input, out_like
 

@@ -18,7 +18,7 @@ import math
 import numpy as np
 
 from graphopt import ir
-from graphopt.rewrite import Const, Op, Rule, Var
+from graphopt.compiler.rewrite import Const, Op, Rule, Var
 
 from .common import axis_vector, is_float, near, out_like, scalar_like
 from .lower import FUSED, emit, register_fusion_rules

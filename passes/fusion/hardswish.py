@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 from graphopt import ir
-from graphopt.pass_manager import register_rules
-from graphopt.rewrite import (
+from graphopt.compiler.pass_manager import register_rules
+from graphopt.compiler.rewrite import (
     Const,
     Op,
     Rule,

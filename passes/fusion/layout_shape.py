@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from graphopt import ir
-from graphopt.rewrite import attr_value
+from graphopt.compiler.rewrite import attr_value
 
 from .common import axes_of, out_like, scalar_like
 

@@ -30,8 +30,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt.pass_manager import REGISTRY, PassInfo, PassResult
-from graphopt.rewrite import Rule, RuleStats, apply_rules
+from graphopt.compiler.pass_manager import REGISTRY, PassInfo, PassResult
+from graphopt.compiler.rewrite import Rule, RuleStats, apply_rules
 
 FUSED = "ai.graphopt"
 ORT = "com.microsoft"

@@ -17,7 +17,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt.rewrite import Const, Op, Rule, Var, all_equal, attr_value
+from graphopt.compiler.rewrite import Const, Op, Rule, Var, all_equal, attr_value
 
 from .common import axes_of, axis_vector, optional_input, out_like
 from .lower import FUSED, emit, register_fusion_rules

@@ -4,7 +4,7 @@ from __future__ import annotations
 import onnx
 from onnx.backend.base import Backend, BackendRep
 
-from graphopt.session import Session
+from graphopt.runtime.session import Session
 
 
 class GraphoptRep(BackendRep):

@@ -5,8 +5,8 @@ import numpy as np
 import onnx
 import pytest
 
-from graphopt.pass_manager import REGISTRY, PassResult, register_pass
-from graphopt.compiler import load_builtin_passes
+from graphopt.compiler.pass_manager import REGISTRY, PassResult, register_pass
+from graphopt.pipeline import load_builtin_passes
 
 from bench import fuzz
 from bench.fuzz_graphs import random_model

@@ -18,7 +18,7 @@ from onnx import numpy_helper
 
 import graphopt
 from graphopt import golden
-from graphopt.report import walk_nodes
+from graphopt.compiler.report import walk_nodes
 from graphopt.verify import random_feed
 
 LEVELS = [0, 1, 2, 3]
@@ -166,7 +166,7 @@ def test_symbolic_dims_stay_symbolic(name, size):
 def test_cli_compile_external_data_round_trip(tmp_path):
     """graphopt compile on a model with external data: the input files stay as they were, the written
     model loads from its own folder and reproduces the golden outputs."""
-    from graphopt.cli import main
+    from graphopt.cli.main import main
     files = golden.model_files("external_data")
     before = golden.fingerprint(files)
     out = tmp_path / "opt.onnx"

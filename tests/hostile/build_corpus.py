@@ -17,7 +17,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from graphopt.errors import InvalidModel, LimitExceeded, UnsafePath
-from graphopt.limits import Limits
+from graphopt.ir.limits import Limits
 
 BIG = 10**12  # elements: 4 TB of float32
 OPSET = [helper.make_opsetid("", 18)]

@@ -82,7 +82,7 @@ def run_target(text: str, passes, target: str, trace=()):
     """(original, optimized, stats, ctx) after infer-shapes + `passes` run with ctx.options["target"] set
     (the compile API may not take a target yet; the passes read it from the context either way)."""
     from graphopt import ir
-    from graphopt.pass_manager import REGISTRY, PassContext, _default_opset
+    from graphopt.compiler.pass_manager import REGISTRY, PassContext, _default_opset
 
     model = parse(text)
     shaped = compile_model(model, level=0, passes=["infer-shapes"]).model

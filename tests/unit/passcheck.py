@@ -13,7 +13,7 @@ import onnx.parser
 import onnxruntime as ort
 
 import graphopt
-from graphopt.report import walk_nodes
+from graphopt.compiler.report import walk_nodes
 
 
 def parse(text: str, check: bool = True) -> onnx.ModelProto:

@@ -9,8 +9,8 @@ import pytest
 
 import graphopt
 from graphopt import lossy
-from graphopt.budget import BudgetNotMet
-from graphopt.cli import main
+from graphopt.lossy.budget import BudgetNotMet
+from graphopt.cli.main import main
 from graphopt.passes.prune import prune
 
 import quant_models as qm
@@ -131,7 +131,7 @@ def _out_channels(model, node_output):
 
 
 def test_prune_budget_lowers_the_ratio_and_holds_on_held_out_data():
-    from graphopt.budget import prune_with_budget
+    from graphopt.lossy.budget import prune_with_budget
     model = _graded()
     full, _ = prune(model, 0.5, "channel")
     assert _max_rel_error(model, full, PRUNE_EVAL) > PRUNE_BUDGET  # the requested ratio breaks the budget
@@ -163,7 +163,7 @@ def test_prune_budget_cli_end_to_end(tmp_path, capsys):
 
 
 def test_prune_budget_unreachable_writes_nothing_unless_best_effort(tmp_path, capsys):
-    from graphopt.budget import prune_with_budget
+    from graphopt.lossy.budget import prune_with_budget
     with pytest.raises(BudgetNotMet, match="no candidate meets the accuracy budget 0"):
         prune_with_budget(_graded(), 0.5, "channel", PRUNE_EVAL, 0.0, "max-rel-error")
     model_path, out = tmp_path / "m.onnx", tmp_path / "out.onnx"
@@ -181,7 +181,7 @@ def test_prune_budget_unreachable_writes_nothing_unless_best_effort(tmp_path, ca
 
 def test_prune_budget_two_four_keeps_sensitive_layers_dense():
     """2:4 has no ratio to lower: the search leaves the most sensitive layers dense instead."""
-    from graphopt.budget import prune_with_budget
+    from graphopt.lossy.budget import prune_with_budget
     model = _graded()
     chosen, report, table = prune_with_budget(model, 0.5, "2:4", PRUNE_EVAL, 1.0, "max-rel-error")
     names = [line.split("  ")[0].strip() for line in table.splitlines()[2:-1]]

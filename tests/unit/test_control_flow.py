@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from graphopt.errors import GraphoptError
-from graphopt.session import Session
+from graphopt.runtime.session import Session
 from graphopt.verify import ort_session
 
 RNG = np.random.default_rng(3)

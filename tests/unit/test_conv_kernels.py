@@ -13,7 +13,7 @@ from onnx.reference import ReferenceEvaluator
 from graphopt.kernels.cpu.depthwise import RowWideConv
 from graphopt.kernels.cpu.nn import conv_kernel, conv_pads
 from graphopt.kernels.cpu.prepared import prepare_conv
-from graphopt.session import Session
+from graphopt.runtime.session import Session
 from graphopt.verify import ort_session
 
 RTOL, ATOL = 1e-4, 1e-4

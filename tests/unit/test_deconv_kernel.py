@@ -5,7 +5,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 from graphopt.kernels.cpu.prepared_deconv import prepare_conv_transpose
-from graphopt.session import Session
+from graphopt.runtime.session import Session
 from graphopt.verify import ort_session
 
 RNG = np.random.default_rng(5)

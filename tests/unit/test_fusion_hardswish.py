@@ -6,7 +6,7 @@ import pytest
 from fusion_check import assert_fused, assert_refused, ops, parse, rand, run, tensor
 
 import graphopt
-from graphopt.session import Session
+from graphopt.runtime.session import Session
 from graphopt.verify import ort_session, random_feed
 
 P = ["fuse-hardswish"]

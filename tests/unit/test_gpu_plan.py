@@ -18,7 +18,7 @@ cp = pytest.importorskip("cupy", reason="CuPy is not installed (pip install 'gra
 @pytest.fixture
 def plan_of(monkeypatch):
     monkeypatch.setattr(cp, "asarray", np.asarray)
-    from graphopt.gpu_plan import GpuPlan
+    from graphopt.runtime.gpu.plan import GpuPlan
 
     def build(model, **kw):
         if isinstance(model, str):

@@ -6,7 +6,7 @@ models with int8 weights can disagree with graphopt while graphopt follows the s
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from graphopt.session import Session
+from graphopt.runtime.session import Session
 
 RNG = np.random.default_rng(3)
 

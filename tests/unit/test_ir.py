@@ -457,7 +457,7 @@ def test_export_does_not_duplicate_weights_read_by_several_branches():
 # ---------------------------------------------------------------- hardening: hard links, limits, protecting the input
 
 def test_hard_linked_external_data_needs_allow_hardlinks(tmp_path):
-    from graphopt.limits import Limits
+    from graphopt.ir.limits import Limits
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     (outside / "w.bin").write_bytes(W.tobytes())
@@ -495,7 +495,7 @@ def test_save_refuses_to_replace_protected_files(tmp_path):
 
 def test_limits_are_configurable():
     from graphopt.errors import LimitExceeded
-    from graphopt.limits import Limits
+    from graphopt.ir.limits import Limits
     model = weight_model()
     with pytest.raises(LimitExceeded, match="elements"):
         ir.load_model(model, limits=Limits(max_elements=10))
@@ -508,7 +508,7 @@ def test_limits_are_configurable():
 
 def test_fold_total_bytes_stops_folding_but_not_the_compile():
     import graphopt
-    from graphopt.limits import Limits
+    from graphopt.ir.limits import Limits
     model = parse(H17 + """
         g (float[4] x) => (float[4] y) <float[4] a = {1.0, 2.0, 3.0, 4.0}> {
             b = Neg(a)

@@ -5,7 +5,7 @@ import onnx_graphsurgeon as gs
 
 import graphopt
 from graphopt import ir
-from graphopt.compiler import load_builtin_passes
+from graphopt.pipeline import load_builtin_passes
 from passcheck import assert_same_outputs, check, check_pass, hits, ops, optimize, parse, subgraph
 
 H17 = '<ir_version: 8, opset_import: ["" : 17]>'

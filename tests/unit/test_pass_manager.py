@@ -6,9 +6,9 @@ import pytest
 
 import graphopt
 from graphopt import ir
-from graphopt.compiler import load_builtin_passes
+from graphopt.pipeline import load_builtin_passes
 from graphopt.errors import LimitExceeded, UsageError, VerificationFailed
-from graphopt.pass_manager import REGISTRY, PassManager, PassResult, register_pass
+from graphopt.compiler.pass_manager import REGISTRY, PassManager, PassResult, register_pass
 from passcheck import assert_same_outputs, check, ops, optimize, parse, run
 
 H17 = '<ir_version: 8, opset_import: ["" : 17]>'

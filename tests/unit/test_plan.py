@@ -6,9 +6,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from graphopt.blas_threads import thread_limiter
+from graphopt.runtime.host.blas_threads import thread_limiter
 from graphopt.errors import GraphoptError
-from graphopt.session import KernelFailed, Session
+from graphopt.errors import KernelFailed
+from graphopt.runtime.session import Session
 from graphopt.verify import ort_session
 
 RNG = np.random.default_rng(1)
@@ -267,7 +268,7 @@ def test_threads_option_never_fails_and_caps_blas_when_possible():
     limit = thread_limiter(1)
     assert (limit is not None) == sess.threads_applied
     if limit is not None:
-        from graphopt.blas_threads import _find_openblas
+        from graphopt.runtime.host.blas_threads import _find_openblas
         found = _find_openblas()
         if found is not None:  # the cap really reaches OpenBLAS
             get, put = found

@@ -7,8 +7,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from graphopt.plan import _LocalFunction
-from graphopt.session import KernelFailed, Session
+from graphopt.runtime.plan.functions import LocalFunctionCall
+from graphopt.errors import KernelFailed
+from graphopt.runtime.session import Session
 from graphopt.verify import ort_session
 
 RNG = np.random.default_rng(7)
@@ -134,7 +135,7 @@ Scaled <alpha: float = 0.5> (v) => (w) {
 def test_local_functions_are_inlined_and_match_ort():
     model = onnx.parser.parse_model(LOCAL)
     sess = Session(model)
-    assert not any(isinstance(st[0], _LocalFunction) for st in sess._plan.steps)
+    assert not any(isinstance(st[0], LocalFunctionCall) for st in sess._plan.steps)
     x = arr(2, 3)
     before = x.copy()
     for _ in range(2):
@@ -146,7 +147,7 @@ def test_a_function_with_another_opset_stays_a_nested_call():
     model = onnx.parser.parse_model(LOCAL.replace('<domain: "local", opset_import: ["" : 17]>\nSwish',
                                                   '<domain: "local", opset_import: ["" : 13]>\nSwish'))
     sess = Session(model)
-    assert any(isinstance(st[0], _LocalFunction) for st in sess._plan.steps)
+    assert any(isinstance(st[0], LocalFunctionCall) for st in sess._plan.steps)
     assert_matches(sess, model, {"x": arr(2, 3)})
 
 

@@ -11,7 +11,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from graphopt.kernels.cpu import pooling
-from graphopt.kernels.registry import DYNAMIC, resolve_attributes
+from graphopt.ir.attributes import resolve_attributes
+from graphopt.kernels.registry import DYNAMIC
 from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
 from onnxruntime.capi.onnxruntime_pybind11_state import (

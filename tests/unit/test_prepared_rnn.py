@@ -9,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from graphopt.kernels.cpu.prepared_rnn import prepare_gru, prepare_lstm
-from graphopt.session import Session
+from graphopt.runtime.session import Session
 from graphopt.verify import ort_session
 
 SEQ, BATCH, INPUT, HIDDEN = 5, 3, 6, 4

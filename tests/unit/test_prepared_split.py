@@ -8,7 +8,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import graphopt
-from graphopt.session import KernelFailed, Session
+from graphopt.errors import KernelFailed
+from graphopt.runtime.session import Session
 from graphopt.verify import run_ort
 
 

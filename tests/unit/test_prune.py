@@ -9,7 +9,7 @@ import onnx.parser
 import onnxruntime as ort
 import pytest
 
-from graphopt.cli import main
+from graphopt.cli.main import main
 from graphopt.passes.prune import prune
 
 CHAIN = """<ir_version: 8, opset_import: ["": 17]>

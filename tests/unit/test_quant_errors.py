@@ -8,8 +8,8 @@ import onnx
 import pytest
 
 from graphopt import lossy
-from graphopt.calibrate import CalibrationError
-from graphopt.cli import main
+from graphopt.lossy.calibrate import CalibrationError
+from graphopt.cli.main import main
 
 import quant_models as qm
 

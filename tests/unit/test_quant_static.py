@@ -13,7 +13,7 @@ import pytest
 import graphopt
 from graphopt import lossy
 from graphopt.verify import ort_session as _ort
-from graphopt.calibrate import BINS, TensorStats, calibrate
+from graphopt.lossy.calibrate import BINS, TensorStats, calibrate
 from graphopt.passes.quantize import plan_static
 
 import quant_models as qm

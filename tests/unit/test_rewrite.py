@@ -6,8 +6,8 @@ import pytest
 import graphopt
 from graphopt import ir
 from graphopt.errors import LimitExceeded
-from graphopt.pass_manager import REGISTRY
-from graphopt.rewrite import Const, Op, Rule, Var, all_equal, apply_rules, match, _Fail
+from graphopt.compiler.pass_manager import REGISTRY
+from graphopt.compiler.rewrite import Const, Op, Rule, Var, all_equal, apply_rules, match, _Fail
 from passcheck import assert_same_outputs, check, ops, optimize, parse
 
 H17 = '<ir_version: 8, opset_import: ["" : 17]>'

@@ -9,7 +9,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from graphopt.errors import InvalidModel, Unsupported, UsageError
-from graphopt.session import KernelFailed, Session
+from graphopt.errors import KernelFailed
+from graphopt.runtime.session import Session
 from graphopt.verify import ort_session
 
 RNG = np.random.default_rng(0)
@@ -317,7 +318,7 @@ def test_lstm_matches_ort():
 
 # --- graphopt run | bench | verify ----------------------------------------------------------------
 def _cli(argv):
-    from graphopt.runtime_cli import add_runtime_commands
+    from graphopt.cli.runtime import add_runtime_commands
     import argparse
     ap = argparse.ArgumentParser()
     add_runtime_commands(ap.add_subparsers(dest="command"))

@@ -6,7 +6,7 @@ import onnx
 import pytest
 
 from graphopt.errors import UsageError
-from graphopt.session import Session
+from graphopt.runtime.session import Session
 from graphopt.verify import ort_session
 
 RNG = np.random.default_rng(11)

@@ -10,7 +10,7 @@ import pytest
 from graphopt.kernels.cpu._inplace import reusable
 from onnx import TensorProto, helper, numpy_helper
 
-from graphopt.session import Session
+from graphopt.runtime.session import Session
 from graphopt.verify import ort_session
 
 RNG = np.random.default_rng(11)
@@ -240,7 +240,7 @@ def test_gather_negative_indices(idx_type, axis, constant_index):
 
 @pytest.mark.parametrize("bad", [3, -4])
 def test_gather_index_out_of_range_is_an_error_naming_the_node(bad):
-    from graphopt.plan import KernelFailed
+    from graphopt.errors import KernelFailed
     model = model_of([helper.make_node("Gather", ["x", "i"], ["y"], axis=1, name="lookup")],
                      [vi("x", TensorProto.FLOAT, [2, 3]), vi("i", TensorProto.INT64, [1])],
                      [vi("y", TensorProto.FLOAT, [2, 1])])
@@ -264,7 +264,7 @@ def test_squeeze_by_constant_axes(opset, axes):
 
 @pytest.mark.parametrize("axes", [[2], [0, -4]])  # a dim of size 5; the same axis twice
 def test_squeeze_of_a_wrong_axis_is_an_error_naming_the_node(axes):
-    from graphopt.plan import KernelFailed
+    from graphopt.errors import KernelFailed
     model = model_of([helper.make_node("Squeeze", ["x", "axes"], ["y"], name="drop")],
                      [vi("x", TensorProto.FLOAT, [None, 1, None, 1])], [vi("y", TensorProto.FLOAT, None)],
                      [numpy_helper.from_array(np.array(axes, np.int64), "axes")])

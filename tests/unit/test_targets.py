@@ -10,7 +10,7 @@ from onnx import TensorProto, helper
 
 import graphopt
 from graphopt import golden
-from graphopt.cli import main
+from graphopt.cli.main import main
 from graphopt.errors import UsageError
 from graphopt.verify import run_ort
 from target_check import ops

@@ -1,0 +1,166 @@
+"""Python API of the lossy steps (opt-in, run after the lossless pipeline).
+
+    model, report = graphopt.lossy.int8_static(model, calib_feeds, method="entropy")
+    model, report = graphopt.lossy.int8_dynamic(model)
+    model, report = graphopt.lossy.with_budget(model, "static", eval_feeds, budget=0.01, calib=...)
+
+Each returns the new ModelProto (checked with onnx.checker) and a LossyReport: per-layer SQNR of
+the quantized weights (and activations for static), size before/after, agreement with the float model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from graphopt.lossy import budget as _budget
+from graphopt.lossy.calibrate import calibrate, feeds_list, iter_feeds
+from graphopt.errors import UsageError, VerificationFailed
+
+
+@dataclass
+class LossyReport:
+    mode: str
+    weight_sqnr: dict = field(default_factory=dict)
+    activation_sqnr: dict = field(default_factory=dict)
+    quantized: list = field(default_factory=list)
+    kept_float: dict = field(default_factory=dict)
+    size_before: int = 0
+    size_after: int = 0
+    agreement: dict = field(default_factory=dict)   # metric -> error vs float, and on which data
+    table: str = ""
+
+    def to_text(self) -> str:
+        lines = [f"{self.mode}: {len(self.quantized)} node(s) quantized, {len(self.kept_float)} kept float; "
+                 f"size {self.size_before / 2**20:.2f} MiB -> {self.size_after / 2**20:.2f} MiB "
+                 f"({self.size_before / max(self.size_after, 1):.2f}x smaller)"]
+        for name, reason in list(self.kept_float.items())[:20]:
+            lines.append(f"  float  {name}: {reason}")
+        if self.weight_sqnr:
+            lines.append(f"  {'weight SQNR dB':>14}  layer")
+            for name, db in sorted(self.weight_sqnr.items(), key=lambda kv: kv[1])[:30]:
+                lines.append(f"  {db:>14.1f}  {name}")
+        if self.activation_sqnr:
+            lines.append(f"  {'activation SQNR dB':>18}  tensor (lowest 30)")
+            for name, db in sorted(self.activation_sqnr.items(), key=lambda kv: kv[1])[:30]:
+                lines.append(f"  {db:>18.1f}  {name}")
+        for k, v in self.agreement.items():
+            lines.append(f"  agreement with float: {k} = {v}")
+        if self.table:
+            lines.append(self.table)
+        return "\n".join(lines)
+
+
+def _checked(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as e:
+        raise VerificationFailed(f"the quantized model fails onnx.checker: {e}") from None
+    return model
+
+
+def int8_static(model: onnx.ModelProto, calib, method: str = "minmax", percentile: float = 99.99,
+                exclude=(), keep_final: bool = True, progress=None, ranges: dict | None = None,
+                fmt: str = "qdq", activations: str = "int8"):
+    from graphopt.passes.quantize import apply_static, plan_static
+    from graphopt.passes.quantize.common import ModelView, check_exclude_names
+    from graphopt.passes.quantize.static import activation_sqnr
+    if calib is None and ranges is None:
+        raise UsageError("--int8 static needs calibration data (--calib DATA)")
+    check_exclude_names(ModelView(model), exclude)
+    if activations not in ("int8", "uint8"):
+        raise UsageError(f"--int8-activations must be int8 or uint8, got '{activations}'")
+    const_operands = activations == "uint8"  # the fast U8S8 path: Add/Mul with constants run int8 too
+    plan = plan_static(model, exclude=exclude, keep_final=keep_final, const_operands=const_operands)
+    if ranges is None:
+        ranges = calibrate(model, plan.tensors, calib, method, percentile, progress)
+    q, rep = apply_static(model, ranges, exclude=exclude, keep_final=keep_final, activations=activations,
+                          const_operands=const_operands)
+    if fmt == "qoperator":
+        from graphopt.passes.quantize.qoperator import to_qoperator
+        q, _ = to_qoperator(q)
+    elif fmt != "qdq":
+        raise UsageError(f"unknown --int8-format '{fmt}' (qdq or qoperator)")
+    form = ("QDQ" if fmt == "qdq" else "QOperator") + (" S8S8" if activations == "int8" else " U8S8")
+    report = LossyReport(f"int8 static ({form})", rep.weights, {}, rep.nodes, rep.kept_float,
+                         model.ByteSize(), q.ByteSize())
+    # activation SQNR on the first calibration feed (when the data can be read twice: not a generator)
+    if isinstance(calib, (str, Path, list, tuple)) and plan.tensors:
+        from graphopt.lossy.calibrate import _runner
+        first = next(iter_feeds(calib, model))
+        values = dict(zip(plan.tensors, _runner(model, plan.tensors, "ort")(first)))
+        report.activation_sqnr = activation_sqnr({t: np.asarray(v) for t, v in values.items()}, ranges, activations)
+    return _checked(q), report
+
+
+def int8_dynamic(model: onnx.ModelProto, exclude=(), keep_final: bool = False, progress=None):
+    from graphopt.passes.quantize import apply_dynamic
+    from graphopt.passes.quantize.common import ModelView, check_exclude_names
+    check_exclude_names(ModelView(model), exclude)
+    q, rep = apply_dynamic(model, exclude=exclude, keep_final=keep_final)
+    report = LossyReport("int8 dynamic", rep.weights, {}, rep.nodes, rep.kept_float, model.ByteSize(), q.ByteSize())
+    return _checked(q), report
+
+
+def agreement(model: onnx.ModelProto, quantized: onnx.ModelProto, feeds: list[dict], where: str) -> dict:
+    refs = _budget.reference_outputs(model, feeds)
+    out = {}
+    for name in ("top1", "cosine", "max-rel-error"):
+        out[f"{name} error ({where}, {len(feeds)} feeds)"] = round(
+            _budget.error(quantized, feeds, refs, _budget.metric_fn(name)), 6)
+    return out
+
+
+def with_budget(model: onnx.ModelProto, mode: str, eval_data, budget: float, metric: str = "top1",
+                best_effort: bool = False, calib=None, method: str = "minmax", percentile: float = 99.99,
+                exclude=(), keep_final=None, progress=None, fmt: str = "qdq", activations: str = "int8"):
+    """Search fallbacks until the error on eval_data stays within `budget`; returns the fastest
+    candidate inside it (BudgetNotMet when none is, unless best_effort)."""
+    if eval_data is None:
+        raise UsageError("--accuracy-budget needs evaluation data (--eval DATA)")
+    if budget < 0:
+        raise UsageError(f"--accuracy-budget must be >= 0, got {budget}")
+    metric_f = _budget.metric_fn(metric)
+    feeds = feeds_list(eval_data, model, "evaluation")
+    if calib is not None and isinstance(calib, (str,)) and isinstance(eval_data, str) and calib == eval_data:
+        raise UsageError("--eval must be held-out data, not the calibration data")
+    refs = _budget.reference_outputs(model, feeds)
+    say = progress or (lambda msg: None)
+    if mode == "static":
+        from graphopt.passes.quantize import plan_static
+        kf = True if keep_final is None else keep_final
+        plan = plan_static(model, exclude=exclude, keep_final=kf, const_operands=activations == "uint8")
+        ranges = calibrate(model, plan.tensors, calib, method, percentile, progress) if calib is not None else None
+        if ranges is None:
+            raise UsageError("--int8 static needs calibration data (--calib DATA)")
+        first, first_report = int8_static(model, calib, exclude=exclude, keep_final=kf, ranges=ranges,
+                                          activations=activations)
+        layers = list(first_report.quantized)  # weighted nodes and the int8 Add/Concat/pool islands
+
+        def build(fallback):
+            return int8_static(model, None, exclude=list(exclude) + list(fallback), keep_final=kf, ranges=ranges,
+                               fmt=fmt, activations=activations)[0]
+    elif mode == "dynamic":
+        kf = False if keep_final is None else keep_final
+        first, first_report = int8_dynamic(model, exclude=exclude, keep_final=kf)
+        layers = list(first_report.quantized)
+
+        def build(fallback):
+            return int8_dynamic(model, exclude=list(exclude) + list(fallback), keep_final=kf)[0]
+    else:
+        raise UsageError(f"unknown --int8 mode '{mode}'")
+    if not layers:
+        raise UsageError("nothing to quantize: no Conv/MatMul/Gemm with constant weights outside the exclusions")
+    cands = _budget.search(build, layers, feeds, refs, metric_f, budget, say)
+    table = _budget.table(cands, _budget.latency_ms(model, feeds[0]), model.ByteSize(), budget)
+    chosen = _budget.choose(cands, budget, best_effort)  # raises BudgetNotMet -> nothing written
+    final, report = (int8_static(model, None, exclude=list(exclude) + chosen.float_layers, keep_final=kf,
+                                 ranges=ranges, fmt=fmt, activations=activations) if mode == "static"
+                     else int8_dynamic(model, exclude=list(exclude) + chosen.float_layers, keep_final=kf))
+    report.table = table + f"\nchosen: '{chosen.name}' ({metric} error {chosen.error:.4g} <= {budget:g})" \
+        if chosen.error <= budget else table + f"\nbest effort: '{chosen.name}' (error {chosen.error:.4g} > {budget:g})"
+    report.agreement = {f"{metric} error (eval, {len(feeds)} feeds)": round(chosen.error, 6)}
+    return final, report
+

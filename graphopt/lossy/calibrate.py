@@ -1,0 +1,238 @@
+"""Calibration data and activation ranges for int8 static quantization.
+
+Data: a folder of .npz files (each one feed: input name -> array), one .npz of stacked arrays
+(a leading sample axis, or the model's batch axis), or any Python iterable of feed dicts.
+Feeds are checked against the model (names, dtypes, ranks, fixed dims) and a bad one stops with an
+error naming the file/feed and the input. Ranges stream: each batch updates min/max and a histogram
+per tensor (re-binned when the range grows), so memory does not grow with the data set.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from graphopt.errors import GraphoptError, UsageError
+
+METHODS = ("minmax", "percentile", "entropy")
+BINS = 2048  # histogram bins over [-R, R]; R doubles (pairs of bins merge) when data falls outside
+
+
+class CalibrationError(GraphoptError):
+    """Calibration or evaluation data that does not fit the model."""
+
+
+# ----------------------------------------------------------------------------------------- data
+def _input_specs(model: onnx.ModelProto) -> dict[str, tuple[np.dtype, list]]:
+    inits = {t.name for t in model.graph.initializer}
+    specs = {}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)) if tt.elem_type else None
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim] \
+            if tt.HasField("shape") else None
+        specs[vi.name] = (dtype, dims)
+    return specs
+
+
+def check_feed(model_specs: dict, feed: dict, where: str) -> dict:
+    """Raise CalibrationError naming `where` and the input when a feed does not fit the model."""
+    if not isinstance(feed, dict):
+        raise CalibrationError(f"{where}: expected a dict of input name -> array, got {type(feed).__name__}")
+    unknown = sorted(set(feed) - set(model_specs))
+    if unknown:
+        raise CalibrationError(f"{where}: '{unknown[0]}' is not a model input (inputs: {', '.join(model_specs)})")
+    missing = [n for n in model_specs if n not in feed]
+    if missing:
+        raise CalibrationError(f"{where}: missing model input '{missing[0]}'")
+    out = {}
+    for name, value in feed.items():
+        arr = np.asarray(value)
+        dtype, dims = model_specs[name]
+        if dtype is not None and arr.dtype != dtype:
+            raise CalibrationError(f"{where}: input '{name}' has dtype {arr.dtype}, the model expects {dtype}")
+        if dims is not None:
+            if arr.ndim != len(dims):
+                raise CalibrationError(f"{where}: input '{name}' has shape {list(arr.shape)}, "
+                                       f"the model expects rank {len(dims)} {['?' if d is None else d for d in dims]}")
+            for axis, (have, want) in enumerate(zip(arr.shape, dims)):
+                if want is not None and have != want:
+                    raise CalibrationError(f"{where}: input '{name}' has shape {list(arr.shape)}, the model "
+                                           f"expects {['?' if d is None else d for d in dims]} (axis {axis})")
+        out[name] = arr
+    return out
+
+
+def _stacked(path: Path, specs: dict) -> Iterator[tuple[str, dict]]:
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    if not arrays:
+        return
+    n = {len(a) if a.ndim else 0 for a in arrays.values()}
+    if len(n) != 1:
+        raise CalibrationError(f"{path}: stacked arrays disagree on the sample count ({sorted(n)})")
+    count = n.pop()
+    for name, a in arrays.items():
+        rank = len(specs[name][1]) if name in specs and specs[name][1] is not None else None
+        if rank is not None and a.ndim == rank:  # leading axis is the model's batch axis: slices of 1
+            arrays[name] = a[:, None]
+    for i in range(count):
+        yield f"{path} [sample {i}]", {k: a[i] for k, a in arrays.items()}
+
+
+def iter_feeds(data, model: onnx.ModelProto, what: str = "calibration") -> Iterator[dict]:
+    """Checked feeds from a folder, an .npz file or an iterable of dicts; raises on empty data."""
+    specs = _input_specs(model)
+    if isinstance(data, (str, Path)):
+        path = Path(data)
+        if path.is_dir():
+            files = sorted(path.glob("*.npz"))
+            if not files:
+                raise CalibrationError(f"{what} data '{path}' holds no .npz files")
+            source = ((str(f), dict(np.load(f, allow_pickle=False))) for f in files)
+        elif path.is_file():
+            source = _stacked(path, specs)
+        else:
+            raise UsageError(f"{what} data '{path}' does not exist")
+    else:
+        source = ((f"{what} feed {i}", feed) for i, feed in enumerate(data))
+    count = 0
+    for where, feed in source:
+        count += 1
+        yield check_feed(specs, feed, where)
+    if count == 0:
+        raise CalibrationError(f"{what} data is empty (no feeds)")
+
+
+# -------------------------------------------------------------------------------------- ranges
+class TensorStats:
+    """Running min/max and a symmetric histogram over [-R, R] whose R only doubles."""
+
+    def __init__(self, with_hist: bool):
+        self.lo, self.hi, self.count = math.inf, -math.inf, 0
+        self.hist = np.zeros(BINS, np.int64) if with_hist else None
+        self.radius = 0.0
+
+    def update(self, x: np.ndarray) -> None:
+        x = x[np.isfinite(x)] if not np.isfinite(x).all() else x
+        if x.size == 0:
+            return
+        lo, hi = float(x.min()), float(x.max())
+        self.lo, self.hi, self.count = min(self.lo, lo), max(self.hi, hi), self.count + x.size
+        if self.hist is None:
+            return
+        need = max(abs(lo), abs(hi), 1e-12)
+        if self.radius == 0.0:
+            self.radius = 2.0 ** math.ceil(math.log2(need))
+        while need > self.radius:  # double R: each pair of bins merges, the old range fills the middle
+            merged = self.hist.reshape(-1, 2).sum(axis=1)
+            self.hist = np.zeros(BINS, np.int64)
+            self.hist[BINS // 4: BINS // 4 + BINS // 2] = merged
+            self.radius *= 2
+        h, _ = np.histogram(x, bins=BINS, range=(-self.radius, self.radius))
+        self.hist += h
+
+    def _edges(self):
+        return np.linspace(-self.radius, self.radius, BINS + 1)
+
+    def range(self, method: str, percentile: float) -> tuple[float, float]:
+        if self.count == 0:
+            return 0.0, 0.0
+        if method == "minmax" or self.hist is None:
+            return self.lo, self.hi
+        if method == "percentile":
+            cdf = np.cumsum(self.hist) / self.hist.sum()
+            tail = (100.0 - percentile) / 200.0  # p% of the values inside, the rest split over both tails
+            edges = self._edges()
+            lo = edges[int(np.searchsorted(cdf, tail, side="left"))]
+            hi = edges[min(int(np.searchsorted(cdf, 1.0 - tail, side="left")) + 1, BINS)]
+            return max(self.lo, float(lo)), min(self.hi, float(hi))
+        # a non-negative tensor spends all 256 int8 levels on [0, th]; a signed one about half on |x|
+        th = self._entropy_threshold(255 if self.lo >= 0 else 128)
+        return max(self.lo, -th), min(self.hi, th)
+
+    def _entropy_threshold(self, levels: int = 128) -> float:
+        """Threshold on |x| minimising KL(P || Q) where Q is P squeezed into `levels` bins (TensorRT's
+        calibration idea); candidates step through the folded histogram."""
+        half = BINS // 2
+        folded = (self.hist[half:] + self.hist[:half][::-1]).astype(np.float64)
+        width = self.radius / half
+        best, best_i = math.inf, half
+        for i in range(levels, half + 1, 8):
+            kept = folded[:i]
+            p = kept.copy()
+            p[-1] += folded[i:].sum()  # P clips the outliers into the last bin ...
+            if p.sum() == 0:
+                continue
+            # ... Q is the kept part squeezed into `levels` bins (outliers lost), spread back over
+            # the non-empty bins of each chunk
+            edges = (np.arange(levels + 1) * i) // levels
+            sums = np.add.reduceat(kept, edges[:-1])
+            nonzero = np.add.reduceat((kept > 0).astype(np.float64), edges[:-1])
+            per_bin = np.repeat(np.where(nonzero > 0, sums / np.maximum(nonzero, 1), 0.0), np.diff(edges))
+            q = np.where(kept > 0, per_bin, 0.0)
+            p[0] = q[0] = 0.0  # the bin at 0 holds ReLU's spike of exact zeros, which int8 keeps exact
+            if p.sum() == 0:
+                continue
+            p, q = p / p.sum(), q / max(q.sum(), 1e-30)
+            m = p > 0
+            kl = float(np.sum(p[m] * np.log(p[m] / np.maximum(q[m], 1e-30))))
+            if kl < best:
+                best, best_i = kl, i
+        return best_i * width
+
+
+def calibrate(model: onnx.ModelProto, tensors: list[str], data, method: str = "minmax",
+              percentile: float = 99.99, progress: Callable[[str], None] | None = None,
+              runner: str = "ort") -> dict[str, tuple[float, float]]:
+    """Range (lo, hi) per tensor over the calibration data, streamed batch by batch."""
+    if method not in METHODS:
+        raise UsageError(f"unknown calibration method '{method}' (choose {', '.join(METHODS)})")
+    if not 50.0 < percentile <= 100.0:
+        raise UsageError(f"--percentile must be in (50, 100], got {percentile}")
+    run = _runner(model, tensors, runner)
+    stats = {t: TensorStats(method != "minmax") for t in tensors}
+    batches = samples = 0
+    for feed in iter_feeds(data, model):
+        values = run(feed)
+        for t, v in zip(tensors, values):
+            if v is not None and np.asarray(v).dtype.kind == "f":
+                stats[t].update(np.asarray(v, np.float32).ravel())
+        batches += 1
+        samples += len(next(iter(feed.values()))) if feed and np.ndim(next(iter(feed.values()))) else 1
+        if progress and (batches & (batches - 1) == 0 or batches % 50 == 0):
+            progress(f"calibrating: {batches} batches, {samples} samples, {len(tensors)} tensors")
+    if progress:
+        progress(f"calibrated {len(tensors)} tensors on {batches} batches ({samples} samples, {method})")
+    return {t: s.range(method, percentile) for t, s in stats.items()}
+
+
+def _runner(model: onnx.ModelProto, tensors: list[str], kind: str):
+    """A function feed -> [value of each tensor], running the float model with extra outputs."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    have = {o.name for o in m.graph.output}
+    for t in tensors:
+        if t not in have:
+            m.graph.output.append(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
+    if kind == "graphopt":
+        from graphopt.runtime.session import Session
+        sess = Session(m)
+        return lambda feed: sess.run(tensors, feed)
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return lambda feed: sess.run(tensors, feed)
+
+
+def feeds_list(data, model: onnx.ModelProto, what: str) -> list[dict]:
+    """All feeds of an evaluation set, checked (evaluation sets are reused across candidates)."""
+    return list(iter_feeds(data, model, what))
