@@ -10,7 +10,7 @@ into its integer kernels), the same thread count. Reported: median latencies, gr
 value. Weights in 7 bits (reduce_range) because ORT's uint8 x int8 kernels on AVX2 CPUs without
 VNNI saturate sums of product pairs of full-range weights (its outputs then differ from the spec's,
 tests/unit/test_integer_ops_exact.py). graphopt accumulates the integer products exactly, in
-float32 GEMMs where a per-layer bound allows, else in float64 (kernels/cpu/prepared_quant.py).
+float32 GEMMs where a per-layer bound allows, else in float64 (kernels/cpu/quant.py).
 
     python bench/qoperator_bench.py                       # squeezenet, shufflenet, resnet50, densenet121, inception_v1
     python bench/qoperator_bench.py --models resnet50 --formats qoperator --runs 5

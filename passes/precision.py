@@ -15,7 +15,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from .quantize.common import ModelView, elem_types
-from .quantize.static import _drop_unused_initializers, _subgraph_reads
+from .quantize.static import drop_unused_initializers, subgraph_reads
 
 FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
 # Ops whose output dtype comes from an attribute or a second operand, or whose float inputs are
@@ -77,7 +77,7 @@ def convert_fp16(model: onnx.ModelProto, block=DEFAULT_BLOCK, keep_io_float32: b
             continue  # a Cast to something else reads any dtype
         else:
             half_nodes.add(n.output[0])
-    must_f32 = _subgraph_reads(g)
+    must_f32 = subgraph_reads(g)
     if keep_io_float32:
         must_f32 |= {o.name for o in g.output}
     half_of: dict[str, str] = {}   # tensor -> name of its float16 version
@@ -141,7 +141,7 @@ def convert_fp16(model: onnx.ModelProto, block=DEFAULT_BLOCK, keep_io_float32: b
                 vi.type.tensor_type.elem_type = HALF
     _retype_graph_outputs(g, f32_of, half_of)
     del g.value_info[:]  # stale dtypes; ORT and the checker infer them again
-    _drop_unused_initializers(m)
+    drop_unused_initializers(m)
     report.size_after = m.ByteSize()
     onnx.checker.check_model(m)
     return m, report

@@ -76,8 +76,8 @@ def prune(model: onnx.ModelProto, ratio: float, mode: str = "channel", sample_sh
         prune_channels(m, view, ratio, report, exclude, align)
     else:
         _prune_weights(view, ratio, mode, report, scope, set(exclude))
-    from .quantize.static import _drop_unused_initializers
-    _drop_unused_initializers(m)
+    from .quantize.static import drop_unused_initializers
+    drop_unused_initializers(m)
     _drop_unused_constants(m)
     del m.graph.value_info[:]  # shapes changed; the checker / ORT infer them again
     report.params_after, report.nonzero_after, report.flops_after = _stats(m, sample_shapes)

@@ -88,9 +88,9 @@ def int8_static(model: onnx.ModelProto, calib, method: str = "minmax", percentil
                          model.ByteSize(), q.ByteSize())
     # activation SQNR on the first calibration feed (when the data can be read twice: not a generator)
     if isinstance(calib, (str, Path, list, tuple)) and plan.tensors:
-        from graphopt.lossy.calibrate import _runner
+        from graphopt.lossy.calibrate import tensor_runner
         first = next(iter_feeds(calib, model))
-        values = dict(zip(plan.tensors, _runner(model, plan.tensors, "ort")(first)))
+        values = dict(zip(plan.tensors, tensor_runner(model, plan.tensors, "ort")(first)))
         report.activation_sqnr = activation_sqnr({t: np.asarray(v) for t, v in values.items()}, ranges, activations)
     return _checked(q), report
 

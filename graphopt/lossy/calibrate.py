@@ -196,7 +196,7 @@ def calibrate(model: onnx.ModelProto, tensors: list[str], data, method: str = "m
         raise UsageError(f"unknown calibration method '{method}' (choose {', '.join(METHODS)})")
     if not 50.0 < percentile <= 100.0:
         raise UsageError(f"--percentile must be in (50, 100], got {percentile}")
-    run = _runner(model, tensors, runner)
+    run = tensor_runner(model, tensors, runner)
     stats = {t: TensorStats(method != "minmax") for t in tensors}
     batches = samples = 0
     for feed in iter_feeds(data, model):
@@ -213,7 +213,7 @@ def calibrate(model: onnx.ModelProto, tensors: list[str], data, method: str = "m
     return {t: s.range(method, percentile) for t, s in stats.items()}
 
 
-def _runner(model: onnx.ModelProto, tensors: list[str], kind: str):
+def tensor_runner(model: onnx.ModelProto, tensors: list[str], kind: str):
     """A function feed -> [value of each tensor], running the float model with extra outputs."""
     m = onnx.ModelProto()
     m.CopyFrom(model)

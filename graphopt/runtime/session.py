@@ -34,11 +34,11 @@ class Session:
     (`last_profile`, `peak_activation_bytes`)."""
 
     def __new__(cls, *args, **kwargs):
-        # device="gpu" is the GPU runtime (graphopt/gpu_session.py); it imports CuPy, the CPU path never does
+        # device="gpu" is the GPU runtime (runtime/gpu/session.py, registered in DEVICE_SESSIONS); it
+        # imports CuPy, the CPU path never does
         device = kwargs.get("device", args[1] if len(args) > 1 else "cpu")
-        if cls is Session and device == "gpu":
-            from graphopt.runtime.gpu.session import GpuSession
-            return super().__new__(GpuSession)
+        if cls is Session and device in DEVICE_SESSIONS:
+            return super().__new__(DEVICE_SESSIONS[device])
         return super().__new__(cls)
 
     def __init__(self, model_or_path, device: str = "cpu", threads: int | None = None, *,

@@ -8,8 +8,6 @@ from . import pooling  # noqa: F401,E402  (build-time specialized MaxPool/Averag
 from . import prepared_split  # noqa: F401,E402  (Split with constant sizes: slices remembered per input shape)
 from . import prepared_pad  # noqa: F401,E402  (Pad with constant pads: np.pad's work done once per input shape)
 from . import prepared_deconv  # noqa: F401,E402  (ConvTranspose with kernel == stride: one GEMM, one write per offset)
-from . import prepared_rnn  # noqa: F401,E402  (LSTM with constant weights and no options: fewer calls per step)
-from . import prepared_quant  # noqa: F401,E402  (QLinearConv/QLinearMatMul with constant weights: centered once, float32 where exact)
 from . import contrib  # noqa: F401,E402  (ORT's com.microsoft fused ops that share ai.graphopt's semantics)
 from . import contrib_attention  # noqa: F401,E402  (ORT's com.microsoft Attention, MultiHeadAttention, EmbedLayerNormalization)
 from . import contrib_quant  # noqa: F401,E402  (ORT's com.microsoft QOperator-format quantized ops: QLinearAdd, QGemm, ...)

@@ -27,7 +27,7 @@ import numpy as np
 from ..registry import DYNAMIC, kernel, prepare
 from ._util import remember
 from .nn import average_pool
-from .quant import _int_range, _requantize, dequantize, quantize
+from .quant import int_range, requantize, dequantize, quantize
 
 DOMAIN = "com.microsoft"
 
@@ -65,7 +65,7 @@ def _lookup(fn):
         x_zp, y_zp = _zp_or_zero(_given(ins, 2), x), _zp_or_zero(_given(ins, 4), x)
         if x.dtype.itemsize != 1:
             raise ValueError(f"8-bit input expected, got {x.dtype}")
-        lo, hi = _int_range(x.dtype)
+        lo, hi = int_range(x.dtype)
         key = (fn, at.get("alpha"), x.dtype, ins[1].tobytes(), x_zp.tobytes(), ins[3].tobytes(), y_zp.tobytes(),
                y_zp.dtype)
         table = _TABLES.get(key)
@@ -171,7 +171,7 @@ def _qgemm(ins, at, bi):
     scale = np.float64(at.get("alpha", 1.0)) * a_scale.astype(np.float64) * b_scale.astype(np.float64).reshape(-1)
     if y_scale is None:
         return ((acc * scale).astype(np.float32),)
-    return (_requantize(acc, scale, y_scale, _zp_or_zero(y_zp, a)),)
+    return (requantize(acc, scale, y_scale, _zp_or_zero(y_zp, a)),)
 
 
 @kernel("QGemm", 1, domain=DOMAIN)

@@ -6,7 +6,7 @@ column. ORT runs it as its LSTM with integer GEMMs whose float operand is quanti
 once for all steps, h_{t-1} at every step, each to uint8 over its own range (min and max widened to
 include 0, scale = (max - min) / 255, zero point = round(-min / scale), round half to even). The
 integer products are exact here (float64 sums of integers), scaled by a_scale * w_scale in float32,
-as ORT does. Then the gates as in the float LSTM (prepared_rnn.lstm_steps: i, o, f, c). The
+as ORT does. Then the gates as in the float LSTM (rnn.lstm_steps: i, o, f, c). The
 forms the float LSTM's prepared kernel leaves out (peepholes, clip, other activations, coupled
 input-forget) are refused when the Session is built; ragged sequence_lens fail at run time.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..registry import DYNAMIC, kernel, prepare
-from .prepared_rnn import _reverse, _runner, lstm_steps
+from .rnn import reverse_time, rnn_runner, lstm_steps
 from .quant import dynamic_uint8
 
 DOMAIN = "com.microsoft"
@@ -48,9 +48,9 @@ def _build(ins, at):
             seq, batch, _ = x.shape
             xw = _quantized_gemm(x.reshape(seq * batch, -1), wc, ws).reshape(seq, batch, -1)
             xw += bias
-            return lstm_steps(xw, lambda h, gates: _quantized_gemm(h, rc, rs), *states, out, _reverse(at, d))
+            return lstm_steps(xw, lambda h, gates: _quantized_gemm(h, rc, rs), *states, out, reverse_time(at, d))
         return run
-    return _runner(at, _ragged_lens, np.dtype(np.float32), hidden, dirs, [direction(d) for d in range(dirs)], 2)
+    return rnn_runner(at, _ragged_lens, np.dtype(np.float32), hidden, dirs, [direction(d) for d in range(dirs)], 2)
 
 
 @kernel("DynamicQuantizeLSTM", 1, domain=DOMAIN)

@@ -6,7 +6,7 @@ costs (a padded copy of the input, window views, one copy per kernel offset, zer
 that wrapped) are most of the conv: 10-30 NumPy calls of 1-2 us each. Here the columns are one
 fancy-indexing read of the flat input followed by a zero and a one: an index entry that falls in
 the padding points at the zero, and a last row of ones multiplies the bias, appended to the
-weights as a column, so that one GEMM gives the biased result (prepared._Conv).
+weights as a column, so that one GEMM gives the biased result (prepared.PreparedConv).
 """
 from __future__ import annotations
 

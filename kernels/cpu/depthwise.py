@@ -1,6 +1,6 @@
 """Convolutions as "row-wide" im2col + GEMM: depthwise, grouped and dense, 1-D and 2-D.
 
-The plain im2col (prepared._Conv) copies a (C, kh, kw, Ho, Wo) window view whose innermost run
+The plain im2col (prepared.PreparedConv) copies a (C, kh, kw, Ho, Wo) window view whose innermost run
 is one output row (Wo elements, 7-28 on MobileNet/ShuffleNet depthwise layers), so the copy is
 dominated by per-row overhead, and a depthwise conv is mostly that copy. Here the output is
 computed on rows as wide as the input (W) and each channel plane is stored flat with only its
@@ -36,7 +36,7 @@ from ._util import remember
 # 4 MiB 13-25% faster from 24x56x56 to 128x100x76 and 32x112x112, stride 2 6% faster; 32 MiB,
 # i.e. unblocked, 1.7x slower on 128x100x76 5x5). Small layers are one block.
 BLOCK_BYTES = 4 << 20
-# Winograd F(2x2,3x3) (prepared._Conv) beats this path on dense 3x3 convs once its GEMMs dominate
+# Winograd F(2x2,3x3) (prepared.PreparedConv) beats this path on dense 3x3 convs once its GEMMs dominate
 # its transforms, i.e. with enough channel pairs (C_in * C_out), and when its 2x2 output tiles waste
 # little on an odd-sized map. Measured, float32, one thread, Winograd time / this path's: 64x96 at
 # 28x28 0.84, 96x96 0.79 at 28x28 and 0.95 at 14x14, 64x128 at 14x14 0.96, 128x64 at 20x20 0.89,

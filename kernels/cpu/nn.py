@@ -63,7 +63,7 @@ def im2col(xp, kernel_shape, strides, dilations, out_shape):
     return cols
 
 
-def _pad_spatial(x, begin, end, value=0):
+def pad_spatial(x, begin, end, value=0):
     if not any(begin) and not any(end):
         return x
     shape = x.shape[:2] + tuple(i + max(b, 0) + max(e, 0) for i, b, e in zip(x.shape[2:], begin, end))
@@ -92,7 +92,7 @@ def conv(x, w, b=None, group=1, strides=None, dilations=None, pads=None, auto_pa
         y = np.matmul(w.reshape(m, c).astype(dtype, copy=False), x.reshape(n, c, -1).astype(dtype, copy=False))
     elif group == c and m == c and w.shape[1] == 1:
         # depthwise: a multiply-add per kernel offset beats tiny per-channel GEMMs
-        xp = _pad_spatial(x, begin, end).astype(dtype, copy=False)
+        xp = pad_spatial(x, begin, end).astype(dtype, copy=False)
         wk = w.reshape(c, -1).astype(dtype, copy=False)
         y = None
         for i, (_, sl) in enumerate(window_slices(kernel_shape, strides, dilations, out)):
@@ -100,7 +100,7 @@ def conv(x, w, b=None, group=1, strides=None, dilations=None, pads=None, auto_pa
             y = term if y is None else np.add(y, term, out=y)
         y = y.reshape(n, m, -1)
     else:
-        xp = _pad_spatial(x, begin, end).astype(dtype, copy=False)
+        xp = pad_spatial(x, begin, end).astype(dtype, copy=False)
         cols = im2col(xp, kernel_shape, strides, dilations, out)  # (N, C, K, *out)
         kk, pp = int(np.prod(kernel_shape)), int(np.prod(out))
         cg, mg = c // group, m // group
@@ -175,14 +175,14 @@ def conv_transpose(ins, at):
         dst = (slice(None), slice(None)) + tuple(
             slice(o * d, o * d + s * (i - 1) + 1, s) for o, d, s, i in zip(koff, dil, strides, in_sp))
         y[dst] += cols[(slice(None), slice(None)) + koff]
-    y = _pad_spatial(y, [-v for v in begin], [-v for v in end])  # negative pads extend the output
+    y = pad_spatial(y, [-v for v in begin], [-v for v in end])  # negative pads extend the output
     if b is not None:
         y = y + b.reshape((1, -1) + (1,) * nsp)
     return (np.ascontiguousarray(y).astype(x.dtype, copy=False),)
 
 
 # --- pooling ------------------------------------------------------------------------------------
-def _pool_geometry(x, at):
+def pool_geometry(x, at):
     nsp = x.ndim - 2
     kshape = list(at["kernel_shape"])
     strides = list(at.get("strides") or [1] * nsp)
@@ -201,7 +201,7 @@ def _along(y, axis, sl):
     return y[tuple(idx)]
 
 
-def _pool(xp, kshape, strides, dil, out, f):
+def pool_window(xp, kshape, strides, dil, out, f):
     """Reduce every window with the binary ufunc f (max or add: both reduce a box one axis at a
     time), axis by axis: k1 + k2 strided passes instead of k1 * k2."""
     y = xp
@@ -218,10 +218,10 @@ def _pool(xp, kshape, strides, dil, out, f):
 def max_pool(ins, at):
     x = ins[0]
     nsp = x.ndim - 2
-    kshape, strides, dil, begin, end, extra, out = _pool_geometry(x, at)
+    kshape, strides, dil, begin, end, extra, out = pool_geometry(x, at)
     low = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
-    xp = _pad_spatial(x, begin, [e + x_ for e, x_ in zip(end, extra)], low)
-    y = _pool(xp, kshape, strides, dil, out, np.maximum)
+    xp = pad_spatial(x, begin, [e + x_ for e, x_ in zip(end, extra)], low)
+    y = pool_window(xp, kshape, strides, dil, out, np.maximum)
     if at["__n_outputs__"] < 2:
         return (y,)
     v = windows(np.ascontiguousarray(xp), kshape, strides, dil, out)
@@ -250,19 +250,19 @@ def max_pool(ins, at):
 
 def _avg_or_lp(x, at, p=None):
     nsp = x.ndim - 2
-    kshape, strides, dil, begin, end, extra, out = _pool_geometry(x, at)
+    kshape, strides, dil, begin, end, extra, out = pool_geometry(x, at)
     xx = np.abs(x) ** p if p is not None else x
-    xp = _pad_spatial(xx, begin, [e + x_ for e, x_ in zip(end, extra)], 0)
-    s = _pool(xp, kshape, strides, dil, out, np.add)
+    xp = pad_spatial(xx, begin, [e + x_ for e, x_ in zip(end, extra)], 0)
+    s = pool_window(xp, kshape, strides, dil, out, np.add)
     if p is not None:
         return s ** (1.0 / p)
     ones = np.ones((1, 1) + x.shape[2:], dtype=x.dtype)
     if at.get("count_include_pad"):
-        mask = _pad_spatial(ones, begin, end, 1)
-        mask = _pad_spatial(mask, [0] * nsp, extra, 0)
+        mask = pad_spatial(ones, begin, end, 1)
+        mask = pad_spatial(mask, [0] * nsp, extra, 0)
     else:
-        mask = _pad_spatial(ones, begin, [e + x_ for e, x_ in zip(end, extra)], 0)
-    counts = _pool(mask, kshape, strides, dil, out, np.add)
+        mask = pad_spatial(ones, begin, [e + x_ for e, x_ in zip(end, extra)], 0)
+    counts = pool_window(mask, kshape, strides, dil, out, np.add)
     return s / counts
 
 

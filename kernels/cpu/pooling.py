@@ -30,7 +30,7 @@ import numpy as np
 
 from ..registry import prepare
 from ._util import remember, row_sums, row_sums_fit
-from .nn import _pad_spatial, _pool, _pool_geometry
+from .nn import pad_spatial, pool_window, pool_geometry
 
 _AVG_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 # padded maps up to this many elements are padded into a buffer of their own per node, geometry and
@@ -165,7 +165,7 @@ class _PoolPlan:
 
     def __init__(self, shape, dtype, at, ufunc, average):
         self.ufunc = ufunc
-        kshape, strides, dil, begin, end, extra, out = _pool_geometry(_Shape(shape), at)
+        kshape, strides, dil, begin, end, extra, out = pool_geometry(_Shape(shape), at)
         self.in_shape = tuple(shape)
         self.out_shape = tuple(shape[:2]) + tuple(out)
         if any(v < 0 for v in begin + end) or min(out, default=1) <= 0:
@@ -177,10 +177,10 @@ class _PoolPlan:
         if average:
             ones = np.ones((1, 1) + tuple(self.in_shape[2:]), dtype)
             if at.get("count_include_pad"):
-                mask = _pad_spatial(_pad_spatial(ones, begin, end, 1), [0] * len(out), extra, 0)
+                mask = pad_spatial(pad_spatial(ones, begin, end, 1), [0] * len(out), extra, 0)
             else:
-                mask = _pad_spatial(ones, begin, tail, 0)
-            self.divisor = np.ascontiguousarray(_pool(mask, kshape, strides, dil, out, np.add))
+                mask = pad_spatial(ones, begin, tail, 0)
+            self.divisor = np.ascontiguousarray(pool_window(mask, kshape, strides, dil, out, np.add))
         # one window covering the whole map (a final 7x7 average): a reduction over the flat plane
         self.whole = all(o == 1 and dl == 1 and b >= 0 and k - b >= i
                          for o, dl, b, k, i in zip(out, dil, begin, kshape, shape[2:]))
@@ -243,7 +243,7 @@ def _axis_passes(shape, kshape, strides, dil, begin, out, fill):
 
 
 class _Shape:
-    """Stands in for an array where _pool_geometry only reads ndim and shape."""
+    """Stands in for an array where pool_geometry only reads ndim and shape."""
 
     def __init__(self, shape):
         self.shape = tuple(shape)

@@ -39,11 +39,11 @@ def prepare_conv(at, consts, generic):
     b = consts[2] if len(consts) > 2 else None
     if not isinstance(w, np.ndarray) or w.dtype not in _FLOAT or b is DYNAMIC:
         return None
-    return _Conv(w, b, at, generic)
+    return PreparedConv(w, b, at, generic)
 
 
 class ConvPath(NamedTuple):
-    """How _Conv runs one input geometry: its pads and output size, and which path it takes."""
+    """How PreparedConv runs one input geometry: its pads and output size, and which path it takes."""
     begin: list
     end: list
     out: list
@@ -55,7 +55,7 @@ class ConvPath(NamedTuple):
     gather: np.ndarray | None  # a small im2col: one gather through this index (conv_gather.py)
 
 
-class _Conv:
+class PreparedConv:
     """Conv with its weight pre-laid-out. Paths: 1x1/stride 1/no pad = one GEMM on the input as is;
     else im2col (one copy of a strided window view) + one GEMM, batched over groups. Depthwise
     conv takes the grouped path too: measured against a multiply-add per kernel offset (the
@@ -63,7 +63,7 @@ class _Conv:
     1-D/2-D convs with a kernel larger than 1x1 now copy their columns row-wide instead
     (depthwise.RowWideConv: long contiguous runs, the same batched GEMM; 1.2-2.2x faster on
     depthwise), unless Winograd is the faster one (big dense 3x3 convs). `exact`: never Winograd,
-    whose transforms round (integer-valued operands then give integer sums, see prepared_quant.py)."""
+    whose transforms round (integer-valued operands then give integer sums, see quant.py)."""
 
     def __init__(self, w, b, at, generic, exact=False):
         self.generic = generic

@@ -50,7 +50,7 @@ def _nearest(xs, mode):
     raise ValueError(f"unknown nearest_mode {mode!r}")
 
 
-def _taps(n_out, n_in, scale, at, roi):
+def resize_taps(n_out, n_in, scale, at, roi):
     """(index, coeff, outside): output i along the axis is sum_t coeff[i, t] * input[index[i, t]]
     (indices clipped into the input, as the spec's edge padding), and a mask of outputs that
     extrapolate. Nearest mode has one tap of weight 1: a plain selection."""
@@ -131,7 +131,7 @@ def resize(x, scales, sizes, roi, at):
     for a in reversed(range(nd)):
         if out_shape[a] == x.shape[a] and full_scales[a] == 1.0 and rois[a] == (0.0, 1.0):
             continue
-        idx, coeff, outside = _taps(out_shape[a], x.shape[a], full_scales[a], at, rois[a])
+        idx, coeff, outside = resize_taps(out_shape[a], x.shape[a], full_scales[a], at, rois[a])
         y = _resize_axis(y, a, idx, coeff)
         if outside.any():
             sel = [slice(None)] * nd

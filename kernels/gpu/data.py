@@ -15,7 +15,7 @@ import cupy as cp
 from graphopt.errors import Unsupported
 
 from ..registry import kernel
-from . import _runtime as rt
+from . import cupy_runtime as rt
 
 H = rt.host  # shape-like parameters
 

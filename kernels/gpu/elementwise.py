@@ -12,7 +12,7 @@ import cupy as cp
 import cupyx.scipy.special as cps
 
 from ..registry import kernel
-from . import _runtime as rt
+from . import cupy_runtime as rt
 
 
 def _same(fn):

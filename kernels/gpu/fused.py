@@ -9,7 +9,7 @@ import numpy as np
 import cupy as cp
 
 from ..registry import kernel
-from . import _runtime as rt
+from . import cupy_runtime as rt
 from . import elementwise, linalg, nn
 
 DOMAIN = "ai.graphopt"

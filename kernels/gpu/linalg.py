@@ -15,7 +15,7 @@ import cupy._core._routines_linalg as _linalg
 from graphopt.errors import Unsupported
 
 from ..registry import kernel
-from . import _runtime as rt
+from . import cupy_runtime as rt
 
 
 @contextlib.contextmanager

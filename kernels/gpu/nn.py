@@ -11,7 +11,7 @@ import cupy as cp
 from graphopt.errors import Unsupported
 
 from ..registry import kernel
-from . import _runtime as rt
+from . import cupy_runtime as rt
 from .cuda_attention import BM, head_dim_bucket
 
 
@@ -247,11 +247,11 @@ def global_max_pool(ins, at):
 _TAPS: dict = {}
 
 
-def _taps(n_out, n_in, scale, at):
+def resize_taps(n_out, n_in, scale, at):
     """Tap tables (indices, weights) of one resized axis, the NumPy runtime's (kernels/cpu/resize.py),
     built on the host once per (sizes, scale, mode) and kept on the device (a bounded cache)."""
     from graphopt.kernels.cpu._util import remember
-    from graphopt.kernels.cpu.resize import _taps as host_taps
+    from graphopt.kernels.cpu.resize import resize_taps as host_taps
     key = (n_out, n_in, scale, at["mode"], at["coordinate_transformation_mode"], at["nearest_mode"],
            at.get("cubic_coeff_a"), at.get("exclude_outside"), at.get("antialias"))
     hit = _TAPS.get(key)
@@ -284,7 +284,7 @@ def resize(ins, at):
     for a in reversed(range(x.ndim)):
         if out_shape[a] == x.shape[a] and full[a] == 1.0:
             continue
-        idx, wt, taps = _taps(out_shape[a], x.shape[a], full[a], at)
+        idx, wt, taps = resize_taps(out_shape[a], x.shape[a], full[a], at)
         shape = list(y.shape)
         shape[a] = out_shape[a]
         z = cp.empty(shape, dtype=x.dtype)

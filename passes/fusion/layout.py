@@ -15,17 +15,17 @@ from .layout_shape import (
     BINARY,
     ELEMENTWISE,
     RESHAPES,
-    _hoist_transpose,
-    _hoist_transpose_check,
-    _pair_to_reshape,
-    _pair_to_reshape_check,
-    _reshape_literal,
-    _reshape_literal_check,
-    _reshape_noop_check,
-    _sink_transpose,
-    _sink_transpose_check,
-    _split_concat,
-    _split_concat_check,
+    hoist_transpose,
+    hoist_transpose_check,
+    pair_to_reshape,
+    pair_to_reshape_check,
+    reshape_literal,
+    reshape_literal_check,
+    reshape_noop_check,
+    sink_transpose,
+    sink_transpose_check,
+    split_concat,
+    split_concat_check,
 )
 
 # ---------------------------------------------------------------- Transpose(Transpose(x))
@@ -150,19 +150,19 @@ LAYOUT_RULES = [
                                  allow_extra_inputs=True), lambda m: m["x"], _pair_check),  # Unsqueeze(Squeeze(x, a), a) -> x
     Rule("reshape-like-pair", Op(("Flatten", "Squeeze", "Unsqueeze"), Op(RESHAPES, Var("x"), allow_extra_inputs=True,
                                                                         name="inner"), allow_extra_inputs=True),
-         _pair_to_reshape, _pair_to_reshape_check),  # Flatten|Squeeze|Unsqueeze(Reshape-like(x)) -> Reshape(x, known)
+         pair_to_reshape, pair_to_reshape_check),  # Flatten|Squeeze|Unsqueeze(Reshape-like(x)) -> Reshape(x, known)
     Rule("reshape-noop", Op("Reshape", Var("x"), Const("shape")), lambda m: m["x"],
-         lambda m: _reshape_noop_check(m) or output_is_renamable(m)),  # Reshape(x[N,4], [0, 4] | [-1, 4]) -> x
-    Rule("split-concat", Op("Concat", Var("first"), allow_extra_inputs=True), _split_concat,
-         _split_concat_check),  # Concat(Split(x, a)..., a) -> x  (all parts, in order)
+         lambda m: reshape_noop_check(m) or output_is_renamable(m)),  # Reshape(x[N,4], [0, 4] | [-1, 4]) -> x
+    Rule("split-concat", Op("Concat", Var("first"), allow_extra_inputs=True), split_concat,
+         split_concat_check),  # Concat(Split(x, a)..., a) -> x  (all parts, in order)
     Rule("reshape-shape-chain", Op("Reshape", Var("x"), Op("Concat", Var("part0"), allow_extra_inputs=True,
                                                            single_use=False, name="concat")),
-         _reshape_literal, _reshape_literal_check),  # Reshape(x, Concat(Shape(x)[0], 12, 64)) -> Reshape(x, [0, 12, 64])
+         reshape_literal, reshape_literal_check),  # Reshape(x, Concat(Shape(x)[0], 12, 64)) -> Reshape(x, [0, 12, 64])
     Rule("sink-transpose", Op("Transpose", Op(ELEMENTWISE, Op("Transpose", Var("x"), name="inner"), allow_extra_inputs=True,
                                               name="ew")),
-         _sink_transpose, _sink_transpose_check),  # Transpose(f(Transpose(x, p)), q) -> Transpose(f(x), p∘q) | f(x)
+         sink_transpose, sink_transpose_check),  # Transpose(f(Transpose(x, p)), q) -> Transpose(f(x), p∘q) | f(x)
     Rule("hoist-transpose", Op(BINARY, Op("Transpose", Var("a"), name="ta"), Op("Transpose", Var("b"), name="tb")),
-         _hoist_transpose, _hoist_transpose_check),  # f(Transpose(a, p), Transpose(b, p)) -> Transpose(f(a, b), p)
+         hoist_transpose, hoist_transpose_check),  # f(Transpose(a, p), Transpose(b, p)) -> Transpose(f(a, b), p)
 ]
 
 register_rules("simplify-layout", LAYOUT_RULES, level=2,

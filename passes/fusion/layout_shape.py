@@ -43,19 +43,19 @@ def _literal_shape(out, x, allowzero: bool) -> list[int] | str:
     return shape
 
 
-def _pair_to_reshape_check(m) -> str | None:
+def pair_to_reshape_check(m) -> str | None:
     got = _literal_shape(m.root.outputs[0], m["x"], False)
     return got if isinstance(got, str) else None
 
 
-def _pair_to_reshape(m):
+def pair_to_reshape(m):
     shape = np.array(_literal_shape(m.root.outputs[0], m["x"], False), np.int64)
     return m.op("Reshape", [m["x"], m.constant(shape, "shape")], {}, **out_like(m))
 
 
 # ---------------------------------------------------------------- Reshape(x, s) that keeps x's (symbolic) shape
 
-def _reshape_noop_check(m) -> str | None:
+def reshape_noop_check(m) -> str | None:
     x, target = m["x"], [int(v) for v in m.const("shape").reshape(-1)]
     copy = not attr_value(m.root, "allowzero", m.opset)
     if x.shape is None or len(target) != len(x.shape):
@@ -90,7 +90,7 @@ def _split_source(m):
     return split, x
 
 
-def _split_concat_check(m) -> str | None:
+def split_concat_check(m) -> str | None:
     got = _split_source(m)
     if isinstance(got, str):
         return got
@@ -100,7 +100,7 @@ def _split_concat_check(m) -> str | None:
     return None
 
 
-def _split_concat(m):
+def split_concat(m):
     split, x = _split_source(m)
     m.matched.append(split)  # dead once the Concat is gone: let the driver drop it
     return x
@@ -171,7 +171,7 @@ def _literal_target(m) -> list[int] | str:
     return target
 
 
-def _reshape_literal_check(m) -> str | None:
+def reshape_literal_check(m) -> str | None:
     got = _literal_target(m)
     return got if isinstance(got, str) else None
 
@@ -184,7 +184,7 @@ def _shape_reads(t, depth: int = 4) -> list:
     return [node] + _shape_reads(node.inputs[0], depth - 1)
 
 
-def _reshape_literal(m):
+def reshape_literal(m):
     shape = np.array(_literal_target(m), np.int64)
     for part in m.nodes["concat"].inputs:
         m.matched.extend(_shape_reads(part))  # the driver drops each one that is left without consumers
@@ -209,7 +209,7 @@ def _sunk_perm(m):
     return [p[i] for i in q]
 
 
-def _sink_transpose_check(m) -> str | None:
+def sink_transpose_check(m) -> str | None:
     ew, t_out = m.nodes["ew"], m.nodes["inner"].outputs[0]
     if (ew.domain or "") not in ("", "ai.onnx"):
         return "elementwise op is not a standard op"
@@ -224,7 +224,7 @@ def _sink_transpose_check(m) -> str | None:
     return None
 
 
-def _sink_transpose(m):
+def sink_transpose(m):
     ew, x = m.nodes["ew"], m["x"]
     inputs = [x] + list(ew.inputs[1:])
     perm = _sunk_perm(m)
@@ -250,12 +250,12 @@ def _shared_perm(m) -> list[int] | str:
     return pa
 
 
-def _hoist_transpose_check(m) -> str | None:
+def hoist_transpose_check(m) -> str | None:
     got = _shared_perm(m)
     return got if isinstance(got, str) else None
 
 
-def _hoist_transpose(m):
+def hoist_transpose(m):
     perm = _shared_perm(m)
     out = m.root.outputs[0]
     y = m.op(m.root.op, [m["a"], m["b"]], dict(m.root.attrs), dtype=out.dtype)

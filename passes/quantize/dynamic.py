@@ -23,7 +23,7 @@ from .common import (
     splice_nodes,
     sqnr_db,
 )
-from .static import QuantReport, _drop_unused_initializers
+from .static import QuantReport, drop_unused_initializers
 
 DYNAMIC_OPS = {"MatMul", "Gemm", "Conv"}
 
@@ -82,7 +82,7 @@ def apply_dynamic(model: onnx.ModelProto, ops=DYNAMIC_OPS, exclude=(), keep_fina
         replace[out] = new
         report.nodes.append(label)
     splice_nodes(model, replace)
-    _drop_unused_initializers(model)
+    drop_unused_initializers(model)
     return model, report
 
 

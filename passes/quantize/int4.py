@@ -20,7 +20,7 @@ from .common import (
     splice_nodes,
     sqnr_db,
 )
-from .static import QuantReport, _drop_unused_initializers
+from .static import QuantReport, drop_unused_initializers
 
 
 def quantize_blocks(w: np.ndarray, block: int):
@@ -87,7 +87,7 @@ def apply_int4(model: onnx.ModelProto, block_size: int = 32, target: str = "onnx
     splice_nodes(model, replace)
     if target == "ort" and report.nodes and not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    _drop_unused_initializers(model)
+    drop_unused_initializers(model)
     return model, report
 
 

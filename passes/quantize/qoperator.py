@@ -12,7 +12,7 @@ import onnx
 from onnx import helper
 
 from .common import ModelView
-from .static import _drop_unused_initializers
+from .static import drop_unused_initializers
 
 
 def _dq(view: ModelView, tensor: str):
@@ -70,6 +70,6 @@ def to_qoperator(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         nodes = keep
     del g.node[:]
     g.node.extend(nodes)
-    _drop_unused_initializers(m)
+    drop_unused_initializers(m)
     onnx.checker.check_model(m)
     return m, len(replaced)

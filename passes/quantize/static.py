@@ -240,7 +240,7 @@ def apply_static(model: onnx.ModelProto, ranges: dict, ops=DEFAULT_OPS, exclude=
         report.nodes.append(node_label(node))
     report.nodes += [node_label(n) for n in chosen if n.op_type not in WEIGHTED_OPS]
     _splice(model, new_nodes)
-    _drop_unused_initializers(model)
+    drop_unused_initializers(model)
     return model, report
 
 
@@ -287,10 +287,10 @@ def _splice(model: onnx.ModelProto, new_nodes: dict) -> None:
     g.node.extend(out)
 
 
-def _drop_unused_initializers(model: onnx.ModelProto) -> None:
+def drop_unused_initializers(model: onnx.ModelProto) -> None:
     g = model.graph
     used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
-    used |= _subgraph_reads(g)
+    used |= subgraph_reads(g)
     keep = [t for t in g.initializer if t.name in used]
     del g.initializer[:]
     g.initializer.extend(keep)
@@ -299,12 +299,12 @@ def _drop_unused_initializers(model: onnx.ModelProto) -> None:
     g.input.extend(inputs)
 
 
-def _subgraph_reads(g) -> set[str]:
+def subgraph_reads(g) -> set[str]:
     names = set()
     for n in g.node:
         for a in n.attribute:
             for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                names |= {i for m in sub.node for i in m.input} | _subgraph_reads(sub)
+                names |= {i for m in sub.node for i in m.input} | subgraph_reads(sub)
     return names
 
 

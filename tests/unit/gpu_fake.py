@@ -42,7 +42,7 @@ def install():
     sys.modules.update({"cupy": cp, "cupy.cuda": cuda, "cupy.cuda.runtime": runtime, "cupy._core": core,
                         "cupy._core._routines_linalg": linalg, "cupyx": cupyx, "cupyx.scipy": scipy,
                         "cupyx.scipy.special": special})
-    from graphopt.kernels.gpu import _runtime as rt
+    from graphopt.kernels.gpu import cupy_runtime as rt
     from graphopt.kernels.gpu import codegen
     rt.function = _function
     rt.launch = lambda fn, n, args, block=256: fn((1,), (block,), args) if n > 0 else None

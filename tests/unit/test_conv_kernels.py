@@ -96,7 +96,7 @@ CASES = [
     ("dense1d_s2", 2, 6, 10, 1, (33,), (7,), {"pads": [3, 2], "strides": [2]}, True),
     ("dw1d_dil2_asym", 2, 6, 6, 6, (17,), (3,), {"pads": [3, 1], "dilations": [2]}, False),
     ("dw3d", 1, 4, 4, 4, (5, 6, 7), (3, 3, 3), {"pads": [1] * 6}, True),
-    # a batch of small outputs: one GEMM over the batch (prepared._Conv._batch_merged)
+    # a batch of small outputs: one GEMM over the batch (prepared.PreparedConv._batch_merged)
     ("dense3x3_batch4_merged", 4, 64, 64, 1, (6, 5), (3, 3), {"pads": [1, 1, 1, 1]}, True),
     ("pointwise_batch3_merged", 3, 256, 160, 1, (4, 4), (1, 1), {}, False),
     ("dense1d_s2_batch4_merged", 4, 129, 128, 1, (9,), (3,), {"pads": [1, 1], "strides": [2]}, True),

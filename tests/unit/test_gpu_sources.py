@@ -83,7 +83,7 @@ def _nvrtc():
 @pytest.mark.skipif(_nvrtc() is None, reason="CuPy's NVRTC is not available")
 def test_sources_compile_with_cupys_nvrtc_and_options():
     """The compiler CuPy's RawModule uses at run time, with the runtime's options, for sm_90."""
-    from graphopt.kernels.gpu._runtime import _OPTIONS  # imports CuPy: fine, NVRTC needs it anyway
+    from graphopt.kernels.gpu.cupy_runtime import _OPTIONS  # imports CuPy: fine, NVRTC needs it anyway
     nvrtc = _nvrtc()
     failures = {}
     for label, source in {**SOURCES, **_generated()}.items():

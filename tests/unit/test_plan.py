@@ -70,12 +70,12 @@ def test_prepared_conv_matches_ort(x_shape, w_shape, attrs, bias):
 
 
 def test_winograd_path_is_taken_for_3x3_stride_1_with_enough_channels():
-    from graphopt.kernels.cpu.prepared import _Conv
+    from graphopt.kernels.cpu.prepared import PreparedConv
     model = single_node_model("Conv", (1, 128, 28, 28), [numpy_helper.from_array(arr(128, 128, 3, 3), "w")],
                               {"pads": [1, 1, 1, 1]})
     sess = check(model, {"x": arr(1, 128, 28, 28)})
     conv = sess._plan.steps[0][0]
-    assert isinstance(conv, _Conv) and conv.winograd is not None
+    assert isinstance(conv, PreparedConv) and conv.winograd is not None
     assert conv.geometry[(1, 128, 28, 28)].wino  # the per-shape choice: Winograd (its GEMMs dominate here)
 
 

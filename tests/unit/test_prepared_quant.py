@@ -1,4 +1,4 @@
-"""QLinearConv / QLinearMatMul with constant weights (kernels/cpu/prepared_quant.py: weights centered
+"""QLinearConv / QLinearMatMul with constant weights (kernels/cpu/quant.py: weights centered
 once, float32 accumulation where a build-time bound proves it exact) against ONNX Runtime and, where
 float rounding could hide an inexact sum, against the spec's formula in int64.
 

@@ -1,4 +1,4 @@
-"""LSTM and GRU with constant weights (kernels/cpu/prepared_rnn.py) against ONNX Runtime on one-node
+"""LSTM and GRU with constant weights (kernels/cpu/rnn.py) against ONNX Runtime on one-node
 models: directions, layouts, biases and initial states or none, GRU's linear_before_reset 0/1,
 sequence_lens all full (prepared) or ragged (the generic kernel), float32 and float64; and the
 options the prepared kernel leaves to the generic one (peepholes, clip, input_forget) still give
@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from graphopt.kernels.cpu.prepared_rnn import prepare_gru, prepare_lstm
+from graphopt.kernels.cpu.rnn import prepare_gru, prepare_lstm
 from graphopt.runtime.session import Session
 from graphopt.verify import ort_session
 

@@ -313,7 +313,7 @@ class _FusedStep:
     def __call__(self, ins, attrs):
         import cupy as cp
 
-        from graphopt.kernels.gpu import _runtime as rt
+        from graphopt.kernels.gpu import cupy_runtime as rt
         from graphopt.kernels.gpu import codegen
         arrs = [rt.c_contig(rt.device(x).astype(self.dtype, copy=False)) for x in ins]
         shapes = tuple(a.shape for a in arrs)

@@ -396,6 +396,3 @@ def toposort_nodes(built, defined: set):
         remaining = later
     return order
 
-
-__all__ = ["FOLD_LIMIT_BYTES", "BuildContext", "Plan", "bind_node", "constant_value", "formal_inputs",
-           "runs_nested_plans", "toposort_nodes"]
