@@ -18,6 +18,7 @@ import onnx_graphsurgeon as gs
 
 from graphopt import ir
 from graphopt.errors import LimitExceeded, UsageError, VerificationFailed
+from graphopt.compiler import targets
 from graphopt.compiler.rewrite import Rule, RuleStats, apply_rules
 
 DEFAULT_FOLD_LIMIT = 64 << 20
@@ -57,15 +58,37 @@ def register_pass(name: str, level: int = 1, per_graph: bool = True, opt_in: boo
     return wrap
 
 
-def register_rules(name: str, rules: list[Rule], level: int = 1, doc: str = "") -> None:
-    """Register a rule set as a pass: the driver applies it to a fixed point in every (sub)graph."""
+def register_rules(name: str, rules: list[Rule], level: int = 1, doc: str = "",
+                   produces: dict[str, str] | None = None) -> None:
+    """Register a rule set as a pass: the driver applies it to a fixed point in every (sub)graph.
+
+    produces: rule name -> the canonical fused op (graphopt.compiler.targets) the rule emits. Such a
+    rule runs only where the output target can hold that op (--trace says why not), and the pass
+    spells its fused nodes for the target after the rules ran."""
+    produces = produces or {}
 
     def run(graph, ctx):
-        stats = apply_rules(graph, rules, ctx.opset, trace=ctx.trace, stats=RuleStats())
+        allowed, off = [], {}
+        for rule in rules:
+            why = targets.unavailable(produces[rule.name], ctx) if rule.name in produces else None
+            if why:
+                off[rule.name] = why
+            else:
+                allowed.append(rule)
+        stats = apply_rules(graph, allowed, ctx.opset, trace=ctx.trace, stats=RuleStats())
+        traced = set(ctx.trace)
+        for rule in rules:
+            if rule.name in off and ({rule.name, "all"} & traced):
+                root = next((n for n in graph.nodes if n.op in rule.pattern.ops), None)
+                if root is not None:
+                    ctx.near_misses[rule.name] = (0, root.name or root.op, off[rule.name])
         ctx.trace_lines.extend(stats.trace)
-        for rule_name, near in stats.near_miss.items():
-            ctx.near_misses[rule_name] = near
-        return PassResult(stats.total > 0, dict(stats.hits))
+        for rule_name, near in stats.near_miss.items():  # keep the nearest miss over all iterations
+            if rule_name not in ctx.near_misses or near[0] >= ctx.near_misses[rule_name][0]:
+                ctx.near_misses[rule_name] = near
+        # a graphopt spelling may change the graph with no rule hit in this pass
+        spelled = targets.spell_all(graph, ctx) if produces else 0
+        return PassResult(stats.total > 0 or spelled > 0, dict(stats.hits))
 
     run.__module__ = rules[0].rewrite.__module__ if rules else "graphopt"
     REGISTRY[name] = PassInfo(name, level, run, doc, per_graph=True, origin=run.__module__)

@@ -21,6 +21,7 @@ import onnx_graphsurgeon as gs
 
 from graphopt import ir
 from graphopt.ir.attributes import attr_value  # noqa: F401  (rules read attributes through rewrite)
+from graphopt.ir.op_traits import COMMUTATIVE_OPS
 from graphopt.errors import LimitExceeded
 
 STANDARD_DOMAINS = ("", "ai.onnx", None)
@@ -36,26 +37,49 @@ class Var:
 
 
 class Const:
-    """Matches a constant (initializer or Constant node) whose value passes `where`; captures the array."""
+    """Matches a constant (initializer or Constant node) and captures the array.
 
-    def __init__(self, name: str, where: Callable[[np.ndarray], bool] | None = None):
+    Const("k", where)      a constant whose value passes `where` (any constant when None)
+    Const(0.5)             a literal: a one-element constant within tolerance of 0.5 (rtol, plus the
+    Const(math.sqrt(2), rtol=1e-4)   constant dtype's own rounding); captured under the name "=0.5"
+    """
+
+    def __init__(self, name: str | float, where: Callable[[np.ndarray], bool] | None = None, *,
+                 rtol: float = 1e-6, atol: float = 0.0):
+        if isinstance(name, (int, float)) and not isinstance(name, bool):
+            value = float(name)
+            name, where = f"={name!r}", (lambda v: close_to(v, value, rtol=rtol, atol=atol))
         self.name, self.where = name, where
+
+
+def close_to(value: np.ndarray, target: float, rtol: float = 1e-6, atol: float = 0.0) -> bool:
+    """A one-element finite constant within atol + rtol*|target| of `target`, or within its own
+    dtype's rounding of it (exporters spell sqrt(2) with varying digits; float16 cannot come closer)."""
+    if value.size != 1 or not np.issubdtype(value.dtype, np.number) or not np.isfinite(value).all():
+        return False
+    tol = atol + rtol * abs(target)
+    if np.issubdtype(value.dtype, np.floating):
+        tol = max(tol, float(np.finfo(value.dtype).eps) * abs(target))
+    return abs(float(value.reshape(-1)[0]) - target) <= tol
 
 
 class Op:
     """Matches a node of `op` (one type or a tuple of types) whose inputs match `inputs` in order.
 
     attrs: name -> value or predicate (schema defaults apply when the attribute is absent).
-    commutative: a two-input op may match its inputs in either order.
+    commutative: a two-input op may match its inputs in either order; by default, when every op
+    in `op` is commutative (graphopt.ir.op_traits.COMMUTATIVE_OPS: Add, Mul, Max, Min, And, ...).
     single_use: (non-root only) the node's outputs feed only the matched parent and are not graph
     outputs, so removing it is safe. name: capture the node as m.nodes[name].
     """
 
     def __init__(self, op: str | tuple[str, ...], *inputs, attrs: dict | None = None, domain: str = "",
-                 commutative: bool = False, single_use: bool = True, name: str | None = None,
+                 commutative: bool | None = None, single_use: bool = True, name: str | None = None,
                  allow_extra_inputs: bool = False):
         self.ops = (op,) if isinstance(op, str) else tuple(op)
         self.inputs, self.attrs, self.domain = inputs, attrs or {}, domain
+        if commutative is None:
+            commutative = all(o in COMMUTATIVE_OPS for o in self.ops)
         self.commutative, self.single_use, self.name = commutative, single_use, name
         self.allow_extra_inputs = allow_extra_inputs
 

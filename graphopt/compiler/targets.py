@@ -4,13 +4,21 @@
     ort       also ONNX Runtime's com.microsoft contrib ops (FusedConv, SkipLayerNormalization, ...)
     graphopt  also graphopt's own ai.graphopt fused ops, which only graphopt.Session executes
 
-The target and opset reach passes as ctx.options["target"] / ctx.options["opset"]; the fusion
-passes read them through graphopt.passes.fusion.lower. Raising the opset happens here, once, before
+The target and opset reach passes as ctx.options["target"] / ctx.options["opset"].
+
+Fused ops: a fusion rule builds one *canonical* op in the ai.graphopt domain (`emit(m, kind, ...)`);
+the file that owns the op registers how each target spells it (`register_spelling(kind, target,
+spell, min_opset)`), and `register_rules(..., produces={rule: kind})` switches a rule off where the
+target cannot hold its op and spells the fused nodes after the rules ran (spell_all). Raising the opset happens here, once, before
 any pass runs, with onnx.version_converter (a model it cannot convert is refused, not half-converted).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import onnx
+import onnx_graphsurgeon as gs
 
 from graphopt.errors import UsageError
 
@@ -78,3 +86,69 @@ def add_target_arguments(parser) -> None:
 
 def target_options(args) -> dict:
     return {"target": getattr(args, "target", None), "opset": getattr(args, "opset", None)}
+
+
+# ---------------------------------------------------------------- fused ops per target
+
+FUSED = "ai.graphopt"
+ORT = "com.microsoft"
+
+
+@dataclass
+class Spelling:
+    min_opset: int
+    spell: Callable[[gs.Graph, gs.Node, int], None]  # edits the canonical node in place (may add nodes)
+
+
+SPELLINGS: dict[tuple[str, str], Spelling] = {}  # (kind, target) -> how to write it
+NO_KERNEL: set[str] = set()  # kinds graphopt.Session cannot run: off for target graphopt too
+
+
+def register_spelling(kind: str, target: str, spell: Callable, min_opset: int = 1) -> None:
+    SPELLINGS[(kind, target)] = Spelling(min_opset, spell)
+
+
+def target_of(ctx) -> str:
+    return ctx.options.get("target") or DEFAULT_TARGET
+
+
+def unavailable(kind: str, ctx) -> str | None:
+    """Why the target/opset cannot hold a fused `kind` (None when it can)."""
+    target = target_of(ctx)
+    if target == "graphopt" and (kind not in NO_KERNEL or has_kernel(kind)):
+        return None
+    # a graphopt spelling only refines a canonical op the runtime can run: it never makes one available
+    spelling = SPELLINGS.get((kind, target)) if target != "graphopt" else None
+    if spelling is None:
+        return f"target '{target}' has no fused {kind} (--target ort or graphopt has)"
+    if ctx.opset < spelling.min_opset:
+        return (f"target '{target}' has {kind} only from opset {spelling.min_opset}, the model has "
+                f"{ctx.opset} (--opset {spelling.min_opset} raises it)")
+    return None
+
+
+def has_kernel(kind: str) -> bool:
+    """graphopt.Session can run the canonical `kind` (a kernel in graphopt.kernels.cpu.fused)."""
+    try:
+        import graphopt.kernels.cpu  # noqa: F401  (registers the kernels)
+        from graphopt.kernels import registry
+    except ImportError:
+        return False
+    return registry.lookup(FUSED, kind, 1) is not None
+
+
+def emit(m, kind: str, inputs, attrs=None, **out):
+    """The canonical fused node, built through the match (the driver inserts it)."""
+    return m.op(kind, inputs, attrs, domain=FUSED, **out)
+
+
+def spell_all(graph: gs.Graph, ctx) -> int:
+    """Spell the canonical nodes for the target; the number of nodes changed. A graphopt spelling
+    keeps the node canonical, so it runs again after every later fusion pass: it must be idempotent
+    and return whether it changed the graph (an ort/onnx spelling always does, returning None)."""
+    target, count = target_of(ctx), 0
+    for node in list(graph.nodes):
+        if node.domain == FUSED and (node.op, target) in SPELLINGS:
+            done = SPELLINGS[(node.op, target)].spell(graph, node, ctx.opset)
+            count += 1 if done is None else int(bool(done))
+    return count

@@ -19,13 +19,13 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
+from graphopt.compiler.pass_manager import register_rules
 from graphopt.compiler.rewrite import Op, Rule, Var, attr_value
 
 from .common import near, optional_input, out_like
 from .lower import (
     ORT,
     emit,
-    register_fusion_rules,
     register_spelling,
     to_domain,
 )
@@ -194,8 +194,8 @@ ACTIVATION_RULES = [
 for _kind in ("FusedConv", "FusedGemm", "QuickGelu"):
     register_spelling(_kind, "ort", to_domain(ORT, _kind))
 
-register_fusion_rules("fuse-activation", ACTIVATION_RULES, level=2,
-                      produces={"conv-activation": "FusedConv", "conv-add-activation": "FusedConv", "conv-hardswish": "FusedConv",
-                                "gemm-activation": "FusedGemm", "silu": "QuickGelu"},
-                      doc="Conv/Gemm + Relu/Clip/LeakyRelu/Sigmoid/Tanh/HardSigmoid/HardSwish -> FusedConv/FusedGemm, "
-                          "x*Sigmoid(x) -> QuickGelu (--target ort, graphopt)")
+register_rules("fuse-activation", ACTIVATION_RULES, level=2,
+               produces={"conv-activation": "FusedConv", "conv-add-activation": "FusedConv",
+                         "conv-hardswish": "FusedConv", "gemm-activation": "FusedGemm", "silu": "QuickGelu"},
+               doc="Conv/Gemm + Relu/Clip/LeakyRelu/Sigmoid/Tanh/HardSigmoid/HardSwish -> FusedConv/FusedGemm, "
+                   "x*Sigmoid(x) -> QuickGelu (--target ort, graphopt)")

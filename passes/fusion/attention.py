@@ -22,7 +22,9 @@ from graphopt import ir
 from graphopt.compiler.rewrite import Op, Rule, Var, attr_value
 
 from .common import out_like
-from .lower import emit, register_fusion_rules
+from graphopt.compiler.pass_manager import register_rules
+
+from .lower import emit
 
 DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
 
@@ -252,6 +254,6 @@ ATTENTION_RULES = [
     # merge(softmax(split(Q) split(K)^T * scale + mask) split(V)) -> Attention(Q, K, V, mask)
 ]
 
-register_fusion_rules("fuse-attention", ATTENTION_RULES, {"attention": "Attention"}, level=2,
-                      doc="Multi-head scaled dot-product attention -> one Attention op "
-                          "(onnx target: opset >= 23; ort: Attention/MultiHeadAttention)")
+register_rules("fuse-attention", ATTENTION_RULES, level=2, produces={"attention": "Attention"},
+               doc="Multi-head scaled dot-product attention -> one Attention op "
+                   "(onnx target: opset >= 23; ort: Attention/MultiHeadAttention)")

@@ -5,7 +5,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt.compiler.rewrite import attr_value
+from graphopt.compiler.rewrite import attr_value, close_to
 
 FLOAT_TYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
@@ -15,13 +15,8 @@ def is_float(t: gs.Tensor) -> bool:
 
 
 def near(value: np.ndarray, target: float, tol: float = 1e-5) -> bool:
-    """A single-element constant close to `target` (exporters spell sqrt(2) with varying digits;
-    float16 cannot come closer than its own rounding)."""
-    if value.size != 1 or not np.isfinite(value).all():
-        return False
-    if np.issubdtype(value.dtype, np.floating):
-        tol = max(tol, float(np.finfo(value.dtype).eps) * abs(target))
-    return abs(float(value.reshape(-1)[0]) - target) <= tol
+    """A single-element constant close to `target` (absolute `tol`, or the dtype's own rounding)."""
+    return close_to(value, target, rtol=0.0, atol=tol)
 
 
 def scalar_like(c: np.ndarray, x: gs.Tensor) -> bool:

@@ -1,24 +1,17 @@
-"""Target lowering: fusion rules stay declarative and target-blind.
+"""How each target spells the canonical fused ops of the transformer and activation rule files.
 
-A fusion rule builds one *canonical* fused op in the ai.graphopt domain with `emit(m, kind, ...)`
-(Gelu, BiasGelu, LayerNormalization, SkipLayerNormalization, RMSNormalization, Attention, or any
-kind another rule file adds). The pass that ran the rule then spells every canonical node for the
-output target (ctx.options["target"]) and opset, using the table of spellings below:
+Fusion rules stay declarative and target-blind: a rule builds one canonical ai.graphopt op with
+`emit(m, kind, ...)` and registers with `register_rules(..., produces={rule: kind})`; the
+registry of spellings is graphopt.compiler.targets. This file holds the spellings (and the
+neighbour-absorbing graphopt refinements) of Gelu, LayerNormalization, SkipLayerNormalization,
+RMSNormalization and Attention:
 
-    graphopt  keeps the canonical op (graphopt.kernels.cpu.fused executes it); a graphopt spelling
-              may still take neighbours in (a bias Add into SkipLayerNormalization, Q/K/V
-              projections packed into one MatMul): fewer planned steps for the runtime
+    graphopt  keeps the canonical op (graphopt's runtime executes it); a graphopt spelling may still
+              take neighbours in (a bias Add into SkipLayerNormalization, Q/K/V projections packed
+              into one MatMul): fewer planned steps for the runtime
     ort       com.microsoft contrib op, or a standard op where ORT has one
     onnx      the standard op, only from the opset that defines it
 
-A rule whose kind has no spelling for the target/opset is switched off before matching, so the
-decomposed form stays and nothing is fused only to be expanded again; `--trace` says why.
-
-Hook for other rule files (e.g. conv/gemm):
-    register_spelling("FusedConv", "ort", spell=to_domain(ORT, "FusedConv"))   # once per target
-    register_fusion_rules("fuse-x", RULES, produces={"rule-name": "FusedConv"}, level=2, doc=...)
-    ... and in a rewrite: return emit(m, "FusedConv", [x, w, b], {"activation": "Relu"}, **out_like(m))
-A kind without a kernel in graphopt.kernels.cpu.fused goes into NO_KERNEL (off for target graphopt too).
 The ort spellings were checked against onnxruntime 1.32 (tests/unit/test_targets.py runs each one).
 """
 from __future__ import annotations
@@ -30,105 +23,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
-from graphopt.compiler.pass_manager import REGISTRY, PassInfo, PassResult
-from graphopt.compiler.rewrite import Rule, RuleStats, apply_rules
-
-FUSED = "ai.graphopt"
-ORT = "com.microsoft"
-DEFAULT_TARGET = "onnx"
-
-
-@dataclass
-class Spelling:
-    min_opset: int
-    spell: Callable[[gs.Graph, gs.Node, int], None]  # edits the canonical node in place (may add nodes)
-
-
-SPELLINGS: dict[tuple[str, str], Spelling] = {}  # (kind, target) -> how to write it
-NO_KERNEL: set[str] = set()  # kinds graphopt.Session cannot run: off for target graphopt too
-
-
-def register_spelling(kind: str, target: str, spell: Callable, min_opset: int = 1) -> None:
-    SPELLINGS[(kind, target)] = Spelling(min_opset, spell)
-
-
-def target_of(ctx) -> str:
-    return ctx.options.get("target") or DEFAULT_TARGET
-
-
-def unavailable(kind: str, ctx) -> str | None:
-    """Why the target/opset cannot hold a fused `kind` (None when it can)."""
-    target = target_of(ctx)
-    if target == "graphopt" and (kind not in NO_KERNEL or _has_kernel(kind)):
-        return None
-    # a graphopt spelling only refines a canonical op the runtime can run: it never makes one available
-    spelling = SPELLINGS.get((kind, target)) if target != "graphopt" else None
-    if spelling is None:
-        return f"target '{target}' has no fused {kind} (--target ort or graphopt has)"
-    if ctx.opset < spelling.min_opset:
-        return (f"target '{target}' has {kind} only from opset {spelling.min_opset}, the model has "
-                f"{ctx.opset} (--opset {spelling.min_opset} raises it)")
-    return None
-
-
-def _has_kernel(kind: str) -> bool:
-    """graphopt.Session can run the canonical `kind` (a kernel in graphopt.kernels.cpu.fused)."""
-    try:
-        import graphopt.kernels.cpu  # noqa: F401  (registers the kernels)
-        from graphopt.kernels import registry
-    except ImportError:
-        return False
-    return registry.lookup(FUSED, kind, 1) is not None
-
-
-def emit(m, kind: str, inputs, attrs=None, **out):
-    """The canonical fused node, built through the match (the driver inserts it)."""
-    return m.op(kind, inputs, attrs, domain=FUSED, **out)
-
-
-def spell_all(graph: gs.Graph, ctx) -> int:
-    """Spell the canonical nodes for the target; the number of nodes changed. A graphopt spelling
-    keeps the node canonical, so it runs again after every later fusion pass: it must be idempotent
-    and return whether it changed the graph (an ort/onnx spelling always does, returning None)."""
-    target, count = target_of(ctx), 0
-    for node in list(graph.nodes):
-        if node.domain == FUSED and (node.op, target) in SPELLINGS:
-            done = SPELLINGS[(node.op, target)].spell(graph, node, ctx.opset)
-            count += 1 if done is None else int(bool(done))
-    return count
-
-
-def register_fusion_rules(name: str, rules: list[Rule], produces: dict[str, str], level: int = 2,
-                          doc: str = "") -> None:
-    """Like register_rules, but a rule runs only when the target can hold what it produces
-    (produces: rule name -> canonical kind), and the pass spells its fused nodes for the target."""
-
-    def run(graph, ctx):
-        allowed, off = [], {}
-        for rule in rules:
-            why = unavailable(produces[rule.name], ctx) if rule.name in produces else None
-            if why:
-                off[rule.name] = why
-            else:
-                allowed.append(rule)
-        stats = apply_rules(graph, allowed, ctx.opset, trace=ctx.trace, stats=RuleStats())
-        traced = set(ctx.trace)
-        for rule in rules:
-            if rule.name in off and ({rule.name, "all"} & traced):
-                root = next((n for n in graph.nodes if n.op in rule.pattern.ops), None)
-                if root is not None:
-                    ctx.near_misses[rule.name] = (0, root.name or root.op, off[rule.name])
-        ctx.trace_lines.extend(stats.trace)
-        for rule_name, near in stats.near_miss.items():  # keep the nearest miss over all iterations
-            if rule_name not in ctx.near_misses or near[0] >= ctx.near_misses[rule_name][0]:
-                ctx.near_misses[rule_name] = near
-        spelled = spell_all(graph, ctx)  # graphopt: may change the graph with no rule hit in this pass
-        return PassResult(stats.total > 0 or spelled > 0, dict(stats.hits))
-
-    run.__module__ = rules[0].rewrite.__module__ if rules else __name__
-    REGISTRY[name] = PassInfo(name, level, run, doc, per_graph=True, origin=run.__module__)
-    REGISTRY[name].rules = rules  # type: ignore[attr-defined]
-
+from graphopt.compiler.targets import (FUSED, NO_KERNEL, ORT, SPELLINGS, emit, register_spelling,  # noqa: F401
+                                       spell_all, target_of, unavailable)
 
 # ---------------------------------------------------------------- spelling helpers
 

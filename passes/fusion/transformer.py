@@ -20,7 +20,9 @@ from graphopt import ir
 from graphopt.compiler.rewrite import Const, Op, Rule, Var, all_equal, attr_value
 
 from .common import axes_of, axis_vector, optional_input, out_like
-from .lower import FUSED, emit, register_fusion_rules
+from graphopt.compiler.pass_manager import register_rules
+
+from .lower import FUSED, emit
 
 LAYERNORM_DTYPES = (np.float16, np.float32)  # computed in float32 (stash_type=1), as the original's float16/32
 
@@ -237,9 +239,9 @@ for _rms in _fused_or_standard("RMSNormalization", Var("x"), Const("scale")):
 
 PRODUCES = {r.name: ("RMSNormalization" if "rms" in r.name else "LayerNormalization") for r in LAYERNORM_RULES}
 
-register_fusion_rules("fuse-layernorm", LAYERNORM_RULES, PRODUCES, level=2,
-                      doc="Decomposed LayerNorm/RMSNorm (last axis) -> fused op, gamma/beta absorbed "
-                          "(onnx target: LayerNormalization >= 17, RMSNormalization >= 23)")
+register_rules("fuse-layernorm", LAYERNORM_RULES, level=2, produces=PRODUCES,
+               doc="Decomposed LayerNorm/RMSNorm (last axis) -> fused op, gamma/beta absorbed "
+                   "(onnx target: LayerNormalization >= 17, RMSNormalization >= 23)")
 
 SKIP_RULES = [Rule("skip-layernorm", Op("LayerNormalization", Op("Add", Var("a"), Var("b"), name="add", single_use=False),
                                         Const("scale"), allow_extra_inputs=True, domain=d, name="ln"), _skip, _skip_check)
@@ -247,5 +249,5 @@ SKIP_RULES = [Rule("skip-layernorm", Op("LayerNormalization", Op("Add", Var("a")
 # LayerNormalization(a + b, s, bias) -> SkipLayerNormalization(a, b, s, bias); when a + b is read elsewhere
 # too (pre-LN residual stream), its readers take the fused op's input_skip_bias_sum output instead
 
-register_fusion_rules("fuse-skip-layernorm", SKIP_RULES, {"skip-layernorm": "SkipLayerNormalization"}, level=2,
-                      doc="Add + LayerNormalization -> SkipLayerNormalization (targets ort, graphopt)")
+register_rules("fuse-skip-layernorm", SKIP_RULES, level=2, produces={"skip-layernorm": "SkipLayerNormalization"},
+               doc="Add + LayerNormalization -> SkipLayerNormalization (targets ort, graphopt)")
