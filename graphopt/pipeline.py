@@ -19,7 +19,7 @@ from graphopt.compiler.report import CompileReport, summarize
 
 
 def load_builtin_passes() -> None:
-    importlib.import_module("graphopt.passes")
+    import graphopt.passes  # noqa: F401  (importing registers the built-in passes, in pipeline order)
 
 
 def load_plugin(path) -> None:

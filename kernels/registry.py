@@ -36,6 +36,12 @@ def kernel(op: str, since: int = 1, device: str = "cpu", domain: str = "", shape
     return register
 
 
+def unregister(op: str, domain: str = "", device: str = "cpu") -> None:
+    """Forget every kernel and prepare hook of `op` (a plugin's, when a test or tool unloads it)."""
+    _TABLE.pop((norm_domain(domain), op, device), None)
+    _PREPARE.pop((norm_domain(domain), op, device), None)
+
+
 def lookup(domain: str, op: str, opset: int, device: str = "cpu") -> KernelFn | None:
     """The kernel with the highest `since` <= `opset`, or None."""
     versions = _TABLE.get((norm_domain(domain), op, device))
@@ -96,6 +102,5 @@ def table() -> list[tuple[str, str, int, str, Callable, Callable | None]]:
     rows = []
     for (d, op, dev), versions in _TABLE.items():
         for since, fn in versions:
-            prep = next((p for s, p in _PREPARE.get((d, op, dev), ()) if s == since), None)
-            rows.append((d, op, since, dev, fn, prep))
+            rows.append((d, op, since, dev, fn, lookup_prepare(d, op, since, dev)))
     return sorted(rows, key=lambda r: r[:4])

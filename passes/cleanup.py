@@ -8,10 +8,10 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from graphopt import ir
+from graphopt.ir.op_traits import RANDOM_OPS
 from graphopt.compiler.pass_manager import PassResult, register_pass, register_rules
 from graphopt.compiler.rewrite import STANDARD_DOMAINS, Const, Op, Rule, Var, all_equal, attr_value, same_shape_after_broadcast
 
-from .fold import NONDETERMINISTIC
 
 
 @register_pass("dce", level=1)
@@ -262,7 +262,7 @@ PURE_CUSTOM_OPS = {"ai.graphopt": None, "com.microsoft": {
 
 
 def _mergeable(node: gs.Node) -> bool:
-    if node.op in NONDETERMINISTIC:
+    if node.op in RANDOM_OPS:
         return False
     if node.domain in STANDARD_DOMAINS or node.domain == "ai.onnx.ml":
         return True

@@ -11,15 +11,14 @@ import onnx_graphsurgeon as gs
 
 from graphopt import ir
 from graphopt.ir.limits import DEFAULT as DEFAULT_LIMITS
+from graphopt.ir.op_traits import CONTROL_FLOW_OPS, RANDOM_OPS
 from graphopt.compiler.pass_manager import PassResult, register_pass, register_rules
 from graphopt.compiler.rewrite import STANDARD_DOMAINS, Const, Op, Rule, Var, attr_value
 
-NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
-                    "Bernoulli"}
 # Ops never evaluated at compile time: random, quantization boundaries (folding a
 # DequantizeLinear would turn an int8 model back into float), control flow, sequences.
-NEVER_FOLD = NONDETERMINISTIC | {
-    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "If", "Loop", "Scan",
+NEVER_FOLD = RANDOM_OPS | CONTROL_FLOW_OPS | {
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
     "SequenceConstruct", "SequenceEmpty", "SequenceInsert", "SequenceErase", "SequenceAt", "SequenceLength",
     "SplitToSequence", "ConcatFromSequence", "Optional", "OptionalGetElement", "OptionalHasElement",
 }

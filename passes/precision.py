@@ -15,15 +15,17 @@ import onnx
 from onnx import TensorProto, helper
 
 from .quantize.common import ModelView, elem_types
+from graphopt.ir.op_traits import CONTROL_FLOW_OPS, RANDOM_OPS
+
 from .quantize.static import drop_unused_initializers, subgraph_reads
 
 FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
 # Ops whose output dtype comes from an attribute or a second operand, or whose float inputs are
 # coordinates / counts that float16 cannot hold exactly: they stay float32.
 STRUCTURAL_BLOCK = {"Range", "Resize", "Upsample", "TopK", "NonMaxSuppression", "RoiAlign", "CumSum",
-                    "ConstantOfShape", "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
-                    "EyeLike", "Multinomial", "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
-                    "CastLike", "If", "Loop", "Scan", "SequenceConstruct", "SplitToSequence", "ConcatFromSequence"}
+                    "ConstantOfShape", "EyeLike", "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
+                    "CastLike", "SequenceConstruct", "SplitToSequence", "ConcatFromSequence"
+                    } | RANDOM_OPS | CONTROL_FLOW_OPS
 # Numerically sensitive: long reductions and exponentials overflow or lose precision in float16.
 DEFAULT_BLOCK = {"LayerNormalization", "ReduceSum", "ReduceMean", "ReduceProd", "ReduceSumSquare", "ReduceL2",
                  "ReduceLogSumExp", "ReduceLogSum", "Pow", "Exp", "Log", "Softplus", "GroupNormalization",

@@ -156,7 +156,7 @@ def _prune(args, model: onnx.ModelProto, quiet: bool) -> onnx.ModelProto:
         from graphopt.lossy.calibrate import feeds_list
         feeds = feeds_list(args.eval, model, "evaluation")
         sample = {k: v.shape for k, v in feeds[0].items()}
-    if args.accuracy_budget is not None:  # lower the ratio until the budget holds (graphopt/budget.py)
+    if args.accuracy_budget is not None:  # lower the ratio until the budget holds (graphopt/lossy/budget.py)
         from graphopt.lossy.budget import prune_with_budget
         say = None if quiet else (lambda msg: print(f"  {msg}", file=sys.stderr, flush=True))
         out, report, table = prune_with_budget(model, args.prune, args.prune_mode, feeds, args.accuracy_budget,

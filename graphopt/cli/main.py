@@ -19,6 +19,7 @@ EPILOG = """examples:
   graphopt compile model.onnx -o out.onnx --verify-each     # stop at the first pass that breaks outputs
   graphopt compile model.onnx -o out.onnx --plugin my_passes.py --passes my-pass
   graphopt passes                                           # list passes and their levels
+  graphopt kernels --op Conv                                # which kernel runs an op, and where it is
   graphopt inspect model.onnx
 """
 
@@ -74,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("passes", help="list registered passes")
     p.add_argument("--plugin", action="append", default=[], metavar="FILE.py", help="also load these plugin passes")
+
+    k = sub.add_parser("kernels", help="list runtime kernels: domain/op, since opset, device -> file:line")
+    k.add_argument("--op", help="only this op (case-insensitive; 'Conv' matches Conv, not ConvTranspose)")
+    k.add_argument("--device", choices=("cpu", "gpu"), help="only this device's kernels")
 
     i = sub.add_parser("inspect", help="describe a model: opsets, inputs/outputs, ops, parameters")
     i.add_argument("input")
@@ -138,6 +143,36 @@ def cmd_passes(args) -> int:
     return 0
 
 
+def cmd_kernels(args) -> int:
+    import inspect
+    import os
+
+    import graphopt.kernels.cpu  # noqa: F401  (registers the CPU kernels)
+    from graphopt.kernels import registry
+    try:
+        import graphopt.kernels.gpu  # noqa: F401  (registers the GPU kernels; imports no CuPy)
+    except ImportError:
+        pass
+    root = os.path.dirname(os.path.dirname(inspect.getfile(registry)))
+
+    def where(fn) -> str:
+        fn = inspect.unwrap(fn)
+        try:
+            return f"{os.path.relpath(inspect.getsourcefile(fn), root)}:{inspect.getsourcelines(fn)[1]}"
+        except (TypeError, OSError):  # a builtin or a generated callable
+            return "?"
+
+    rows = [r for r in registry.table() if (not args.op or r[1].lower() == args.op.lower())
+            and (not args.device or r[3] == args.device)]
+    if not rows:
+        raise UsageError(f"no kernel registered for op {args.op!r}" + (f" on {args.device}" if args.device else ""))
+    print(f"{'domain/op':44}{'since':>6}  {'device':7}kernel (prepared at)")
+    for domain, op, since, device, fn, prep in rows:
+        prepared = f"  (prepared: {where(prep)})" if prep is not None else ""
+        print(f"{(domain or 'ai.onnx') + '/' + op:44}{since:>6}  {device:7}{where(fn)}{prepared}")
+    return 0
+
+
 def cmd_inspect(args) -> int:
     import json
     from dataclasses import asdict
@@ -159,7 +194,7 @@ def cmd_inspect(args) -> int:
     return 0
 
 
-COMMANDS = {"compile": cmd_compile, "passes": cmd_passes, "inspect": cmd_inspect}
+COMMANDS = {"compile": cmd_compile, "passes": cmd_passes, "kernels": cmd_kernels, "inspect": cmd_inspect}
 
 
 def main(argv=None) -> int:

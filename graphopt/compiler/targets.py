@@ -120,7 +120,9 @@ def unavailable(kind: str, ctx) -> str | None:
     # a graphopt spelling only refines a canonical op the runtime can run: it never makes one available
     spelling = SPELLINGS.get((kind, target)) if target != "graphopt" else None
     if spelling is None:
-        return f"target '{target}' has no fused {kind} (--target ort or graphopt has)"
+        holders = [t for t in TARGETS if t != target and ((kind, t) in SPELLINGS if t != "graphopt"
+                                                          else kind not in NO_KERNEL or has_kernel(kind))]
+        return f"target '{target}' has no fused {kind}" + (f" (--target {' or '.join(holders)} has)" if holders else "")
     if ctx.opset < spelling.min_opset:
         return (f"target '{target}' has {kind} only from opset {spelling.min_opset}, the model has "
                 f"{ctx.opset} (--opset {spelling.min_opset} raises it)")

@@ -12,8 +12,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt.errors import InvalidModel
+from graphopt.ir.op_traits import CONTROL_FLOW_OPS
 
-_CONTROL_FLOW = {"If", "Loop", "Scan"}  # the standard ops that carry subgraphs
 _names = itertools.count()
 gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR  # its warnings are about its own internals
 
@@ -56,7 +56,7 @@ def fresh_name(base: str) -> str:
 
 
 def subgraphs(node: gs.Node) -> list[gs.Graph]:
-    if node.op not in _CONTROL_FLOW and not node.domain:
+    if node.op not in CONTROL_FLOW_OPS and not node.domain:
         return []
     out = []
     for val in node.attrs.values():

@@ -48,7 +48,7 @@ def build_fast_run(specs: list, input_defaults: list, plan, limit, as_outputs):
 
     When every dim is declared, every feed that passes has one shape signature: the function then
     binds, after its first run, the plan's compiled function for that signature (one specialized
-    for it, see plan_specialize.py), and later runs call it directly."""
+    for it, see runtime/plan/specialize.py), and later runs call it directly."""
     required = dict(specs)
     env = {"_ndarray": np.ndarray, "_limit": limit, "_outputs": as_outputs, "_run": None}
     lines = ["def _fast(feed):", f"    if len(feed) != {len(required)}:", "        return None"]

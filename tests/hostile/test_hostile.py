@@ -20,7 +20,7 @@ from build_corpus import build  # noqa: E402
 HERE = Path(__file__).parent
 with tempfile.TemporaryDirectory() as _scratch:  # names for parametrize; each test builds its own copy
     NAMES = [c.name for c in build(Path(_scratch))]
-# graphopt.Session (graphopt/session.py, not owned here) loads with onnx.load and checks less than
+# graphopt.Session (graphopt/runtime/session.py, not owned here) loads with onnx.load and checks less than
 # graphopt.ir.load_model: these are accepted or crash there today. Fix: call ir.load_model on load.
 
 

@@ -1,6 +1,6 @@
-"""The fast paths of the plan: generated straight-line code (graphopt/plan_codegen.py), plans
-specialized per input-shape signature (plan_specialize.py), inlined local functions
-(plan_inline.py) and the small-op prepare hooks (kernels/cpu/prepared_small.py).
+"""The fast paths of the plan: generated straight-line code (graphopt/runtime/plan/codegen.py), plans
+specialized per input-shape signature (specialize.py), inlined local functions
+(inline.py) and the small-op prepare hooks (kernels/cpu/prepared_small.py).
 Expected outputs come from ONNX Runtime on the same model (never from graphopt)."""
 import numpy as np
 import onnx

@@ -1,4 +1,4 @@
-"""Session.run's generated fast path (graphopt/session_fast.py): it must give ONNX Runtime's outputs
+"""Session.run's generated fast path (graphopt/runtime/fast_run.py): it must give ONNX Runtime's outputs
 on every feed it accepts, step aside (to the general path's conversion or error) on every feed it
 does not, also after it has bound a static model's specialized plan, and never reuse a result."""
 import numpy as np

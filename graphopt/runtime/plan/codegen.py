@@ -25,7 +25,7 @@ _FILENAME = "<graphopt plan>"
 def compile_plan(plan, failed_cls, steps=None, constants=None):
     """fn(inputs, outer) -> outputs for `plan`; inputs are positional, one per plan.input_slots.
     `steps` (default plan.steps) may leave out steps whose outputs `constants` ({slot: value})
-    supplies (graphopt/plan_specialize.py); every value dies after its last use in `steps`."""
+    supplies (specialize.py); every value dies after its last use in `steps`."""
     steps = plan.steps if steps is None else steps
     constants = constants or {}
     none_slot = plan.slots["\0none"]
