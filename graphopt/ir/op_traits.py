@@ -1,7 +1,7 @@
 """Op facts: the one place the compiler, the runtimes and the passes read them from.
 
 Standard ops' facts are tables here. A fused op registers its own facts next to its rule or kernel
-(`register_shape_rule("ai.graphopt", "FusedConv")` in the kernel file), so adding an op never
+(`@kernel("FusedConv", domain="ai.graphopt", shape_from_shapes=True)` in its kernel file), so adding an op never
 edits this file.
 """
 from __future__ import annotations
