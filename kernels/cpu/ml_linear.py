@@ -1,0 +1,254 @@
+"""ai.onnx.ml LinearClassifier / LinearRegressor / SVMClassifier / SVMRegressor, as ONNX Runtime
+computes them (ORT is the reference these kernels are tested against): scores in float32 through
+one GEMM, then ORT's rules for two-class outputs (a single score becomes two columns), votes
+between class pairs for SVMs without probabilities, and Platt scaling plus the pairwise
+coupling iteration (Wu, Lin and Weng 2004, same stopping rule) for SVMs with probabilities.
+Weights are laid out once per node by the prepare hooks.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from graphopt.errors import Unsupported
+
+from ..registry import kernel, prepare
+from .ml_transforms import apply_post_transform, probit
+
+ML = "ai.onnx.ml"
+
+
+def _as_matrix(x):
+    """X as ORT feeds these ops: 2-D float32 (ints and doubles are converted to float)."""
+    x = x.reshape(1, -1) if x.ndim == 1 else x.reshape(x.shape[0], -1)
+    return x if x.dtype == np.float32 else x.astype(np.float32)
+
+
+def _labels(at, ints="classlabels_ints"):
+    strings = at.get("classlabels_strings")
+    if strings:
+        return np.array(strings, dtype=object), True
+    return np.array(at.get(ints) or [], dtype=np.int64), False
+
+
+def finish_scores(scores, post, second_class=None):
+    """ORT's batched score update: transforms for rows of >= 2 scores; for one score per row only
+    PROBIT, or the second column ORT adds (second_class 0/1: 1 - s, 2: -s, or logistic)."""
+    if scores.shape[1] > 1:
+        return apply_post_transform(scores, post)
+    s = scores[:, 0]
+    if post == "PROBIT":
+        return probit(scores)
+    if second_class is None:
+        return scores
+    if second_class in (0, 1):
+        return np.stack([1.0 - s, s], axis=1)
+    if post == "LOGISTIC":
+        return np.stack([1.0 / (1.0 + np.exp(s)), 1.0 / (1.0 + np.exp(-s))], axis=1)
+    return np.stack([-s, s], axis=1)
+
+
+# --- linear models ---------------------------------------------------------------------------
+
+def make_linear_classifier(at):
+    intercepts = np.asarray(at.get("intercepts") or [], np.float32)
+    n_classes = len(intercepts)
+    coef = np.asarray(at["coefficients"], np.float32)
+    if n_classes == 0 or coef.size % n_classes:
+        raise Unsupported("LinearClassifier: coefficients and intercepts do not agree")
+    coef_t = np.ascontiguousarray(coef.reshape(n_classes, -1).T)
+    labels, strings = _labels(at)
+    post = at.get("post_transform") or "NONE"
+    two_labels = len(labels) == 2
+    if n_classes == 1:
+        positive = labels[1] if two_labels else ("1" if strings else 1)
+        negative = labels[0] if two_labels else ("0" if strings else 0)
+        pair = np.array([negative, positive], dtype=labels.dtype)
+
+    def run(ins, _at=None):
+        scores = _as_matrix(ins[0]) @ coef_t + intercepts
+        if n_classes == 1:
+            label = pair[(scores[:, 0] > 0).astype(np.int64)]
+        else:
+            label = labels[scores.argmax(axis=1)]
+        z = finish_scores(scores.astype(np.float64), post, 1 if (n_classes == 1 and two_labels) else None)
+        return label, z.astype(np.float32)
+    return run
+
+
+def make_linear_regressor(at):
+    coef = np.asarray(at["coefficients"], np.float32)
+    targets = at.get("targets") or 1
+    coef_t = np.ascontiguousarray(coef.reshape(targets, -1).T)
+    intercepts = np.asarray(at.get("intercepts") or [0.0] * targets, np.float32)
+    post = at.get("post_transform") or "NONE"
+
+    def run(ins, _at=None):
+        scores = _as_matrix(ins[0]) @ coef_t + intercepts
+        if post == "NONE":
+            return (scores,)
+        return (finish_scores(scores.astype(np.float64), post).astype(np.float32),)
+    return run
+
+
+# --- SVMs --------------------------------------------------------------------------------
+
+def _kernel_fn(at):
+    """fn(x (n, f), vectors (m, f)) -> (n, m) kernel values, float32 as ORT."""
+    kind = at.get("kernel_type") or "LINEAR"
+    params = list(at.get("kernel_params") or []) + [0.0, 0.0, 0.0]
+    gamma, coef0, degree = np.float32(params[0]), np.float32(params[1]), np.float32(params[2])
+    if kind == "LINEAR":
+        return lambda x, v: x @ v.T
+    if kind == "POLY":
+        return lambda x, v: np.power(gamma * (x @ v.T) + coef0, degree)
+    if kind == "SIGMOID":
+        return lambda x, v: np.tanh(gamma * (x @ v.T) + coef0)
+    if kind == "RBF":
+        def rbf(x, v, vv=None):
+            d = (x * x).sum(axis=1)[:, None] - 2 * (x @ v.T) + (v * v).sum(axis=1)[None, :]
+            return np.exp(-gamma * np.maximum(d, 0))
+        return rbf
+    raise Unsupported(f"SVM kernel_type {kind!r}")
+
+
+def make_svm_regressor(at):
+    kern = _kernel_fn(at)
+    coef = np.asarray(at["coefficients"], np.float32)
+    rho = np.float32((at.get("rho") or [0.0])[0])
+    n_sv = at.get("n_supports") or 0
+    post = at.get("post_transform") or "NONE"
+    one_class = at.get("one_class") or 0
+    if n_sv > 0:
+        vectors = np.asarray(at["support_vectors"], np.float32).reshape(n_sv, -1)
+        dual = coef.reshape(-1)[:n_sv].astype(np.float64)
+    else:
+        if (at.get("kernel_type") or "LINEAR") != "LINEAR":
+            raise Unsupported("SVMRegressor without support vectors needs kernel_type LINEAR")
+        vectors = coef.reshape(1, -1)
+        dual = np.ones(1)
+
+    def run(ins, _at=None):
+        k = kern(_as_matrix(ins[0]), vectors).astype(np.float64)
+        scores = (k @ dual + rho)[:, None]
+        if one_class:
+            scores = np.where(scores > 0, 1.0, -1.0)
+        return (finish_scores(scores, post).astype(np.float32),)
+    return run
+
+
+def make_svm_classifier(at):
+    kern = _kernel_fn(at)
+    labels, strings = _labels(at)
+    n_classes = len(labels)
+    coef = np.asarray(at["coefficients"], np.float32).reshape(-1)
+    rho = np.asarray(at.get("rho") or [0.0], np.float64)
+    per_class = at.get("vectors_per_class") or []
+    n_sv = int(sum(per_class))
+    proba_a = np.asarray(at.get("prob_a") or [], np.float64)
+    proba_b = np.asarray(at.get("prob_b") or [], np.float64)
+    have_proba = len(proba_a) > 0
+    post = at.get("post_transform") or "NONE"
+    all_positive = bool((coef >= 0).all())
+    pairs = [(i, j) for i in range(n_classes - 1) for j in range(i + 1, n_classes)]
+    if n_classes < 2:
+        raise Unsupported("SVMClassifier with fewer than two class labels")
+    if n_sv > 0:
+        if len(per_class) != n_classes or len(rho) < len(pairs) or (have_proba and len(proba_a) < len(pairs)):
+            raise Unsupported("SVMClassifier: vectors_per_class / rho / prob_a sizes do not match the classes")
+        vectors = np.asarray(at["support_vectors"], np.float32).reshape(n_sv, -1)
+        starts = np.concatenate([[0], np.cumsum(per_class)]).astype(np.int64)
+        dual = coef.reshape(n_classes - 1, n_sv).astype(np.float64)
+        # pair (i, j): support vectors of i weighted by row j-1, those of j by row i, plus rho
+        pair_weights = np.zeros((n_sv, len(pairs)))
+        for p, (i, j) in enumerate(pairs):
+            pair_weights[starts[i]:starts[i + 1], p] = dual[j - 1, starts[i]:starts[i + 1]]
+            pair_weights[starts[j]:starts[j + 1], p] = dual[i, starts[j]:starts[j + 1]]
+    else:
+        if (at.get("kernel_type") or "LINEAR") != "LINEAR":
+            raise Unsupported("SVMClassifier without support vectors needs kernel_type LINEAR")
+        vectors = coef.reshape(n_classes, -1)
+    winner_i = np.array([i for i, _ in pairs], np.int64)
+    winner_j = np.array([j for _, j in pairs], np.int64)
+
+    def run(ins, _at=None):
+        k = kern(_as_matrix(ins[0]), vectors)
+        if n_sv == 0:  # liblinear layout: one score per class
+            scores = k.astype(np.float64) + np.float32(rho[0])
+            top = scores.argmax(axis=1)
+            label = _choose_binary(scores, top, False) if len(pairs) == 1 else labels[top]
+            return label, finish_scores(scores, post).astype(np.float32)
+        pair_scores = (k.astype(np.float64) @ pair_weights + rho[:len(pairs)]).astype(np.float32).astype(np.float64)
+        if have_proba:
+            probs = _pairwise_probabilities(pair_scores, proba_a, proba_b, n_classes, pairs)
+            label = labels[probs.argmax(axis=1)]
+            return label, finish_scores(probs, post).astype(np.float32)
+        votes = np.zeros((len(pair_scores), n_classes), np.int64)
+        winners = np.where(pair_scores > 0, winner_i, winner_j)
+        for c in range(n_classes):
+            votes[:, c] = (winners == c).sum(axis=1)
+        label = labels[votes.argmax(axis=1)]
+        if n_classes == 2:
+            z = finish_scores(pair_scores, post, 2 if post == "NONE" else 0)
+            if post == "PROBIT":
+                z = np.concatenate([z, np.zeros_like(z)], axis=1)  # ORT fills only the first column
+            return label, z.astype(np.float32)
+        return label, finish_scores(pair_scores, post).astype(np.float32)
+
+    def _choose_binary(scores, top, _):
+        best = scores[np.arange(len(scores)), top]
+        pick_positive = (best >= 0.5) if all_positive else (best > 0)
+        return np.where(pick_positive, labels[1], labels[top])
+    return run
+
+
+def _pairwise_probabilities(pair_scores, proba_a, proba_b, k, pairs):
+    """Platt-scaled pairwise probabilities coupled into class probabilities, as libsvm / ORT do."""
+    n = len(pair_scores)
+    r = np.zeros((n, k, k), np.float32)
+    for p, (i, j) in enumerate(pairs):
+        v = pair_scores[:, p] * proba_a[p] + proba_b[p]
+        prob = 1.0 - 1.0 / (1.0 + np.exp(-v))  # 1 - logistic(v)
+        prob = np.clip(prob, 1e-7, 1 - 1e-7).astype(np.float32)
+        r[:, i, j], r[:, j, i] = prob, 1 - prob
+    return _couple(r, k)
+
+
+def _couple(r, k):
+    """Wu-Lin-Weng coupling, vectorized over samples, each sample stopping as libsvm's loop does."""
+    n = r.shape[0]
+    f32 = np.float32
+    q = np.zeros((n, k, k), f32)
+    for i in range(k):
+        for j in range(k):
+            if j != i:
+                q[:, i, i] += r[:, j, i] * r[:, j, i]
+                q[:, i, j] = -r[:, j, i] * r[:, i, j]
+    p = np.full((n, k), f32(1.0 / k), f32)
+    eps = f32(0.005 / k)
+    active = np.ones(n, bool)
+    for _ in range(100):
+        qp = np.einsum("nij,nj->ni", q, p).astype(f32)
+        pqp = (p * qp).sum(axis=1).astype(f32)
+        active &= ~(np.abs(qp - pqp[:, None]).max(axis=1) < eps)
+        if not active.any():
+            break
+        a = active
+        for i in range(k):
+            diff = ((-qp[a, i] + pqp[a]) / q[a, i, i]).astype(f32)
+            p_a, qp_a = p[a], qp[a]
+            p_a[:, i] += diff
+            pqp[a] = ((pqp[a] + diff * (diff * q[a, i, i] + 2 * qp_a[:, i])) / (1 + diff) / (1 + diff)).astype(f32)
+            qp[a] = ((qp_a + diff[:, None] * q[a, i, :]) / (1 + diff)[:, None]).astype(f32)
+            p[a] = (p_a / (1 + diff)[:, None]).astype(f32)
+    return p.astype(np.float64)
+
+
+def _register(op, make):
+    kernel(op, 1, domain=ML)(lambda ins, at: make(at)(ins))
+    prepare(op, 1, domain=ML)(lambda at, constants, generic: make(at))
+
+
+_register("LinearClassifier", make_linear_classifier)
+_register("LinearRegressor", make_linear_regressor)
+_register("SVMClassifier", make_svm_classifier)
+_register("SVMRegressor", make_svm_regressor)

@@ -1,0 +1,141 @@
+"""ai.onnx.ml preprocessing ops that scikit-learn exports write: Scaler, Normalizer, OneHotEncoder,
+Imputer, CategoryMapper, FeatureVectorizer, and ZipMap (class probabilities as a list of one
+{label: probability} dict per row, which is what onnxruntime's Python API returns for a
+sequence of maps). Strings are object arrays of str, as in text.py. LabelEncoder, Binarizer
+(text.py) and ArrayFeatureExtractor (gather.py) were registered before these.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from graphopt.errors import Unsupported
+
+from ..registry import kernel
+
+ML = "ai.onnx.ml"
+
+
+def _text(v):
+    return v.decode("utf-8") if isinstance(v, bytes) else str(v)
+
+
+@kernel("Scaler", 1, domain=ML)
+def scaler(ins, at):
+    x = ins[0]
+    offset = np.asarray(at.get("offset") or [0.0], np.float32)
+    scale = np.asarray(at.get("scale") or [1.0], np.float32)
+    width = x.shape[-1] if x.ndim else 1
+    for name, v in (("offset", offset), ("scale", scale)):
+        if len(v) not in (1, width):
+            raise Unsupported(f"Scaler: {name} has {len(v)} values for {width} features")
+    return (((x.astype(np.float32) - offset) * scale).astype(np.float32),)
+
+
+@kernel("Normalizer", 1, domain=ML)
+def normalizer(ins, at):
+    x = ins[0].astype(np.float32)
+    rows = x.reshape(1, -1) if x.ndim == 1 else x
+    norm = at.get("norm") or "MAX"
+    if norm == "MAX":
+        d = rows.max(axis=-1, keepdims=True)
+    elif norm == "L1":
+        d = np.abs(rows).sum(axis=-1, keepdims=True)
+    elif norm == "L2":
+        d = np.sqrt((rows * rows).sum(axis=-1, keepdims=True))
+    else:
+        raise Unsupported(f"Normalizer: norm {norm!r}")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return ((rows / d).reshape(x.shape).astype(np.float32),)
+
+
+@kernel("OneHotEncoder", 1, domain=ML)
+def one_hot_encoder(ins, at):
+    x = ins[0]
+    strings = at.get("cats_strings")
+    cats = strings if strings else at.get("cats_int64s")
+    if not cats:
+        raise Unsupported("OneHotEncoder without categories")
+    flat = x.reshape(-1)
+    if strings:
+        index = {c: k for k, c in enumerate(cats)}
+        pos = np.array([index.get(_text(v), -1) for v in flat.tolist()], np.int64)
+    else:
+        values = flat.astype(np.int64) if flat.dtype.kind == "f" else flat
+        order = np.argsort(cats, kind="stable")
+        sorted_cats = np.asarray(cats, np.int64)[order]
+        at_pos = np.clip(np.searchsorted(sorted_cats, values), 0, len(cats) - 1)
+        pos = np.where(sorted_cats[at_pos] == values, order[at_pos], -1)
+    if not at.get("zeros", 1) and (pos < 0).any():
+        raise ValueError("OneHotEncoder: an input value is not among the categories and zeros=0")
+    out = np.zeros((len(flat), len(cats)), np.float32)
+    hit = pos >= 0
+    out[np.nonzero(hit)[0], pos[hit]] = 1.0
+    return (out.reshape(x.shape + (len(cats),)),)
+
+
+@kernel("ZipMap", 1, domain=ML)
+def zip_map(ins, at):
+    x = ins[0]
+    labels = at.get("classlabels_strings") or at.get("classlabels_int64s")
+    if not labels:
+        raise Unsupported("ZipMap without class labels")
+    rows = x.reshape(1, -1) if x.ndim == 1 else x
+    if rows.shape[1] != len(labels):
+        raise ValueError(f"ZipMap: {rows.shape[1]} columns for {len(labels)} labels")
+    keys = list(labels)
+    return ([dict(zip(keys, row)) for row in rows.tolist()],)
+
+
+@kernel("Imputer", 1, domain=ML)
+def imputer(ins, at):
+    x = ins[0]
+    if x.dtype.kind == "f":
+        fill = at.get("imputed_value_floats") or []
+        target = at.get("replaced_value_float")
+        target = 0.0 if target is None else target
+        missing = np.isnan(x) if np.isnan(target) else x == np.float32(target)
+    else:
+        fill = at.get("imputed_value_int64s") or []
+        target = at.get("replaced_value_int64")
+        missing = x == (0 if target is None else target)
+    width = x.shape[-1] if x.ndim else 1
+    if len(fill) not in (1, width):
+        raise Unsupported(f"Imputer: {len(fill)} imputed values for {width} features")
+    fill = np.broadcast_to(np.asarray(fill, x.dtype), x.shape)
+    return (np.where(missing, fill, x),)
+
+
+@kernel("CategoryMapper", 1, domain=ML)
+def category_mapper(ins, at):
+    x = ins[0]
+    strings, ints = at.get("cats_strings") or [], at.get("cats_int64s") or []
+    if len(strings) != len(ints):
+        raise Unsupported("CategoryMapper: cats_strings and cats_int64s differ in length")
+    flat = x.reshape(-1).tolist()
+    if x.dtype.kind in "OUS":
+        table = dict(zip(strings, ints))
+        default = at.get("default_int64")
+        default = -1 if default is None else default
+        out = np.array([table.get(_text(v), default) for v in flat], np.int64)
+    else:
+        table = dict(zip(ints, strings))
+        default = at.get("default_string")
+        default = "_Unused" if default is None else default
+        out = np.array([table.get(v, default) for v in flat], dtype=object)
+    return (out.reshape(x.shape),)
+
+
+@kernel("FeatureVectorizer", 1, domain=ML)
+def feature_vectorizer(ins, at):
+    dims = at.get("inputdimensions") or []
+    if len(dims) != len(ins):
+        raise Unsupported(f"FeatureVectorizer: {len(ins)} inputs, {len(dims)} inputdimensions")
+    n = ins[0].shape[0] if ins[0].ndim > 1 else 1
+    parts = []
+    for x, d in zip(ins, dims):
+        rows = x.reshape(n, -1).astype(np.float32)
+        part = np.zeros((n, d), np.float32)  # shorter inputs are padded with zeros, longer cut
+        w = min(d, rows.shape[1])
+        part[:, :w] = rows[:, :w]
+        parts.append(part)
+    return (np.concatenate(parts, axis=1),)

@@ -1,0 +1,411 @@
+"""ai.onnx.ml tree ensembles: TreeEnsembleClassifier / TreeEnsembleRegressor (ml opsets 1 and 3) and
+TreeEnsemble (ml opset 5), run the way ONNX Runtime runs them.
+
+Every tree's nodes go into one set of flat arrays (feature, threshold, mode, children), leaves
+point to themselves, and all samples walk all trees together: one iteration moves every
+(sample, tree) pair one level down, so a batch costs `max depth` rounds of NumPy calls whatever
+its size, never a Python loop per sample or per tree. Leaf weights are a dense (node, target)
+matrix gathered at the final nodes.
+
+Score finishing (base values, the binary-classifier special cases, post transforms) mirrors
+ONNX Runtime's tree aggregators, ORT being the reference these kernels are tested against.
+The structure is built once per node by the prepare hooks (attributes are constants).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from graphopt.errors import Unsupported
+
+from ..registry import kernel, prepare
+from .ml_transforms import apply_post_transform, probit
+
+ML = "ai.onnx.ml"
+MODES = {"BRANCH_LEQ": 0, "BRANCH_LT": 1, "BRANCH_GTE": 2, "BRANCH_GT": 3, "BRANCH_EQ": 4, "BRANCH_NEQ": 5,
+         "LEAF": 7, "BRANCH_MEMBER": 6}
+AGGREGATES = {"AVERAGE": 0, "SUM": 1, "MIN": 2, "MAX": 3}
+POST = ["NONE", "SOFTMAX", "LOGISTIC", "SOFTMAX_ZERO", "PROBIT"]  # TreeEnsemble-5's integer codes
+
+# Whether a branch goes to its true child, by mode (rows: LEQ, LT, GTE, GT, EQ, NEQ) and by how the
+# value compares to the threshold (columns: less, equal, greater, unordered i.e. NaN). NaN
+# compares false everywhere except NEQ, as in C++ (missing-value tracks are applied on top).
+_TRUTH = np.array([[1, 1, 0, 0], [1, 0, 0, 0], [0, 1, 1, 0], [0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 1, 1],
+                   [0, 0, 0, 0], [0, 0, 0, 0]], bool).reshape(-1)
+_SINGLE_MODE_TEST = [np.less_equal, np.less, np.greater_equal, np.greater, np.equal, np.not_equal]
+
+
+def _attr(at, name, as_tensor=None):
+    """The `name` attribute (or its double `_as_tensor` twin) as an array, or None."""
+    for key in ((as_tensor,) if as_tensor else ()) + (name,):
+        v = at.get(key)
+        if v is not None and len(np.atleast_1d(v)):
+            return np.asarray(v).reshape(-1)
+    return None
+
+
+class Forest:
+    """All trees of one node as flat arrays. `children[2 * i + go_true]` is node i's next node."""
+
+    def __init__(self, feature, threshold, mode, true_next, false_next, missing_true, roots,
+                 weights, has_weight, members=None):
+        self.n_nodes = len(feature)
+        self.feature = np.asarray(feature, np.int64)
+        self.threshold = threshold
+        self.mode = np.asarray(mode, np.int64)
+        children = np.empty(2 * self.n_nodes, np.int64)
+        children[0::2], children[1::2] = false_next, true_next
+        self.children = children
+        self.missing_true = np.asarray(missing_true, bool)
+        self.track_missing = bool(self.missing_true.any())
+        self.roots = np.asarray(roots, np.int64)
+        self.weights, self.has_weight = weights, has_weight
+        self.members = members  # (sorted keys node * n_values + value rank, sorted distinct values)
+        self.depth = _max_depth(self.children, self.roots, self.mode)
+        branch_modes = np.unique(self.mode[self.mode != 7])
+        self.single_test = _SINGLE_MODE_TEST[branch_modes[0]] if len(branch_modes) == 1 and branch_modes[0] < 6 \
+            else None
+        self.truth_index = self.mode * 4  # row of _TRUTH per node
+
+    def leaves(self, x: np.ndarray) -> np.ndarray:
+        """(n, n_trees) index of the leaf each sample reaches in each tree."""
+        n = x.shape[0]
+        xflat = x.reshape(-1)
+        node = np.broadcast_to(self.roots, (n, len(self.roots))).copy()
+        row_base = (np.arange(n, dtype=np.int64) * x.shape[1])[:, None]
+        for _ in range(self.depth):
+            v = xflat.take(row_base + self.feature.take(node))
+            t = self.threshold.take(node)
+            if self.single_test is not None:
+                go = self.single_test(v, t)
+            else:
+                go = self._mixed_test(node, v, t)
+            if self.track_missing:
+                go |= np.isnan(v) & self.missing_true.take(node)
+            node = self.children.take(2 * node + go)
+        return node
+
+    def _mixed_test(self, node, v, t):
+        with np.errstate(invalid="ignore"):
+            outcome = np.greater(v, t).astype(np.int64) * 2
+            outcome += np.equal(v, t)
+            outcome += np.isnan(v) * 3
+        go = _TRUTH.take(self.truth_index.take(node) + outcome)
+        if self.members is not None:
+            is_member = self.mode.take(node) == 6
+            if is_member.any():
+                go[is_member] = self._member(node[is_member], v[is_member])
+        return go
+
+    def _member(self, node, v):
+        keys, values = self.members
+        rank = np.clip(np.searchsorted(values, v), 0, len(values) - 1)
+        found = values[rank] == v
+        key = node * len(values) + rank
+        at = np.clip(np.searchsorted(keys, key), 0, len(keys) - 1)
+        return found & (keys[at] == key)
+
+    def aggregate(self, leaves: np.ndarray, how: int):
+        """(scores, has_score) per sample and target, float64, as ORT's aggregators add them up."""
+        w, has = self.weights[leaves], self.has_weight[leaves]  # (n, trees, targets)
+        any_has = has.any(axis=1)
+        if how in (0, 1):
+            scores = w.sum(axis=1)
+            if how == 0:
+                scores /= len(self.roots)
+        elif how == 2:
+            scores = np.where(has, w, np.inf).min(axis=1)
+        else:
+            scores = np.where(has, w, -np.inf).max(axis=1)
+        scores[~any_has] = 0.0
+        return scores, any_has
+
+
+def _max_depth(children, roots, mode) -> int:
+    """Levels to walk until every tree's every path has reached a leaf (leaves loop onto themselves)."""
+    frontier, depth, n = np.unique(roots), 0, len(mode)
+    while True:
+        frontier = frontier[mode[frontier] != 7]
+        if not len(frontier):
+            return depth
+        depth += 1
+        if depth > n:
+            raise Unsupported("tree ensemble: the trees have a cycle")
+        frontier = np.unique(np.concatenate([children[2 * frontier], children[2 * frontier + 1]]))
+
+
+# --- TreeEnsembleClassifier / TreeEnsembleRegressor (ml opsets 1 and 3) ------------------------
+
+def forest_v3(at, prefix: str, n_targets: int, aggregate: int) -> Forest:
+    """A Forest from the nodes_* and (class_|target_)* attributes of the older ops."""
+    tree_ids, node_ids = _attr(at, "nodes_treeids"), _attr(at, "nodes_nodeids")
+    if tree_ids is None:
+        raise Unsupported("tree ensemble without nodes")
+    tree_ids, node_ids = tree_ids.astype(np.int64), node_ids.astype(np.int64)
+    index = {(t, i): k for k, (t, i) in enumerate(zip(tree_ids.tolist(), node_ids.tolist()))}
+    modes = [MODES.get(m, -1) for m in at["nodes_modes"]]
+    if -1 in modes or 6 in modes:
+        raise Unsupported(f"tree ensemble: unknown node mode in {sorted(set(at['nodes_modes']))}")
+    mode = np.array(modes, np.int64)
+    threshold = _attr(at, "nodes_values", "nodes_values_as_tensor")
+    threshold = np.zeros(len(mode), np.float32) if threshold is None else threshold
+    n = len(mode)
+    true_next, false_next = np.arange(n), np.arange(n)
+    true_ids, false_ids = _attr(at, "nodes_truenodeids"), _attr(at, "nodes_falsenodeids")
+    for k in np.nonzero(mode != 7)[0].tolist():
+        t = tree_ids[k]
+        try:
+            true_next[k], false_next[k] = index[t, int(true_ids[k])], index[t, int(false_ids[k])]
+        except KeyError as e:
+            raise Unsupported(f"tree ensemble: tree {t} node {node_ids[k]} points to a missing node {e}") from e
+    feature = np.where(mode == 7, 0, _attr(at, "nodes_featureids").astype(np.int64))
+    missing = _attr(at, "nodes_missing_value_tracks_true")
+    missing = np.zeros(n, bool) if missing is None else missing.astype(bool)
+    # roots: nodes no other node of their tree points to
+    pointed = np.zeros(n, bool)
+    pointed[true_next[mode != 7]] = True
+    pointed[false_next[mode != 7]] = True
+    roots = np.nonzero(~pointed)[0]
+    w_tree, w_node = _attr(at, f"{prefix}_treeids"), _attr(at, f"{prefix}_nodeids")
+    w_ids = _attr(at, f"{prefix}_ids")
+    w_val = _attr(at, f"{prefix}_weights", f"{prefix}_weights_as_tensor")
+    weights = np.zeros((n, n_targets))
+    has = np.zeros((n, n_targets), bool)
+    if w_tree is not None:
+        for t, i, c, v in zip(w_tree.tolist(), w_node.tolist(), w_ids.tolist(), w_val.tolist()):
+            k = index.get((int(t), int(i)))
+            if k is None or not 0 <= c < n_targets:
+                raise Unsupported(f"tree ensemble: weight for tree {t} node {i} target {c} matches no leaf")
+            if has[k, c] and aggregate in (2, 3):
+                v = min(v, weights[k, c]) if aggregate == 2 else max(v, weights[k, c])
+            elif has[k, c]:
+                v += weights[k, c]
+            weights[k, c], has[k, c] = v, True
+    return Forest(feature, threshold, mode, true_next, false_next, missing, roots, weights, has)
+
+
+def _features(x, threshold_dtype):
+    """X as comparisons need it: 2-D, ints converted to the threshold type (C++'s int -> float)."""
+    x = x.reshape(1, -1) if x.ndim == 1 else x.reshape(x.shape[0], -1)
+    return x if x.dtype.kind == "f" else x.astype(threshold_dtype)
+
+
+def _base(at, n):
+    base = _attr(at, "base_values", "base_values_as_tensor")
+    return np.zeros(0) if base is None else base.astype(np.float64)
+
+
+def make_regressor(at):
+    n_targets = at.get("n_targets") or 1
+    agg = AGGREGATES.get(at.get("aggregate_function") or "SUM")
+    post = at.get("post_transform") or "NONE"
+    if agg is None or post not in POST:
+        raise Unsupported(f"TreeEnsembleRegressor: aggregate_function {at.get('aggregate_function')!r} / "
+                          f"post_transform {post!r}")
+    forest = forest_v3(at, "target", n_targets, agg)
+    base = _base(at, n_targets)
+
+    def run(ins, _at=None):
+        x = _features(ins[0], forest.threshold.dtype)
+        scores, _ = forest.aggregate(forest.leaves(x), agg)
+        scores = finish_regression(scores, base, n_targets, post)
+        return (scores.astype(np.float32),)
+    return run
+
+
+def finish_regression(scores, base, n_targets, post):
+    """Base values and post transform as ORT applies them; with one target ORT applies PROBIT only."""
+    if len(base) == n_targets:
+        scores = scores + base
+    elif n_targets == 1 and len(base) == 1:
+        scores = scores + base[0]
+    if n_targets == 1:
+        return probit(scores) if post == "PROBIT" else scores
+    return apply_post_transform(scores, post)
+
+
+def make_classifier(at):
+    labels = at.get("classlabels_int64s") or at.get("classlabels_strings")
+    if not labels:
+        raise Unsupported("TreeEnsembleClassifier without class labels")
+    n_classes = len(labels)
+    if n_classes == 1:
+        raise Unsupported("TreeEnsembleClassifier with a single class label")
+    post = at.get("post_transform") or "NONE"
+    if post not in POST:
+        raise Unsupported(f"TreeEnsembleClassifier: post_transform {post!r}")
+    forest = forest_v3(at, "class", n_classes, 1)
+    base = _base(at, n_classes)
+    w_ids, w_val = _attr(at, "class_ids"), _attr(at, "class_weights", "class_weights_as_tensor")
+    binary_case = n_classes == 2 and w_ids is not None and len(set(w_ids.tolist())) == 1
+    all_positive = w_val is None or bool((w_val >= 0).all())
+    strings = not at.get("classlabels_int64s")
+    label_array = np.array(labels, dtype=object if strings else np.int64)
+
+    def run(ins, _at=None):
+        x = _features(ins[0], forest.threshold.dtype)
+        scores, has = forest.aggregate(forest.leaves(x), 1)
+        if n_classes > 2:
+            z, label_index = _finish_multiclass(scores, has, base, post)
+            return label_array[label_index], z.astype(np.float32)
+        z, label_index = _finish_binary(scores, has, base, post, binary_case, all_positive)
+        return label_array[label_index], z.astype(np.float32)
+    return run
+
+
+def _finish_multiclass(scores, has, base, post):
+    k = len(base)
+    if k:
+        scores[:, :k] += base
+        has[:, :k] = True
+    label = np.where(has, scores, -np.inf).argmax(axis=1)  # first of equal maxima, as ORT
+    return apply_post_transform(scores, post), label
+
+
+def _finish_binary(scores, has, base, post, binary_case, all_positive):
+    """ORT's two-label rules: which score is 'positive', which label wins, how the 2nd column is made."""
+    s0, s1 = scores[:, 0].copy(), scores[:, 1].copy()
+    h0, h1 = has[:, 0], has[:, 1].copy()
+    second_kind = np.full(len(s0), -1)
+    if len(base) == 2:
+        s1 = np.where(h1, base[1] + s0, s1 + base[1])
+        s0 = np.where(h1, -s1, s0 + base[0])
+    elif len(base) == 1:
+        s0 = s0 + base[0]
+    elif len(base) == 0:
+        second_kind[:] = 3
+    two = h1  # rows that keep both scores (ORT drops the second where class 1 never scored)
+    if len(base) == 2:
+        two = np.ones(len(s0), bool)
+    pos = np.where(h1, s1, np.where(h0, s0, 0.0))
+    if binary_case:
+        threshold = 0.5 if all_positive else 0.0
+        positive = pos > threshold
+        second_kind = np.where(positive, 0, 1) if all_positive else np.where(positive, 2, 3)
+        label = positive.astype(np.int64)
+    else:
+        label = (pos > 0).astype(np.int64)  # ORT's fixed positive/negative labels 1 and 0
+    z = np.zeros((len(s0), 2))
+    if two.any():
+        z[two] = apply_post_transform(np.stack([s0[two], s1[two]], axis=1), post)
+    one = ~two
+    if one.any():
+        s, kind = s0[one], second_kind[one]
+        z[one] = _second_column(s, kind, post)
+    return z, label
+
+
+def _second_column(s, kind, post):
+    """ORT's write_scores for a single binary score: the two columns it writes."""
+    out = np.zeros((len(s), 2))
+    if post == "PROBIT":
+        out[:, 0] = probit(s)  # ORT writes this one column only
+        return out
+    logistic = post == "LOGISTIC"
+    flip = (kind == 0) | (kind == 1)
+    out[flip, 0], out[flip, 1] = 1.0 - s[flip], s[flip]
+    mixed = (kind == 2) | (kind == 3)
+    if logistic:
+        out[mixed, 0], out[mixed, 1] = _logistic(-s[mixed]), _logistic(s[mixed])
+    else:
+        pos = kind == 2
+        out[pos, 0], out[pos, 1] = -s[pos], s[pos]
+        neg = kind == 3
+        out[neg, 0], out[neg, 1] = s[neg], -s[neg]
+    plain = kind == -1
+    out[plain, 0] = s[plain]  # ORT writes this one column only
+    return out
+
+
+def _logistic(v):
+    return 1.0 / (1.0 + np.exp(-v))
+
+
+@kernel("TreeEnsembleRegressor", 1, domain=ML)
+def tree_ensemble_regressor(ins, at):
+    return make_regressor(at)(ins)
+
+
+@kernel("TreeEnsembleClassifier", 1, domain=ML)
+def tree_ensemble_classifier(ins, at):
+    return make_classifier(at)(ins)
+
+
+@prepare("TreeEnsembleRegressor", 1, domain=ML)
+def _prepare_regressor(at, constants, generic):
+    return make_regressor(at)
+
+
+@prepare("TreeEnsembleClassifier", 1, domain=ML)
+def _prepare_classifier(at, constants, generic):
+    return make_classifier(at)
+
+
+# --- TreeEnsemble (ml opset 5) ------------------------------------------------------------
+
+def make_tree_ensemble(at):
+    """TreeEnsemble-5: branch nodes and leaves in separate arrays; leaves go after the nodes here."""
+    mode = np.asarray(at["nodes_modes"]).reshape(-1).astype(np.int64)
+    if ((mode < 0) | (mode > 6)).any():
+        raise Unsupported(f"TreeEnsemble: unknown node mode in {sorted(set(mode.tolist()))}")
+    n = len(mode)
+    leaf_t = np.asarray(at["leaf_targetids"], np.int64)
+    leaf_w = np.asarray(at["leaf_weights"]).reshape(-1)
+    n_leaves, n_targets = len(leaf_t), int(at["n_targets"])
+    agg, post = int(at.get("aggregate_function", 1)), int(at.get("post_transform", 0))
+    if not 0 <= agg <= 3 or not 0 <= post <= 4:
+        raise Unsupported(f"TreeEnsemble: aggregate_function {agg} / post_transform {post}")
+
+    def targets(ids, is_leaf):
+        return np.where(np.asarray(is_leaf, bool), n + np.asarray(ids, np.int64), np.asarray(ids, np.int64))
+    true_next = np.concatenate([targets(at["nodes_truenodeids"], at["nodes_trueleafs"]), n + np.arange(n_leaves)])
+    false_next = np.concatenate([targets(at["nodes_falsenodeids"], at["nodes_falseleafs"]), n + np.arange(n_leaves)])
+    splits = np.asarray(at["nodes_splits"]).reshape(-1)
+    threshold = np.concatenate([splits, np.zeros(n_leaves, splits.dtype)])
+    all_mode = np.concatenate([mode, np.full(n_leaves, 7)])
+    feature = np.concatenate([np.asarray(at["nodes_featureids"], np.int64), np.zeros(n_leaves, np.int64)])
+    missing = np.zeros(n + n_leaves, bool)
+    if at.get("nodes_missing_value_tracks_true"):
+        missing[:n] = np.asarray(at["nodes_missing_value_tracks_true"], bool)
+    weights = np.zeros((n + n_leaves, n_targets))
+    has = np.zeros((n + n_leaves, n_targets), bool)
+    weights[n + np.arange(n_leaves), leaf_t] = leaf_w
+    has[n + np.arange(n_leaves), leaf_t] = True
+    members = _membership(at.get("membership_values"), mode)
+    forest = Forest(feature, threshold, all_mode, true_next, false_next, missing,
+                    np.asarray(at["tree_roots"], np.int64), weights, has, members)
+
+    def run(ins, _at=None):
+        x = _features(ins[0], splits.dtype)
+        scores, _ = forest.aggregate(forest.leaves(x), agg)
+        scores = finish_regression(scores, np.zeros(0), n_targets, POST[post])
+        return (scores.astype(ins[0].dtype if ins[0].dtype.kind == "f" else splits.dtype),)
+    return run
+
+
+def _membership(values, mode):
+    """BRANCH_MEMBER sets (one per member node, in node order, separated by NaN) as sorted lookup keys."""
+    member_nodes = np.nonzero(mode == 6)[0]
+    if not len(member_nodes):
+        return None
+    if values is None:
+        raise Unsupported("TreeEnsemble: BRANCH_MEMBER nodes without membership_values")
+    values = np.asarray(values, np.float64).reshape(-1)
+    sets = np.split(values, np.nonzero(np.isnan(values))[0])
+    sets = [s[~np.isnan(s)] for s in sets]
+    distinct = np.unique(values[~np.isnan(values)])
+    keys = [node * len(distinct) + np.searchsorted(distinct, s)
+            for node, s in zip(member_nodes.tolist(), sets)]
+    keys = np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.int64)
+    if not len(distinct):
+        distinct, keys = np.array([np.nan]), np.array([-1])
+    return keys.astype(np.int64), distinct
+
+
+@kernel("TreeEnsemble", 5, domain=ML)
+def tree_ensemble(ins, at):
+    return make_tree_ensemble(at)(ins)
+
+
+@prepare("TreeEnsemble", 5, domain=ML)
+def _prepare_tree_ensemble(at, constants, generic):
+    return make_tree_ensemble(at)
