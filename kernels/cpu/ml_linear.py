@@ -178,15 +178,16 @@ def make_svm_classifier(at):
             label = _choose_binary(scores, top, False) if len(pairs) == 1 else labels[top]
             return label, finish_scores(scores, post).astype(np.float32)
         pair_scores = (k.astype(np.float64) @ pair_weights + rho[:len(pairs)]).astype(np.float32).astype(np.float64)
-        if have_proba:
-            probs = _pairwise_probabilities(pair_scores, proba_a, proba_b, n_classes, pairs)
-            label = labels[probs.argmax(axis=1)]
-            return label, finish_scores(probs, post).astype(np.float32)
+        # the label is the class with most pairwise votes, with or without probabilities (as in ORT,
+        # where it can differ from the most probable class)
         votes = np.zeros((len(pair_scores), n_classes), np.int64)
         winners = np.where(pair_scores > 0, winner_i, winner_j)
         for c in range(n_classes):
             votes[:, c] = (winners == c).sum(axis=1)
         label = labels[votes.argmax(axis=1)]
+        if have_proba:
+            probs = _pairwise_probabilities(pair_scores, proba_a, proba_b, n_classes, pairs)
+            return label, finish_scores(probs, post).astype(np.float32)
         if n_classes == 2:
             z = finish_scores(pair_scores, post, 2 if post == "NONE" else 0)
             if post == "PROBIT":

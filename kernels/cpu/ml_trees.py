@@ -206,21 +206,22 @@ def make_regressor(at):
 
     def run(ins, _at=None):
         x = _features(ins[0], forest.threshold.dtype)
-        scores, _ = forest.aggregate(forest.leaves(x), agg)
-        scores = finish_regression(scores, base, n_targets, post)
+        scores, has = forest.aggregate(forest.leaves(x), agg)
+        scores = finish_regression(scores, has, base, n_targets, post)
         return (scores.astype(np.float32),)
     return run
 
 
-def finish_regression(scores, base, n_targets, post):
-    """Base values and post transform as ORT applies them; with one target ORT applies PROBIT only."""
+def finish_regression(scores, has, base, n_targets, post):
+    """Base values and post transform as ORT applies them: with one target ORT applies PROBIT only;
+    with several, a target no leaf scored stays 0 (its base value is not added)."""
     if len(base) == n_targets:
         scores = scores + base
     elif n_targets == 1 and len(base) == 1:
         scores = scores + base[0]
     if n_targets == 1:
         return probit(scores) if post == "PROBIT" else scores
-    return apply_post_transform(scores, post)
+    return apply_post_transform(np.where(has, scores, 0.0), post)
 
 
 def make_classifier(at):
@@ -376,8 +377,8 @@ def make_tree_ensemble(at):
 
     def run(ins, _at=None):
         x = _features(ins[0], splits.dtype)
-        scores, _ = forest.aggregate(forest.leaves(x), agg)
-        scores = finish_regression(scores, np.zeros(0), n_targets, POST[post])
+        scores, has = forest.aggregate(forest.leaves(x), agg)
+        scores = finish_regression(scores, has, np.zeros(0), n_targets, POST[post])
         return (scores.astype(ins[0].dtype if ins[0].dtype.kind == "f" else splits.dtype),)
     return run
 

@@ -1,0 +1,313 @@
+"""ai.onnx.ml kernels (kernels/cpu/ml_*.py) against ONNX Runtime on the same model.
+
+Two kinds of models: scikit-learn estimators converted by skl2onnx (tests/unit/ml_models.py), and
+hand-built tree ensembles covering what skl2onnx never writes (node modes other than BRANCH_LEQ,
+NaN with missing-value tracks, MIN/MAX/AVERAGE, every post transform, string labels, double
+thresholds, TreeEnsemble-5 with set membership). Labels must equal ORT's, scores match within 1e-5.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from graphopt.errors import Unsupported
+from graphopt.session import Session
+from graphopt.verify import ort_session
+
+ML = "ai.onnx.ml"
+
+
+def compare(model, feed, rtol=1e-5, atol=1e-5):
+    want = ort_session(model).run(None, feed)
+    sess = Session(model)
+    for _ in range(2):  # the second run takes the compiled plan
+        got = sess.run(None, feed)
+        assert len(got) == len(want)
+        for w, g in zip(want, got):
+            if isinstance(w, list):  # ZipMap: one {label: probability} per row
+                assert isinstance(g, list) and len(g) == len(w)
+                for dw, dg in zip(w, g):
+                    assert list(dw) == list(dg)
+                    np.testing.assert_allclose(list(dg.values()), list(dw.values()), rtol=rtol, atol=atol)
+            elif w.dtype.kind in "iuOUSb":
+                assert g.shape == w.shape and (g == w).all(), (w, g)
+            else:
+                assert g.dtype == w.dtype and g.shape == w.shape
+                np.testing.assert_allclose(g, w, rtol=rtol, atol=atol)
+    return want
+
+
+# --- scikit-learn models ---------------------------------------------------------------------
+
+SKL = ["random_forest_classifier", "random_forest_regressor", "gradient_boosting_binary",
+       "gradient_boosting_multiclass", "gradient_boosting_regressor", "logistic_regression_binary",
+       "logistic_regression_multiclass", "linear_regression", "svc_binary", "svc_multiclass",
+       "svc_multiclass_proba", "svr", "normalizer", "binarizer", "random_forest_zipmap", "pipeline"]
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("name", SKL)
+def test_sklearn_model_matches_ort(name):
+    pytest.importorskip("sklearn")
+    pytest.importorskip("skl2onnx")
+    from ml_models import build
+    model, x = build(name)
+    # regressor outputs are O(100): float32 sums in another order differ in the last bits
+    compare(model, {model.graph.input[0].name: x}, rtol=1e-5, atol=1e-5 if "regress" not in name else 1e-4)
+
+
+def test_zipmap_output_is_a_list_of_dicts_like_ort():
+    model = _single_node_model(
+        helper.make_node("ZipMap", ["X"], ["Z"], domain=ML, classlabels_strings=["a", "b", "c"]),
+        out_type=helper.make_sequence_type_proto(helper.make_map_type_proto(TensorProto.STRING,
+                                                                            helper.make_tensor_type_proto(TensorProto.FLOAT, []))))
+    x = np.array([[0.1, 0.2, 0.7], [0.5, 0.25, 0.25]], np.float32)
+    (got,) = Session(model).run(None, {"X": x})
+    (want,) = ort_session(model).run(None, {"X": x})
+    assert got == want and all(type(v) is float for row in got for v in row.values())
+
+
+# --- hand-built tree ensembles ----------------------------------------------------------------
+
+MODES = ["BRANCH_LEQ", "BRANCH_LT", "BRANCH_GTE", "BRANCH_GT", "BRANCH_EQ", "BRANCH_NEQ"]
+
+
+def random_trees(rng, n_trees=6, depth=4, n_features=5, n_targets=3, modes=MODES, positive=False):
+    """Full binary trees with random modes, features and thresholds from {0, .., 4} (so EQ/NEQ
+    branches are taken), missing-value tracks on some nodes, and one or two weights per leaf."""
+    nodes = {k: [] for k in ("treeids", "nodeids", "featureids", "values", "modes", "truenodeids",
+                             "falsenodeids", "missing")}
+    leaves = {k: [] for k in ("treeids", "nodeids", "ids", "weights")}
+    for t in range(n_trees):
+        for i in range(2 ** (depth + 1) - 1):
+            leaf = i >= 2 ** depth - 1
+            nodes["treeids"].append(t)
+            nodes["nodeids"].append(i)
+            nodes["featureids"].append(0 if leaf else int(rng.integers(n_features)))
+            nodes["values"].append(0.0 if leaf else float(rng.integers(0, 5)) + (0.5 if rng.random() < 0.3 else 0.0))
+            nodes["modes"].append("LEAF" if leaf else modes[rng.integers(len(modes))])
+            nodes["truenodeids"].append(0 if leaf else 2 * i + 1)
+            nodes["falsenodeids"].append(0 if leaf else 2 * i + 2)
+            nodes["missing"].append(int(rng.random() < 0.5) if not leaf else 0)
+            if leaf:
+                for target in rng.choice(n_targets, size=min(n_targets, int(rng.integers(1, 3))), replace=False):
+                    w = float(rng.random()) if positive else float(rng.normal())
+                    leaves["treeids"].append(t)
+                    leaves["nodeids"].append(i)
+                    leaves["ids"].append(int(target))
+                    leaves["weights"].append(round(w, 3) if rng.random() < 0.8 else 0.0)
+    return nodes, leaves
+
+
+def features(rng, n=64, n_features=5, nan=True):
+    x = rng.integers(0, 5, size=(n, n_features)).astype(np.float32)
+    x[rng.random(x.shape) < 0.2] += 0.5
+    if nan:
+        x[rng.random(x.shape) < 0.1] = np.nan
+    return x
+
+
+def v3_attrs(nodes, leaves, prefix, double=False):
+    at = {"nodes_treeids": nodes["treeids"], "nodes_nodeids": nodes["nodeids"],
+          "nodes_featureids": nodes["featureids"], "nodes_modes": nodes["modes"],
+          "nodes_truenodeids": nodes["truenodeids"], "nodes_falsenodeids": nodes["falsenodeids"],
+          "nodes_missing_value_tracks_true": nodes["missing"],
+          f"{prefix}_treeids": leaves["treeids"], f"{prefix}_nodeids": leaves["nodeids"],
+          f"{prefix}_ids": leaves["ids"]}
+    if double:
+        at["nodes_values_as_tensor"] = helper.make_tensor("v", TensorProto.DOUBLE, [len(nodes["values"])], nodes["values"])
+        at[f"{prefix}_weights_as_tensor"] = helper.make_tensor("w", TensorProto.DOUBLE, [len(leaves["weights"])],
+                                                               leaves["weights"])
+    else:
+        at["nodes_values"] = nodes["values"]
+        at[f"{prefix}_weights"] = leaves["weights"]
+    return at
+
+
+def _single_node_model(node, out_type=None, label_type=None, ml_opset=3, in_type=TensorProto.FLOAT):
+    x = helper.make_tensor_value_info("X", in_type, None)
+    outs = []
+    for k, name in enumerate(node.output):
+        if out_type is not None and k == len(node.output) - 1:
+            outs.append(helper.make_value_info(name, out_type))
+        elif label_type is not None and k == 0:
+            outs.append(helper.make_tensor_value_info(name, label_type, None))
+        else:
+            outs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT if in_type != TensorProto.DOUBLE
+                                                      or ml_opset < 5 else in_type, None))
+    graph = helper.make_graph([node], "g", [x], outs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(ML, ml_opset)])
+    model.ir_version = 9
+    return model
+
+
+@pytest.mark.parametrize("aggregate", ["SUM", "AVERAGE", "MIN", "MAX"])
+@pytest.mark.parametrize("n_targets,post", [(1, "NONE"), (1, "LOGISTIC"), (3, "NONE"), (3, "SOFTMAX"),
+                                            (3, "LOGISTIC"), (3, "SOFTMAX_ZERO")])
+def test_tree_regressor_modes_aggregates_missing(aggregate, n_targets, post):
+    rng = np.random.default_rng(hash((aggregate, n_targets, post)) % 2**32)
+    nodes, leaves = random_trees(rng, n_targets=n_targets)
+    at = v3_attrs(nodes, leaves, "target")
+    node = helper.make_node("TreeEnsembleRegressor", ["X"], ["Y"], domain=ML, n_targets=n_targets,
+                            aggregate_function=aggregate, post_transform=post,
+                            base_values=[0.25 * (k + 1) for k in range(n_targets)], **at)
+    compare(_single_node_model(node), {"X": features(rng)})
+
+
+def test_tree_regressor_probit():
+    """PROBIT needs scores in (0, 1): positive weights averaged over the trees."""
+    rng = np.random.default_rng(3)
+    nodes, leaves = random_trees(rng, n_targets=1, positive=True)
+    leaves["weights"] = [min(max(w, 0.05), 0.95) for w in leaves["weights"]]
+    node = helper.make_node("TreeEnsembleRegressor", ["X"], ["Y"], domain=ML, n_targets=1,
+                            aggregate_function="AVERAGE", post_transform="PROBIT",
+                            **v3_attrs(nodes, leaves, "target"))
+    compare(_single_node_model(node), {"X": features(rng)})
+
+
+def test_tree_regressor_double_thresholds_and_int_input():
+    rng = np.random.default_rng(4)
+    nodes, leaves = random_trees(rng, n_targets=2)
+    node = helper.make_node("TreeEnsembleRegressor", ["X"], ["Y"], domain=ML, n_targets=2,
+                            **v3_attrs(nodes, leaves, "target", double=True))
+    x = features(rng, nan=False)
+    compare(_single_node_model(node, in_type=TensorProto.DOUBLE), {"X": x.astype(np.float64)})
+    x = np.floor(x).astype(np.int64)
+    compare(_single_node_model(node, in_type=TensorProto.INT64), {"X": x})
+
+
+@pytest.mark.parametrize("post", ["NONE", "SOFTMAX", "LOGISTIC", "SOFTMAX_ZERO", "PROBIT"])
+@pytest.mark.parametrize("labels", ["ints", "strings"])
+def test_tree_classifier_multiclass(post, labels):
+    rng = np.random.default_rng(len(post) * 7 + len(labels))
+    nodes, leaves = random_trees(rng, n_targets=3, positive=post == "PROBIT")
+    if post == "PROBIT":
+        leaves["weights"] = [0.1 + 0.8 * w / 6 for w in leaves["weights"]]  # sums stay in (0, 1)
+    names = {"ints": {"classlabels_int64s": [4, 7, 9]}, "strings": {"classlabels_strings": ["a", "b", "c"]}}
+    node = helper.make_node("TreeEnsembleClassifier", ["X"], ["Y", "Z"], domain=ML, post_transform=post,
+                            base_values=[0.0, 0.05, -0.05], **names[labels], **v3_attrs(nodes, leaves, "class"))
+    label_type = TensorProto.INT64 if labels == "ints" else TensorProto.STRING
+    compare(_single_node_model(node, label_type=label_type), {"X": features(rng)})
+
+
+@pytest.mark.parametrize("post", ["NONE", "LOGISTIC", "SOFTMAX", "PROBIT"])
+@pytest.mark.parametrize("case", ["one_class_mixed", "one_class_positive", "both_classes", "base_two"])
+def test_tree_classifier_two_labels(post, case):
+    """ORT's two-label rules: a single scored class becomes two columns, with its own label rule."""
+    rng = np.random.default_rng(len(post) + 11 * len(case))
+    positive = case == "one_class_positive" or post == "PROBIT"
+    nodes, leaves = random_trees(rng, n_targets=2 if case in ("both_classes", "base_two") else 1,
+                                 positive=positive)
+    if post == "PROBIT":
+        leaves["weights"] = [0.1 + 0.8 * w / 6 for w in leaves["weights"]]
+    extra = {"base_values": [0.1, 0.1]} if case == "base_two" else {}
+    if post == "PROBIT" and case in ("one_class_mixed", "one_class_positive"):
+        pytest.skip("ORT writes one of the two columns there and leaves the other unset")
+    node = helper.make_node("TreeEnsembleClassifier", ["X"], ["Y", "Z"], domain=ML, post_transform=post,
+                            classlabels_int64s=[0, 1], **extra, **v3_attrs(nodes, leaves, "class"))
+    compare(_single_node_model(node, label_type=TensorProto.INT64), {"X": features(rng)})
+
+
+def v5_model(nodes, leaves, n_targets, aggregate, post, member=False, dtype=np.float32):
+    """The same trees as TreeEnsemble-5: branch nodes and leaves apart; optionally the first branch of
+    every tree becomes a BRANCH_MEMBER test on {1, 3}."""
+    branch = [k for k, m in enumerate(nodes["modes"]) if m != "LEAF"]
+    leaf_nodes = [k for k, m in enumerate(nodes["modes"]) if m == "LEAF"]
+    bpos = {(nodes["treeids"][k], nodes["nodeids"][k]): j for j, k in enumerate(branch)}
+    weights_by_node = {}
+    for t, i, c, w in zip(leaves["treeids"], leaves["nodeids"], leaves["ids"], leaves["weights"]):
+        weights_by_node.setdefault((t, i), (c, w))  # one (target, weight) per leaf in this format
+    lpos = {(nodes["treeids"][k], nodes["nodeids"][k]): j for j, k in enumerate(leaf_nodes)}
+    mode_code = {m: c for c, m in enumerate(MODES)}
+    modes, members = [], []
+    for k in branch:
+        m = mode_code[nodes["modes"][k]]
+        if member and nodes["nodeids"][k] == 0:
+            m = 6
+            members += [1.0, 3.0, np.nan]
+        modes.append(m)
+
+    def child(k, side):
+        key = (nodes["treeids"][k], nodes[side][k])
+        return (lpos[key], 1) if key in lpos else (bpos[key], 0)
+    tc, fc = [child(k, "truenodeids") for k in branch], [child(k, "falsenodeids") for k in branch]
+    ttype = TensorProto.FLOAT if dtype == np.float32 else TensorProto.DOUBLE
+    splits = [nodes["values"][k] for k in branch]
+    lw = [weights_by_node.get(key, (0, 0.0)) for key in sorted(lpos, key=lpos.get)]
+    at = dict(n_targets=n_targets, aggregate_function=aggregate, post_transform=post,
+              tree_roots=[bpos[(t, 0)] for t in sorted(set(nodes["treeids"]))],
+              nodes_featureids=[nodes["featureids"][k] for k in branch],
+              nodes_splits=helper.make_tensor("s", ttype, [len(splits)], splits),
+              nodes_modes=helper.make_tensor("m", TensorProto.UINT8, [len(modes)], modes),
+              nodes_truenodeids=[c for c, _ in tc], nodes_trueleafs=[f for _, f in tc],
+              nodes_falsenodeids=[c for c, _ in fc], nodes_falseleafs=[f for _, f in fc],
+              nodes_missing_value_tracks_true=[nodes["missing"][k] for k in branch],
+              leaf_targetids=[c for c, _ in lw],
+              leaf_weights=helper.make_tensor("w", ttype, [len(lw)], [w for _, w in lw]))
+    if member:
+        at["membership_values"] = helper.make_tensor("mv", ttype, [len(members)], members)
+    node = helper.make_node("TreeEnsemble", ["X"], ["Y"], domain=ML, **at)
+    x = helper.make_tensor_value_info("X", ttype, None)
+    y = helper.make_tensor_value_info("Y", ttype, None)
+    model = helper.make_model(helper.make_graph([node], "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid(ML, 5)])
+    model.ir_version = 10
+    return model
+
+
+@pytest.mark.parametrize("aggregate", [0, 1, 2, 3])  # AVERAGE, SUM, MIN, MAX
+@pytest.mark.parametrize("member", [False, True])
+def test_tree_ensemble_5(aggregate, member):
+    rng = np.random.default_rng(aggregate * 2 + member)
+    nodes, leaves = random_trees(rng, n_targets=2)
+    compare(v5_model(nodes, leaves, 2, aggregate, 0, member), {"X": features(rng)})
+
+
+@pytest.mark.parametrize("post", [1, 2, 3])  # SOFTMAX, LOGISTIC, SOFTMAX_ZERO
+def test_tree_ensemble_5_post_transforms_double(post):
+    rng = np.random.default_rng(20 + post)
+    nodes, leaves = random_trees(rng, n_targets=3)
+    compare(v5_model(nodes, leaves, 3, 1, post, member=True, dtype=np.float64),
+            {"X": features(rng).astype(np.float64)})
+
+
+def test_unknown_mode_is_refused_at_build():
+    rng = np.random.default_rng(0)
+    nodes, leaves = random_trees(rng, n_targets=1, n_trees=1, depth=1)
+    nodes["modes"][0] = "BRANCH_SOMETHING"
+    node = helper.make_node("TreeEnsembleRegressor", ["X"], ["Y"], domain=ML, n_targets=1,
+                            **v3_attrs(nodes, leaves, "target"))
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(ML, 3)])
+    with pytest.raises(Unsupported, match="mode"):
+        Session(model)
+
+
+# --- preprocessing ops ---------------------------------------------------------------------
+
+def test_scaler_imputer_onehot_category_mapper_feature_vectorizer():
+    x = np.array([[1.0, np.nan, 3.0], [0.0, 2.0, np.nan]], np.float32)
+    compare(_single_node_model(helper.make_node("Imputer", ["X"], ["Y"], domain=ML, imputed_value_floats=[9, 8, 7],
+                                                replaced_value_float=float("nan"))), {"X": x})
+    compare(_single_node_model(helper.make_node("Scaler", ["X"], ["Y"], domain=ML, offset=[1, 2, 3],
+                                                scale=[0.5, 2, -1])), {"X": np.nan_to_num(x)})
+    compare(_single_node_model(helper.make_node("Normalizer", ["X"], ["Y"], domain=ML, norm="L1")),
+            {"X": np.nan_to_num(x) + 1})
+    ints = np.array([[1, 5], [7, 1]], np.int64)
+    compare(_single_node_model(helper.make_node("OneHotEncoder", ["X"], ["Y"], domain=ML, cats_int64s=[7, 1, 3]),
+                               in_type=TensorProto.INT64), {"X": ints})
+    words = np.array([["a", "zz"], ["c", "a"]], dtype=object)
+    compare(_single_node_model(helper.make_node("OneHotEncoder", ["X"], ["Y"], domain=ML, cats_strings=["c", "a"]),
+                               in_type=TensorProto.STRING), {"X": words})
+    compare(_single_node_model(helper.make_node("CategoryMapper", ["X"], ["Y"], domain=ML, cats_strings=["a", "c"],
+                                                cats_int64s=[10, 30]), label_type=TensorProto.INT64,
+                               in_type=TensorProto.STRING), {"X": words})
+    vec = helper.make_node("FeatureVectorizer", ["X", "X2"], ["Y"], domain=ML, inputdimensions=[2, 3])
+    graph = helper.make_graph([vec], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [2, 3]),
+                                           helper.make_tensor_value_info("X2", TensorProto.INT64, [2, 2])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(ML, 1)])
+    compare(model, {"X": np.nan_to_num(x), "X2": ints})
