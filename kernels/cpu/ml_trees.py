@@ -296,24 +296,23 @@ def _finish_binary(scores, has, base, post, binary_case, all_positive):
 
 
 def _second_column(s, kind, post):
-    """ORT's write_scores for a single binary score: the two columns it writes."""
+    """The two columns ORT writes for a single binary score (measured on ORT 1.32): LOGISTIC gives
+    logistic(-s), logistic(s); otherwise 1 - s, s when all weights are positive and -s, s when not
+    (other transforms are not applied). PROBIT gives probit(s) and leaves the second column unset
+    (it holds whatever was in memory): 0 here."""
     out = np.zeros((len(s), 2))
     if post == "PROBIT":
-        out[:, 0] = probit(s)  # ORT writes this one column only
+        out[:, 0] = probit(s)
         return out
-    logistic = post == "LOGISTIC"
+    if post == "LOGISTIC":
+        out[:, 0], out[:, 1] = _logistic(-s), _logistic(s)
+        out[kind == -1, 1] = 0.0
+        return out
     flip = (kind == 0) | (kind == 1)
-    out[flip, 0], out[flip, 1] = 1.0 - s[flip], s[flip]
-    mixed = (kind == 2) | (kind == 3)
-    if logistic:
-        out[mixed, 0], out[mixed, 1] = _logistic(-s[mixed]), _logistic(s[mixed])
-    else:
-        pos = kind == 2
-        out[pos, 0], out[pos, 1] = -s[pos], s[pos]
-        neg = kind == 3
-        out[neg, 0], out[neg, 1] = s[neg], -s[neg]
+    out[:, 0] = np.where(flip, 1.0 - s, -s)
+    out[:, 1] = s
     plain = kind == -1
-    out[plain, 0] = s[plain]  # ORT writes this one column only
+    out[plain, 0], out[plain, 1] = s[plain], 0.0  # ORT writes this one column only
     return out
 
 

@@ -290,7 +290,7 @@ def test_unknown_mode_is_refused_at_build():
 
 def test_scaler_imputer_onehot_category_mapper_feature_vectorizer():
     x = np.array([[1.0, np.nan, 3.0], [0.0, 2.0, np.nan]], np.float32)
-    compare(_single_node_model(helper.make_node("Imputer", ["X"], ["Y"], domain=ML, imputed_value_floats=[9, 8, 7],
+    compare(_single_node_model(helper.make_node("Imputer", ["X"], ["Y"], domain=ML, imputed_value_floats=[9.0, 8.0, 7.5],
                                                 replaced_value_float=float("nan"))), {"X": x})
     compare(_single_node_model(helper.make_node("Scaler", ["X"], ["Y"], domain=ML, offset=[1, 2, 3],
                                                 scale=[0.5, 2, -1])), {"X": np.nan_to_num(x)})
