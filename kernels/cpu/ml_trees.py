@@ -108,10 +108,10 @@ class Forest:
         """(scores, has_score) per sample and target, float64, as ORT's aggregators add them up."""
         w, has = self.weights[leaves], self.has_weight[leaves]  # (n, trees, targets)
         any_has = has.any(axis=1)
-        if how in (0, 1):
-            scores = w.sum(axis=1)
+        if how in (0, 1):  # in the weights' type, as ORT adds them (float32 unless given as doubles)
+            scores = w.sum(axis=1, dtype=w.dtype)
             if how == 0:
-                scores /= len(self.roots)
+                scores /= w.dtype.type(len(self.roots))
         elif how == 2:
             scores = np.where(has, w, np.inf).min(axis=1)
         else:
@@ -168,7 +168,7 @@ def forest_v3(at, prefix: str, n_targets: int, aggregate: int) -> Forest:
     w_tree, w_node = _attr(at, f"{prefix}_treeids"), _attr(at, f"{prefix}_nodeids")
     w_ids = _attr(at, f"{prefix}_ids")
     w_val = _attr(at, f"{prefix}_weights", f"{prefix}_weights_as_tensor")
-    weights = np.zeros((n, n_targets))
+    weights = np.zeros((n, n_targets), np.float32 if w_val is None else w_val.dtype)
     has = np.zeros((n, n_targets), bool)
     if w_tree is not None:
         for t, i, c, v in zip(w_tree.tolist(), w_node.tolist(), w_ids.tolist(), w_val.tolist()):
@@ -191,7 +191,7 @@ def _features(x, threshold_dtype):
 
 def _base(at, n):
     base = _attr(at, "base_values", "base_values_as_tensor")
-    return np.zeros(0) if base is None else base.astype(np.float64)
+    return np.zeros(0) if base is None else base
 
 
 def make_regressor(at):
@@ -215,6 +215,7 @@ def make_regressor(at):
 def finish_regression(scores, has, base, n_targets, post):
     """Base values and post transform as ORT applies them: with one target ORT applies PROBIT only;
     with several, a target no leaf scored stays 0 (its base value is not added)."""
+    base = base.astype(scores.dtype)
     if len(base) == n_targets:
         scores = scores + base
     elif n_targets == 1 and len(base) == 1:
@@ -366,7 +367,7 @@ def make_tree_ensemble(at):
     missing = np.zeros(n + n_leaves, bool)
     if at.get("nodes_missing_value_tracks_true"):
         missing[:n] = np.asarray(at["nodes_missing_value_tracks_true"], bool)
-    weights = np.zeros((n + n_leaves, n_targets))
+    weights = np.zeros((n + n_leaves, n_targets), leaf_w.dtype)
     has = np.zeros((n + n_leaves, n_targets), bool)
     weights[n + np.arange(n_leaves), leaf_t] = leaf_w
     has[n + np.arange(n_leaves), leaf_t] = True
