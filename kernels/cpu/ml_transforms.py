@@ -17,7 +17,9 @@ def probit(p: np.ndarray) -> np.ndarray:
     x = (f(2) * np.asarray(p, f) - f(1)).astype(f)
     sign = np.where(x < 0, f(-1), f(1))
     with np.errstate(divide="ignore", invalid="ignore"):
-        log = np.log((f(1) - x) * (f(1) + x))
+        # log in float64 rounded once to float32: the correctly rounded logf of C libraries (NumPy's
+        # float32 log may be 1 ulp off, which this formula amplifies near p = 0.5)
+        log = np.log(((f(1) - x) * (f(1) + x)).astype(np.float64)).astype(f)
         a = f(2) / (f(3.14159) * f(0.147)) + f(0.5) * log
         b = f(1) / f(0.147) * log
         return f(1.41421356) * (sign * np.sqrt(-a + np.sqrt(a * a - b)))

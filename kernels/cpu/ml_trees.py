@@ -24,7 +24,11 @@ ML = "ai.onnx.ml"
 MODES = {"BRANCH_LEQ": 0, "BRANCH_LT": 1, "BRANCH_GTE": 2, "BRANCH_GT": 3, "BRANCH_EQ": 4, "BRANCH_NEQ": 5,
          "LEAF": 7, "BRANCH_MEMBER": 6}
 AGGREGATES = {"AVERAGE": 0, "SUM": 1, "MIN": 2, "MAX": 3}
-POST = ["NONE", "SOFTMAX", "LOGISTIC", "SOFTMAX_ZERO", "PROBIT"]  # TreeEnsemble-5's integer codes
+POST = ["NONE", "SOFTMAX", "LOGISTIC", "SOFTMAX_ZERO", "PROBIT"]
+# TreeEnsemble-5's integer post_transform codes as ONNX Runtime reads them (1.32, measured): 1 is
+# LOGISTIC and 2 SOFTMAX, the reverse of the ONNX spec's 'SOFTMAX' (1), 'LOGISTIC' (2). graphopt
+# returns what ORT returns; a model written by the spec's numbering gets ORT's reading here too.
+POST_V5_AS_ORT = ["NONE", "LOGISTIC", "SOFTMAX", "SOFTMAX_ZERO", "PROBIT"]
 
 # Whether a branch goes to its true child, by mode (rows: LEQ, LT, GTE, GT, EQ, NEQ) and by how the
 # value compares to the threshold (columns: less, equal, greater, unordered i.e. NaN). NaN
@@ -378,7 +382,7 @@ def make_tree_ensemble(at):
     def run(ins, _at=None):
         x = _features(ins[0], splits.dtype)
         scores, has = forest.aggregate(forest.leaves(x), agg)
-        scores = finish_regression(scores, has, np.zeros(0), n_targets, POST[post])
+        scores = finish_regression(scores, has, np.zeros(0), n_targets, POST_V5_AS_ORT[post])
         return (scores.astype(ins[0].dtype if ins[0].dtype.kind == "f" else splits.dtype),)
     return run
 
