@@ -348,14 +348,14 @@ def make_regressor(at):
         x = _features(ins[0], forest.threshold.dtype)
         scores, has = forest.aggregate(forest.leaves(x), agg)
         scores = finish_regression(scores, has, base, n_targets, post)
-        return (scores.astype(np.float32),)
+        return (scores.astype(np.float32, copy=False),)
     return run
 
 
 def finish_regression(scores, has, base, n_targets, post):
     """Base values and post transform as ORT applies them: with one target ORT applies PROBIT only;
     with several, a target no leaf scored stays 0 (its base value is not added)."""
-    base = base.astype(scores.dtype)
+    base = base.astype(scores.dtype, copy=False)
     if len(base) == n_targets:
         scores = scores + base
     elif n_targets == 1 and len(base) == 1:
@@ -388,9 +388,9 @@ def make_classifier(at):
         scores, has = forest.aggregate(forest.leaves(x), 1)
         if n_classes > 2:
             z, label_index = _finish_multiclass(scores, has, base, post)
-            return label_array[label_index], z.astype(np.float32)
+            return label_array[label_index], z.astype(np.float32, copy=False)
         z, label_index = _finish_binary(scores, has, base, post, binary_case, all_positive)
-        return label_array[label_index], z.astype(np.float32)
+        return label_array[label_index], z.astype(np.float32, copy=False)
     return run
 
 
@@ -407,62 +407,57 @@ def _finish_multiclass(scores, has, base, post):
 
 
 def _finish_binary(scores, has, base, post, binary_case, all_positive):
-    """ORT's two-label rules: which score is 'positive', which label wins, how the 2nd column is made."""
-    has = np.broadcast_to(has, scores.shape)
-    s0, s1 = scores[:, 0].copy(), scores[:, 1].copy()
-    h0, h1 = has[:, 0], has[:, 1].copy()
-    second_kind = np.full(len(s0), -1)
+    """ORT's two-label rules: which score is 'positive', which label wins, how the 2nd column is made.
+    `has` is per row, or one row for all (then the branches below are taken for all rows at once)."""
+    s0, s1 = scores[:, 0], scores[:, 1]
+    h0, h1 = has[..., 0], has[..., 1]
     if len(base) == 2:
         s1 = np.where(h1, base[1] + s0, s1 + base[1])
         s0 = np.where(h1, -s1, s0 + base[0])
-    elif len(base) == 1:
-        s0 = s0 + base[0]
-    elif len(base) == 0:
-        second_kind[:] = 3
-    two = h1  # rows that keep both scores (ORT drops the second where class 1 never scored)
-    if len(base) == 2:
-        two = np.ones(len(s0), bool)
-    pos = np.where(h1, s1, np.where(h0, s0, 0.0))
-    if binary_case:
-        threshold = 0.5 if all_positive else 0.0
-        positive = pos > threshold
-        second_kind = np.where(positive, 0, 1) if all_positive else np.where(positive, 2, 3)
-        label = positive.astype(np.int64)
+        two = True
     else:
-        label = (pos > 0).astype(np.int64)  # ORT's fixed positive/negative labels 1 and 0
-    z = np.zeros((len(s0), 2))
+        if len(base) == 1:
+            s0 = s0 + base[0]
+        two = h1  # rows that keep both scores (ORT drops the second where class 1 never scored)
+    pos = np.where(h1, s1, np.where(h0, s0, 0)) if has.ndim > 1 else s1 if h1 else s0 if h0 else 0 * s0
+    if binary_case:
+        positive = pos > (0.5 if all_positive else 0.0)
+        mode = "flip" if all_positive else "negate"
+    else:
+        positive = pos > 0  # ORT's fixed positive/negative labels, 1 and 0
+        mode = "negate" if len(base) == 0 else "plain"
+    label = positive.astype(np.int64)
+    if np.ndim(two) == 0:  # the same for every row
+        if two:
+            return apply_post_transform(np.stack([s0, s1], axis=1), post), label
+        return _second_column(s0, mode, post), label
+    z = np.zeros((len(s0), 2), scores.dtype)
     if two.any():
         z[two] = apply_post_transform(np.stack([s0[two], s1[two]], axis=1), post)
-    one = ~two
-    if one.any():
-        s, kind = s0[one], second_kind[one]
-        z[one] = _second_column(s, kind, post)
+    if not two.all():
+        z[~two] = _second_column(s0[~two], mode, post)
     return z, label
 
 
-def _second_column(s, kind, post):
+def _second_column(s, mode, post):
     """The two columns ORT writes for a single binary score (measured on ORT 1.32): LOGISTIC gives
-    logistic(-s), logistic(s); otherwise 1 - s, s when all weights are positive and -s, s when not
-    (other transforms are not applied). PROBIT gives probit(s) and leaves the second column unset
-    (it holds whatever was in memory): 0 here."""
-    out = np.zeros((len(s), 2))
+    logistic(-s), logistic(s); otherwise 1 - s, s when all weights are positive ('flip') and -s, s
+    when not ('negate'); other transforms are not applied. PROBIT, and rows of a non-binary
+    ensemble ('plain'), get one column, probit(s) or s, and ORT leaves the second unset (whatever
+    was in memory): 0 here."""
+    out = np.zeros((len(s), 2), s.dtype)
     if post == "PROBIT":
         out[:, 0] = probit(s)
-        return out
-    if post == "LOGISTIC":
-        out[:, 0], out[:, 1] = _logistic(-s), _logistic(s)
-        out[kind == -1, 1] = 0.0
-        return out
-    flip = (kind == 0) | (kind == 1)
-    out[:, 0] = np.where(flip, 1.0 - s, -s)
-    out[:, 1] = s
-    plain = kind == -1
-    out[plain, 0], out[plain, 1] = s[plain], 0.0  # ORT writes this one column only
+    elif mode == "plain":
+        out[:, 0] = s
+    elif post == "LOGISTIC":  # logistic(s) and logistic(-s) = 1 - logistic(s), from one exp
+        with np.errstate(over="ignore"):
+            e = np.exp(-s)
+        np.reciprocal(1 + e, out=out[:, 1])
+        np.multiply(e, out[:, 1], out=out[:, 0])
+    else:
+        out[:, 0], out[:, 1] = (1 - s if mode == "flip" else -s), s
     return out
-
-
-def _logistic(v):
-    return 1.0 / (1.0 + np.exp(-v))
 
 
 @kernel("TreeEnsembleRegressor", 1, domain=ML)
