@@ -40,11 +40,18 @@ def finish_scores(scores, post, second_class=None):
         return probit(scores)
     if second_class is None:
         return scores
+    out = np.empty((len(s), 2), s.dtype)
+    out[:, 1] = s
     if second_class in (0, 1):
-        return np.stack([1.0 - s, s], axis=1)
-    if post == "LOGISTIC":
-        return np.stack([1.0 / (1.0 + np.exp(s)), 1.0 / (1.0 + np.exp(-s))], axis=1)
-    return np.stack([-s, s], axis=1)
+        np.subtract(1, s, out=out[:, 0])
+    elif post == "LOGISTIC":  # logistic(-s), logistic(s)
+        with np.errstate(over="ignore"):
+            e = np.exp(-s)
+        np.reciprocal(1 + e, out=out[:, 1])
+        np.multiply(e, out[:, 1], out=out[:, 0])
+    else:
+        np.negative(s, out=out[:, 0])
+    return out
 
 
 # --- linear models ---------------------------------------------------------------------------
@@ -70,8 +77,8 @@ def make_linear_classifier(at):
             label = pair[(scores[:, 0] > 0).astype(np.int64)]
         else:
             label = labels[scores.argmax(axis=1)]
-        z = finish_scores(scores.astype(np.float64), post, 1 if (n_classes == 1 and two_labels) else None)
-        return label, z.astype(np.float32)
+        z = finish_scores(scores, post, 1 if (n_classes == 1 and two_labels) else None)
+        return label, z.astype(np.float32, copy=False)
     return run
 
 
@@ -86,33 +93,40 @@ def make_linear_regressor(at):
         scores = _as_matrix(ins[0]) @ coef_t + intercepts
         if post == "NONE":
             return (scores,)
-        return (finish_scores(scores.astype(np.float64), post).astype(np.float32),)
+        return (finish_scores(scores, post).astype(np.float32, copy=False),)
     return run
 
 
 # --- SVMs --------------------------------------------------------------------------------
 
-def _kernel_fn(at):
-    """fn(x (n, f), vectors (m, f)) -> (n, m) kernel values, float32 as ORT."""
+def _kernel_fn(at, vectors):
+    """fn(x (n, f)) -> (n, m) kernel values against the m `vectors`, float32 as ORT."""
     kind = at.get("kernel_type") or "LINEAR"
     params = list(at.get("kernel_params") or []) + [0.0, 0.0, 0.0]
     gamma, coef0, degree = np.float32(params[0]), np.float32(params[1]), np.float32(params[2])
+    vt = np.ascontiguousarray(vectors.T)
     if kind == "LINEAR":
-        return lambda x, v: x @ v.T
+        return lambda x: x @ vt
     if kind == "POLY":
-        return lambda x, v: np.power(gamma * (x @ v.T) + coef0, degree)
+        return lambda x: np.power(gamma * (x @ vt) + coef0, degree)
     if kind == "SIGMOID":
-        return lambda x, v: np.tanh(gamma * (x @ v.T) + coef0)
+        return lambda x: np.tanh(gamma * (x @ vt) + coef0)
     if kind == "RBF":
-        def rbf(x, v, vv=None):
-            d = (x * x).sum(axis=1)[:, None] - 2 * (x @ v.T) + (v * v).sum(axis=1)[None, :]
-            return np.exp(-gamma * np.maximum(d, 0))
+        vv = (vectors * vectors).sum(axis=1)
+        minus_two_vt = -2 * vt
+
+        def rbf(x):  # |x - v|^2 = |x|^2 - 2 x.v + |v|^2, through one GEMM
+            d = x @ minus_two_vt
+            d += vv
+            d += (x * x).sum(axis=1, keepdims=True)
+            np.maximum(d, 0, out=d)
+            d *= -gamma
+            return np.exp(d, out=d)
         return rbf
     raise Unsupported(f"SVM kernel_type {kind!r}")
 
 
 def make_svm_regressor(at):
-    kern = _kernel_fn(at)
     coef = np.asarray(at["coefficients"], np.float32)
     rho = np.float32((at.get("rho") or [0.0])[0])
     n_sv = at.get("n_supports") or 0
@@ -120,24 +134,24 @@ def make_svm_regressor(at):
     one_class = at.get("one_class") or 0
     if n_sv > 0:
         vectors = np.asarray(at["support_vectors"], np.float32).reshape(n_sv, -1)
-        dual = coef.reshape(-1)[:n_sv].astype(np.float64)
+        dual = coef.reshape(-1)[:n_sv, None]
     else:
         if (at.get("kernel_type") or "LINEAR") != "LINEAR":
             raise Unsupported("SVMRegressor without support vectors needs kernel_type LINEAR")
         vectors = coef.reshape(1, -1)
-        dual = np.ones(1)
+        dual = np.ones((1, 1), np.float32)
+    kern = _kernel_fn(at, vectors)
 
     def run(ins, _at=None):
-        k = kern(_as_matrix(ins[0]), vectors).astype(np.float64)
-        scores = (k @ dual + rho)[:, None]
+        scores = kern(_as_matrix(ins[0])) @ dual
+        scores += rho
         if one_class:
             scores = np.where(scores > 0, 1.0, -1.0)
-        return (finish_scores(scores, post).astype(np.float32),)
+        return (finish_scores(scores, post).astype(np.float32, copy=False),)
     return run
 
 
 def make_svm_classifier(at):
-    kern = _kernel_fn(at)
     labels, strings = _labels(at)
     n_classes = len(labels)
     coef = np.asarray(at["coefficients"], np.float32).reshape(-1)
@@ -167,17 +181,21 @@ def make_svm_classifier(at):
         if (at.get("kernel_type") or "LINEAR") != "LINEAR":
             raise Unsupported("SVMClassifier without support vectors needs kernel_type LINEAR")
         vectors = coef.reshape(n_classes, -1)
+    kern = _kernel_fn(at, vectors)
+    pair_weights = pair_weights.astype(np.float32) if n_sv > 0 else None
+    pair_rho = rho[:len(pairs)].astype(np.float32)
     winner_i = np.array([i for i, _ in pairs], np.int64)
     winner_j = np.array([j for _, j in pairs], np.int64)
 
     def run(ins, _at=None):
-        k = kern(_as_matrix(ins[0]), vectors)
+        k = kern(_as_matrix(ins[0]))
         if n_sv == 0:  # liblinear layout: one score per class
-            scores = k.astype(np.float64) + np.float32(rho[0])
+            scores = k + np.float32(rho[0])
             top = scores.argmax(axis=1)
             label = _choose_binary(scores, top, False) if len(pairs) == 1 else labels[top]
-            return label, finish_scores(scores, post).astype(np.float32)
-        pair_scores = (k.astype(np.float64) @ pair_weights + rho[:len(pairs)]).astype(np.float32).astype(np.float64)
+            return label, finish_scores(scores, post).astype(np.float32, copy=False)
+        pair_scores = k @ pair_weights
+        pair_scores += pair_rho
         # the label is the class with most pairwise votes, with or without probabilities (as in ORT,
         # where it can differ from the most probable class)
         votes = np.zeros((len(pair_scores), n_classes), np.int64)
@@ -187,13 +205,13 @@ def make_svm_classifier(at):
         label = labels[votes.argmax(axis=1)]
         if have_proba:
             probs = _pairwise_probabilities(pair_scores, proba_a, proba_b, n_classes, pairs)
-            return label, finish_scores(probs, post).astype(np.float32)
+            return label, finish_scores(probs, post).astype(np.float32, copy=False)
         if n_classes == 2:
             z = finish_scores(pair_scores, post, 2 if post == "NONE" else 0)
             if post == "PROBIT":
                 z = np.concatenate([z, np.zeros_like(z)], axis=1)  # ORT fills only the first column
-            return label, z.astype(np.float32)
-        return label, finish_scores(pair_scores, post).astype(np.float32)
+            return label, z.astype(np.float32, copy=False)
+        return label, finish_scores(pair_scores, post).astype(np.float32, copy=False)
 
     def _choose_binary(scores, top, _):
         best = scores[np.arange(len(scores)), top]
@@ -205,43 +223,47 @@ def make_svm_classifier(at):
 def _pairwise_probabilities(pair_scores, proba_a, proba_b, k, pairs):
     """Platt-scaled pairwise probabilities coupled into class probabilities, as libsvm / ORT do."""
     n = len(pair_scores)
+    first, second = np.array(pairs, np.int64).T
+    v = pair_scores * proba_a[:len(pairs)].astype(np.float32) + proba_b[:len(pairs)].astype(np.float32)
+    with np.errstate(over="ignore"):
+        prob = 1 - 1 / (1 + np.exp(-v))  # 1 - logistic(v)
+    prob = np.clip(prob, np.float32(1e-7), np.float32(1 - 1e-7))  # ORT: max(min(p, 1 - 1e-7), 1e-7)
     r = np.zeros((n, k, k), np.float32)
-    for p, (i, j) in enumerate(pairs):
-        v = pair_scores[:, p] * proba_a[p] + proba_b[p]
-        prob = 1.0 - 1.0 / (1.0 + np.exp(-v))  # 1 - logistic(v)
-        prob = np.clip(prob, 1e-7, 1 - 1e-7).astype(np.float32)
-        r[:, i, j], r[:, j, i] = prob, 1 - prob
+    r[:, first, second], r[:, second, first] = prob, 1 - prob
     return _couple(r, k)
 
 
 def _couple(r, k):
-    """Wu-Lin-Weng coupling, vectorized over samples, each sample stopping as libsvm's loop does."""
+    """Wu-Lin-Weng coupling in float32, vectorized over samples: every row takes libsvm's steps
+    until its own stopping test passes, then keeps its values (rows still running are updated
+    for all, and the finished ones put back)."""
     n = r.shape[0]
     f32 = np.float32
-    q = np.zeros((n, k, k), f32)
-    for i in range(k):
-        for j in range(k):
-            if j != i:
-                q[:, i, i] += r[:, j, i] * r[:, j, i]
-                q[:, i, j] = -r[:, j, i] * r[:, i, j]
+    q = -(r.transpose(0, 2, 1) * r)  # q[i, j] = -r[j, i] r[i, j]; q[i, i] = sum over j of r[j, i]^2
+    q[:, np.arange(k), np.arange(k)] = np.square(r).sum(axis=1)
+    diag = [np.ascontiguousarray(q[:, i, i]) for i in range(k)]
+    rows = [np.ascontiguousarray(q[:, i, :]) for i in range(k)]
     p = np.full((n, k), f32(1.0 / k), f32)
     eps = f32(0.005 / k)
     active = np.ones(n, bool)
     for _ in range(100):
-        qp = np.einsum("nij,nj->ni", q, p).astype(f32)
-        pqp = (p * qp).sum(axis=1).astype(f32)
-        active &= ~(np.abs(qp - pqp[:, None]).max(axis=1) < eps)
+        qp = np.matmul(q, p[:, :, None])[:, :, 0]
+        pqp = (p * qp).sum(axis=1)
+        active &= np.abs(qp - pqp[:, None]).max(axis=1) >= eps
         if not active.any():
             break
-        a = active
+        p_before = p.copy()
         for i in range(k):
-            diff = ((-qp[a, i] + pqp[a]) / q[a, i, i]).astype(f32)
-            p_a, qp_a = p[a], qp[a]
-            p_a[:, i] += diff
-            pqp[a] = ((pqp[a] + diff * (diff * q[a, i, i] + 2 * qp_a[:, i])) / (1 + diff) / (1 + diff)).astype(f32)
-            qp[a] = ((qp_a + diff[:, None] * q[a, i, :]) / (1 + diff)[:, None]).astype(f32)
-            p[a] = (p_a / (1 + diff)[:, None]).astype(f32)
-    return p.astype(np.float64)
+            diff = (pqp - qp[:, i]) / diag[i]
+            p[:, i] += diff
+            one_plus = 1 + diff
+            pqp = (pqp + diff * (diff * diag[i] + 2 * qp[:, i])) / one_plus / one_plus
+            qp += diff[:, None] * rows[i]
+            qp /= one_plus[:, None]
+            p /= one_plus[:, None]
+        if not active.all():
+            p = np.where(active[:, None], p, p_before)
+    return p
 
 
 def _register(op, make):

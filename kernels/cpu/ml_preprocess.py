@@ -10,7 +10,7 @@ import numpy as np
 
 from graphopt.errors import Unsupported
 
-from ..registry import kernel
+from ..registry import DYNAMIC, kernel, prepare
 
 ML = "ai.onnx.ml"
 
@@ -21,19 +21,33 @@ def _text(v):
 
 @kernel("Scaler", 1, domain=ML)
 def scaler(ins, at):
-    x = ins[0]
+    return make_scaler(at)(ins)
+
+
+@prepare("Scaler", 1, domain=ML)
+def _prepare_scaler(at, constants, generic):
+    return make_scaler(at)
+
+
+def make_scaler(at):
     offset = np.asarray(at.get("offset") or [0.0], np.float32)
     scale = np.asarray(at.get("scale") or [1.0], np.float32)
-    width = x.shape[-1] if x.ndim else 1
-    for name, v in (("offset", offset), ("scale", scale)):
-        if len(v) not in (1, width):
-            raise Unsupported(f"Scaler: {name} has {len(v)} values for {width} features")
-    return (((x.astype(np.float32) - offset) * scale).astype(np.float32),)
+
+    def run(ins, _at=None):
+        x = ins[0]
+        width = x.shape[-1] if x.ndim else 1
+        if len(offset) not in (1, width) or len(scale) not in (1, width):
+            raise Unsupported(f"Scaler: {len(offset)} offsets, {len(scale)} scales for {width} features")
+        y = np.subtract(x, offset, dtype=np.float32)
+        y *= scale
+        return (y,)
+    return run
 
 
 @kernel("Normalizer", 1, domain=ML)
+@np.errstate(divide="ignore", invalid="ignore")  # a zero row gives NaN/inf, as in ORT
 def normalizer(ins, at):
-    x = ins[0].astype(np.float32)
+    x = ins[0] if ins[0].dtype == np.float32 else ins[0].astype(np.float32)
     rows = x.reshape(1, -1) if x.ndim == 1 else x
     norm = at.get("norm") or "MAX"
     if norm == "MAX":
@@ -41,11 +55,48 @@ def normalizer(ins, at):
     elif norm == "L1":
         d = np.abs(rows).sum(axis=-1, keepdims=True)
     elif norm == "L2":
-        d = np.sqrt((rows * rows).sum(axis=-1, keepdims=True))
+        d = np.sqrt(np.square(rows).sum(axis=-1, keepdims=True))
     else:
         raise Unsupported(f"Normalizer: norm {norm!r}")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return ((rows / d).reshape(x.shape).astype(np.float32),)
+    return (np.divide(rows, d).reshape(x.shape),)
+
+
+@prepare("OneHotEncoder", 1, domain=ML)
+def _prepare_one_hot_encoder(at, constants, generic):
+    """Integer categories: one broadcast comparison of the values against all categories."""
+    cats = at.get("cats_int64s")
+    if at.get("cats_strings") or not cats or len(set(cats)) != len(cats):
+        return None
+    cats = np.asarray(cats, np.int64)
+    zeros = at.get("zeros", 1)
+
+    def run(ins, _at=None):
+        x = ins[0]
+        if x.dtype.kind not in "iuf":
+            return generic(ins, at)
+        values = x if x.dtype == np.int64 else x.astype(np.int64)  # floats truncated, as ORT casts
+        hits = np.equal(values[..., None], cats)
+        if not zeros and not hits.any(axis=-1).all():
+            raise ValueError("OneHotEncoder: an input value is not among the categories and zeros=0")
+        return (hits.astype(np.float32),)
+    return run
+
+
+@prepare("ArrayFeatureExtractor", 1, domain=ML)
+def _prepare_array_feature_extractor(at, constants, generic):
+    """Constant indices (what skl2onnx writes to pick columns): converted once."""
+    if len(constants) < 2 or constants[1] is None or constants[1] is DYNAMIC:
+        return None
+    index = np.asarray(constants[1], np.int64).reshape(-1)
+    if index.size == 0:
+        return None
+
+    def run(ins, _at=None):
+        x = ins[0]
+        if x.ndim == 0 or not (-x.shape[-1] <= index.min() and index.max() < x.shape[-1]):
+            return generic(ins, at)  # the generic kernel reports the bad index
+        return (x.take(index, axis=-1),)
+    return run
 
 
 @kernel("OneHotEncoder", 1, domain=ML)
