@@ -12,7 +12,7 @@ import numpy as np
 from graphopt.errors import Unsupported
 
 from ..registry import kernel, prepare
-from .ml_transforms import apply_post_transform, probit
+from .ml_transforms import apply_post_transform, apply_post_transform_t, argmax_of_rows, probit
 
 ML = "ai.onnx.ml"
 
@@ -71,14 +71,22 @@ def make_linear_classifier(at):
         negative = labels[0] if two_labels else ("0" if strings else 0)
         pair = np.array([negative, positive], dtype=labels.dtype)
 
+    by_class = coef.reshape(n_classes, -1)
+    intercepts_col = intercepts[:, None]
+
     def run(ins, _at=None):
-        scores = _as_matrix(ins[0]) @ coef_t + intercepts
+        x = _as_matrix(ins[0])
         if n_classes == 1:
-            label = pair[(scores[:, 0] > 0).astype(np.int64)]
-        else:
-            label = labels[scores.argmax(axis=1)]
-        z = finish_scores(scores, post, 1 if (n_classes == 1 and two_labels) else None)
-        return label, z.astype(np.float32, copy=False)
+            scores = x @ coef_t + intercepts
+            label = pair.take((scores[:, 0] > 0).view(np.int8))
+            z = finish_scores(scores, post, 1 if two_labels else None)
+            return label, z.astype(np.float32, copy=False)
+        # scores laid out class by class, (k, n): the label and transform work along rows
+        scores_t = by_class @ x.T
+        scores_t += intercepts_col
+        label = labels.take(argmax_of_rows(scores_t))
+        z = apply_post_transform_t(scores_t, post)
+        return label, np.ascontiguousarray(z.T)
     return run
 
 

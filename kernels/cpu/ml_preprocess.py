@@ -11,6 +11,7 @@ import numpy as np
 from graphopt.errors import Unsupported
 
 from ..registry import DYNAMIC, kernel, prepare
+from .ml_transforms import row_max, row_sum
 
 ML = "ai.onnx.ml"
 
@@ -51,11 +52,11 @@ def normalizer(ins, at):
     rows = x.reshape(1, -1) if x.ndim == 1 else x
     norm = at.get("norm") or "MAX"
     if norm == "MAX":
-        d = rows.max(axis=-1, keepdims=True)
+        d = row_max(rows)
     elif norm == "L1":
-        d = np.abs(rows).sum(axis=-1, keepdims=True)
+        d = row_sum(np.abs(rows))
     elif norm == "L2":
-        d = np.sqrt(np.square(rows).sum(axis=-1, keepdims=True))
+        d = np.sqrt(row_sum(np.square(rows)))
     else:
         raise Unsupported(f"Normalizer: norm {norm!r}")
     return (np.divide(rows, d).reshape(x.shape),)

@@ -30,30 +30,77 @@ def logistic(s: np.ndarray) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-s))
 
 
-def softmax(s: np.ndarray) -> np.ndarray:
-    e = np.exp(s - s.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+def row_sum(x: np.ndarray) -> np.ndarray:
+    """x.sum(axis=-1, keepdims=True) through a GEMV: NumPy's reduction over a short last axis
+    costs ~30 us for 1000 rows of 3, the product with a ones vector ~1.5 us."""
+    return (x @ np.ones(x.shape[-1], x.dtype))[..., None]
 
 
-def softmax_zero(s: np.ndarray) -> np.ndarray:
-    top = s.max(axis=1, keepdims=True)
-    nonzero = np.abs(s) > 1e-7
-    e = np.where(nonzero, np.exp(s - top), s * np.exp(-top))
+def row_max(x: np.ndarray) -> np.ndarray:
+    """x.max(axis=-1, keepdims=True), column by column for short rows (77 us -> 5 us for 1000 x 3)."""
+    if x.shape[-1] > 32:
+        return x.max(axis=-1, keepdims=True)
+    top = x[..., 0].copy()
+    for j in range(1, x.shape[-1]):
+        np.maximum(top, x[..., j], out=top)
+    return top[..., None]
+
+
+def _max_of_rows(t: np.ndarray) -> np.ndarray:
+    """Per column, the largest of t's rows (t is scores laid out class by class)."""
+    top = t[0].copy()
+    for row in t[1:]:
+        np.maximum(top, row, out=top)
+    return top
+
+
+def _softmax_t(t: np.ndarray) -> np.ndarray:
+    t -= _max_of_rows(t)
+    np.exp(t, out=t)
+    t /= t.sum(axis=0)
+    return t
+
+
+def _softmax_zero_t(t: np.ndarray) -> np.ndarray:
+    top = _max_of_rows(t)
+    nonzero = np.abs(t) > 1e-7
+    e = np.where(nonzero, np.exp(t - top), t * np.exp(-top))
     with np.errstate(divide="ignore", invalid="ignore"):
-        return e / np.where(nonzero, e, 0.0).sum(axis=1, keepdims=True)
+        e /= np.where(nonzero, e, 0).sum(axis=0)
+    return e
+
+
+def argmax_of_rows(t: np.ndarray) -> np.ndarray:
+    """Per column, the first row holding the largest value, as ORT's loops pick it (a NaN never
+    wins, where np.argmax would pick it)."""
+    best, index = t[0].copy(), np.zeros(t.shape[1], np.intp)
+    for j in range(1, len(t)):
+        better = t[j] > best
+        index[better] = j
+        np.maximum(best, t[j], out=best, where=better)
+    return index
 
 
 def apply_post_transform(scores: np.ndarray, post: str) -> np.ndarray:
-    """scores (n, k) float64 -> transformed, for the string attribute values NONE ... PROBIT."""
+    """scores (n, k) -> transformed, for the string attribute values NONE ... PROBIT."""
+    if post in ("SOFTMAX", "SOFTMAX_ZERO"):
+        # computed class by class on a (k, n) copy: NumPy's reductions and broadcasts over a short
+        # last axis cost 10-30x more than the same work along rows (1000 x 3: 45 us -> 8 us)
+        return np.ascontiguousarray(apply_post_transform_t(np.array(scores.T), post).T)
+    return apply_post_transform_t(scores, post)
+
+
+def apply_post_transform_t(t: np.ndarray, post: str) -> np.ndarray:
+    """The same on scores laid out class by class, (k, n); may overwrite t."""
     if post == "NONE":
-        return scores
+        return t
     if post == "LOGISTIC":
-        return logistic(scores)
+        return logistic(t)
     if post == "SOFTMAX":
-        return softmax(scores)
+        return _softmax_t(t)
     if post == "SOFTMAX_ZERO":
-        return softmax_zero(scores)
+        return _softmax_zero_t(t)
     if post == "PROBIT":
-        return probit(scores)
+        return probit(t)
     from graphopt.errors import Unsupported
     raise Unsupported(f"unknown post_transform {post!r}")
