@@ -18,7 +18,7 @@ import numpy as np
 from graphopt.errors import Unsupported
 
 from ..registry import kernel, prepare
-from .ml_transforms import apply_post_transform, probit
+from .ml_transforms import apply_post_transform, argmax_of_rows, probit
 
 ML = "ai.onnx.ml"
 MODES = {"BRANCH_LEQ": 0, "BRANCH_LT": 1, "BRANCH_GTE": 2, "BRANCH_GT": 3, "BRANCH_EQ": 4, "BRANCH_NEQ": 5,
@@ -158,6 +158,17 @@ class Forest:
 
     def _leaves_by_jumps(self, x):
         n, nodes = x.shape[0], self.n_nodes
+        if n == 1:
+            v = x.reshape(-1).take(self.feature)  # every node's test
+            nxt = np.where(self._go(self.all_nodes, v, self.threshold), self.true_next, self.false_next)
+            if self.depth * len(self.roots) < self.jumps * nodes:  # follow the trees from their roots
+                node = self.roots
+                for _ in range(self.depth):
+                    node = nxt.take(node)
+                return node[None, :]
+            for _ in range(self.jumps):
+                nxt = nxt.take(nxt)
+            return nxt.take(self.roots)[None, :]
         v = x.take(self.feature, axis=1)  # (n, nodes): every node's test, for every row
         nxt = np.where(self._go(self.all_nodes, v, self.threshold), self.true_next, self.false_next)
         if n > 1:
@@ -235,6 +246,8 @@ class Forest:
             scores = np.zeros((n, self.weights_t.shape[0]), dtype)
             scores[:, targets] = sums
             return scores
+        if n == 1:  # one row: the leaves' weight rows, added tree after tree
+            return self.weights.take(leaves[0], axis=0).sum(axis=0, dtype=dtype)[None, :]
         if self.weights_t.shape[0] == 1:
             return self.weights_t[0].take(leaves).sum(axis=1, dtype=dtype, keepdims=True)
         scores = np.empty((n, self.weights_t.shape[0]), dtype)
@@ -400,9 +413,8 @@ def _finish_multiclass(scores, has, base, post):
         scores[:, :k] += base
         has = has.copy()
         has[..., :k] = True
-    if not has.all():
-        scores_of_scored = np.where(has, scores, -np.inf)
-    label = (scores if has.all() else scores_of_scored).argmax(axis=1)  # first of equal maxima, as ORT
+    scored = scores if has.all() else np.where(has, scores, -np.inf)  # unscored classes never win
+    label = argmax_of_rows(scored.T)  # first of equal maxima, NaN never, as ORT
     return apply_post_transform(scores, post), label
 
 
@@ -519,6 +531,7 @@ def make_tree_ensemble(at):
         scores, has = forest.aggregate(forest.leaves(x), agg)
         scores = finish_regression(scores, has, np.zeros(0), n_targets, POST_V5_AS_ORT[post])
         return (scores.astype(ins[0].dtype if ins[0].dtype.kind == "f" else splits.dtype),)
+    run.forest = forest  # for tests
     return run
 
 

@@ -28,23 +28,33 @@ PROBIT_ATOL = 1.5e-3
 
 
 def compare(model, feed, rtol=1e-5, atol=1e-5):
-    want = ort_session(model).run(None, feed)
-    sess = Session(model)
-    for _ in range(2):  # the second run takes the compiled plan
-        got = sess.run(None, feed)
-        assert len(got) == len(want)
-        for w, g in zip(want, got):
-            if isinstance(w, list):  # ZipMap: one {label: probability} per row
-                assert isinstance(g, list) and len(g) == len(w)
-                for dw, dg in zip(w, g):
-                    assert list(dw) == list(dg)
-                    np.testing.assert_allclose(list(dg.values()), list(dw.values()), rtol=rtol, atol=atol)
-            elif w.dtype.kind in "iuOUSb":
-                assert g.shape == w.shape and (g == w).all(), (w, g)
-            else:
-                assert g.dtype == w.dtype and g.shape == w.shape
-                np.testing.assert_allclose(g, w, rtol=rtol, atol=atol)
-    return want
+    """graphopt's outputs equal ORT's on `feed`, and for a one-input feed also on its first row
+    alone and on it repeated 40 times (the tree kernels pick a traversal by batch size)."""
+    feeds = [feed]
+    if len(feed) == 1:
+        (name, x), = feed.items()
+        if x.ndim == 2 and len(x) > 1:
+            feeds += [{name: x[:1]}, {name: np.tile(x, (40, 1))}]
+    ort, sess = ort_session(model), Session(model)
+    for one in feeds:
+        want = ort.run(None, one)
+        for _ in range(2):  # the second run takes the compiled plan
+            _check(sess.run(None, one), want, rtol, atol)
+
+
+def _check(got, want, rtol, atol):
+    assert len(got) == len(want)
+    for w, g in zip(want, got):
+        if isinstance(w, list):  # ZipMap: one {label: probability} per row
+            assert isinstance(g, list) and len(g) == len(w)
+            for dw, dg in zip(w, g):
+                assert list(dw) == list(dg)
+                np.testing.assert_allclose(list(dg.values()), list(dw.values()), rtol=rtol, atol=atol)
+        elif w.dtype.kind in "iuOUSb":
+            assert g.shape == w.shape and (g == w).all(), (w, g)
+        else:
+            assert g.dtype == w.dtype and g.shape == w.shape
+            np.testing.assert_allclose(g, w, rtol=rtol, atol=atol)
 
 
 # --- scikit-learn models ---------------------------------------------------------------------
@@ -294,6 +304,20 @@ def test_tree_ensemble_5_post_transforms_double(post):
     nodes, leaves = random_trees(rng, n_targets=3)
     compare(v5_model(nodes, leaves, 3, 1, post, member=True, dtype=np.float64),
             {"X": features(rng).astype(np.float64)})
+
+
+@pytest.mark.parametrize("member", [False, True])
+def test_walking_and_pointer_jumping_find_the_same_leaves(member):
+    """Both traversals of kernels/cpu/ml_trees.Forest, on mixed modes, NaN with missing tracks and
+    (TreeEnsemble-5) set membership, for one row and for many."""
+    from graphopt.kernels.cpu.ml_trees import make_tree_ensemble
+    from graphopt.kernels.registry import resolve_attributes
+    rng = np.random.default_rng(30 + member)
+    nodes, leaves = random_trees(rng, n_targets=2)
+    model = v5_model(nodes, leaves, 2, 1, 0, member)
+    forest = make_tree_ensemble(resolve_attributes(model.graph.node[0], 5)).forest
+    for x in (features(rng, n=1), features(rng, n=50)):
+        np.testing.assert_array_equal(forest._leaves_by_walking(x), forest._leaves_by_jumps(x))
 
 
 def test_unknown_mode_is_refused_at_build():
