@@ -47,9 +47,9 @@ def _check(got, want, rtol, atol):
     for w, g in zip(want, got):
         if isinstance(w, list):  # ZipMap: one {label: probability} per row
             assert isinstance(g, list) and len(g) == len(w)
-            for dw, dg in zip(w, g):
-                assert list(dw) == list(dg)
-                np.testing.assert_allclose(list(dg.values()), list(dw.values()), rtol=rtol, atol=atol)
+            assert [list(d) for d in g] == [list(d) for d in w]
+            np.testing.assert_allclose([list(d.values()) for d in g], [list(d.values()) for d in w],
+                                       rtol=rtol, atol=atol)
         elif w.dtype.kind in "iuOUSb":
             assert g.shape == w.shape and (g == w).all(), (w, g)
         else:
