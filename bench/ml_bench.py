@@ -77,7 +77,7 @@ def bench_one(name, batches, args):
 
 def table(results, args) -> str:
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [f"# ml_bench: scikit-learn models, graphopt.Session vs ONNX Runtime",
+    lines = ["# ml_bench: scikit-learn models, graphopt.Session vs ONNX Runtime",
              "",
              f"{when}; {_cpu_name()}, {os.cpu_count()} cores; {args.threads} thread(s); medians of "
              f"interleaved runs (at least {args.runs}, up to {args.max_runs}, until {args.min_seconds} s). "

@@ -31,7 +31,6 @@ def _convert(est, options=None, n_features=N_FEATURES, zipmap=False):
 def build(name):
     """(onnx.ModelProto, X float32) for one named model."""
     from sklearn import ensemble, linear_model, preprocessing, svm
-    cls2, y2 = None, None
     if name == "random_forest_classifier":
         x, y = _data("clf", 3)
         est = ensemble.RandomForestClassifier(n_estimators=20, max_depth=8, random_state=0).fit(x, y)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import zlib
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper
 
@@ -51,7 +50,7 @@ def _check(got, want, rtol, atol):
             np.testing.assert_allclose([list(d.values()) for d in g], [list(d.values()) for d in w],
                                        rtol=rtol, atol=atol)
         elif w.dtype.kind in "iuOUSb":
-            assert g.shape == w.shape and (g == w).all(), (w, g)
+            assert g.dtype == w.dtype and g.shape == w.shape and (g == w).all(), (w, g)
         else:
             assert g.dtype == w.dtype and g.shape == w.shape
             np.testing.assert_allclose(g, w, rtol=rtol, atol=atol)
