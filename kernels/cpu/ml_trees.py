@@ -16,7 +16,7 @@ from graphopt.errors import Unsupported
 
 from ..registry import kernel, prepare
 from .ml_forest import Forest
-from .ml_transforms import apply_post_transform, argmax_of_rows, probit
+from .ml_transforms import apply_post_transform, argmax_of_columns, probit
 
 ML = "ai.onnx.ml"
 MODES = {"BRANCH_LEQ": 0, "BRANCH_LT": 1, "BRANCH_GTE": 2, "BRANCH_GT": 3, "BRANCH_EQ": 4, "BRANCH_NEQ": 5,
@@ -112,6 +112,7 @@ def make_regressor(at):
         scores, has = forest.aggregate(forest.leaves(x), agg)
         scores = finish_regression(scores, has, base, n_targets, post)
         return (scores.astype(np.float32, copy=False),)
+    run.forest = forest  # for tests and benchmarks
     return run
 
 
@@ -151,9 +152,10 @@ def make_classifier(at):
         scores, has = forest.aggregate(forest.leaves(x), 1)
         if n_classes > 2:
             z, label_index = _finish_multiclass(scores, has, base, post)
-            return label_array[label_index], z.astype(np.float32, copy=False)
+            return label_array.take(label_index), z.astype(np.float32, copy=False)
         z, label_index = _finish_binary(scores, has, base, post, binary_case, all_positive)
-        return label_array[label_index], z.astype(np.float32, copy=False)
+        return label_array.take(label_index), z.astype(np.float32, copy=False)
+    run.forest = forest  # for tests and benchmarks
     return run
 
 
@@ -164,7 +166,7 @@ def _finish_multiclass(scores, has, base, post):
         has = has.copy()
         has[..., :k] = True
     scored = scores if has.all() else np.where(has, scores, -np.inf)  # unscored classes never win
-    label = argmax_of_rows(scored.T)  # first of equal maxima, NaN never, as ORT
+    label = argmax_of_columns(scored)  # first of equal maxima, NaN never, as ORT
     return apply_post_transform(scores, post), label
 
 
@@ -206,20 +208,25 @@ def _second_column(s, mode, post):
     logistic(-s), logistic(s); otherwise 1 - s, s when all weights are positive ('flip') and -s, s
     when not ('negate'); other transforms are not applied. PROBIT, and rows of a non-binary
     ensemble ('plain'), get one column, probit(s) or s, and ORT leaves the second unset (whatever
-    was in memory): 0 here."""
-    out = np.zeros((len(s), 2), s.dtype)
-    if post == "PROBIT":
-        out[:, 0] = probit(s)
-    elif mode == "plain":
-        out[:, 0] = s
-    elif post == "LOGISTIC":  # logistic(s) and logistic(-s) = 1 - logistic(s), from one exp
-        with np.errstate(over="ignore"):
-            e = np.exp(-s)
-        np.reciprocal(1 + e, out=out[:, 1])
-        np.multiply(e, out[:, 1], out=out[:, 0])
-    else:
-        out[:, 0], out[:, 1] = (1 - s if mode == "flip" else -s), s
-    return out
+    was in memory): 0 here. Each case in as few NumPy calls as possible (a row costs ~0.5 us a call)."""
+    column = s[:, None]
+    if post == "PROBIT" or mode == "plain":
+        out = np.zeros((len(s), 2), s.dtype)
+        out[:, 0] = probit(s) if post == "PROBIT" else s
+        return out
+    if post == "LOGISTIC":  # 1 / (1 + exp(s)), 1 / (1 + exp(-s)); exponents kept finite
+        out = np.clip(column * _PLUS_MINUS.get(s.dtype, _PLUS_MINUS[np.dtype(np.float64)]), -88, 88)
+        np.exp(out, out=out)
+        out += 1
+        return np.reciprocal(out, out=out)
+    if mode == "flip":
+        return column * _MINUS_PLUS[s.dtype] + _ONE_ZERO[s.dtype]
+    return column * _MINUS_PLUS[s.dtype]
+
+
+_PLUS_MINUS = {np.dtype(t): np.array([1, -1], t) for t in (np.float32, np.float64)}
+_MINUS_PLUS = {np.dtype(t): np.array([-1, 1], t) for t in (np.float32, np.float64)}
+_ONE_ZERO = {np.dtype(t): np.array([1, 0], t) for t in (np.float32, np.float64)}
 
 
 @kernel("TreeEnsembleRegressor", 1, domain=ML)
@@ -281,7 +288,7 @@ def make_tree_ensemble(at):
         scores, has = forest.aggregate(forest.leaves(x), agg)
         scores = finish_regression(scores, has, np.zeros(0), n_targets, POST_V5_AS_ORT[post])
         return (scores.astype(ins[0].dtype if ins[0].dtype.kind == "f" else splits.dtype),)
-    run.forest = forest  # for tests
+    run.forest = forest  # for tests and benchmarks
     return run
 
 
