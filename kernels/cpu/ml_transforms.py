@@ -26,8 +26,13 @@ def probit(p: np.ndarray) -> np.ndarray:
 
 
 def logistic(s: np.ndarray) -> np.ndarray:
-    with np.errstate(over="ignore"):
-        return 1.0 / (1.0 + np.exp(-s))
+    """1 / (1 + exp(-s)), the exponent clipped to +-88 (finite in float32; the result there is
+    within 1e-38 of ORT's exact 0 or 1), which spares an errstate block (~1 us a call)."""
+    v = np.clip(s, -88, 88)
+    np.negative(v, out=v)
+    np.exp(v, out=v)
+    v += 1
+    return np.reciprocal(v, out=v)
 
 
 def row_sum(x: np.ndarray) -> np.ndarray:
@@ -73,6 +78,8 @@ def _softmax_zero_t(t: np.ndarray) -> np.ndarray:
 def argmax_of_rows(t: np.ndarray) -> np.ndarray:
     """Per column, the first row holding the largest value, as ORT's loops pick it (a NaN never
     wins, where np.argmax would pick it)."""
+    if len(t) == 2:  # NaN compares false: class 0 stays, as in ORT's loop
+        return np.greater(t[1], t[0]).view(np.int8)
     best, index = t[0].copy(), np.zeros(t.shape[1], np.intp)
     for j in range(1, len(t)):
         better = t[j] > best
