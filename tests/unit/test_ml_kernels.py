@@ -305,6 +305,15 @@ def test_tree_ensemble_5_post_transforms_double(post):
             {"X": features(rng).astype(np.float64)})
 
 
+@pytest.mark.parametrize("post", [1, 2, 4])
+def test_tree_ensemble_5_one_target(post):
+    """With one target ORT applies PROBIT only (scores kept in (0, 1) for it), as for the older ops."""
+    rng = np.random.default_rng(40 + post)
+    nodes, leaves = random_trees(rng, n_targets=1, positive=True)
+    leaves["weights"] = [0.1 + 0.1 * w for w in leaves["weights"]]
+    compare(v5_model(nodes, leaves, 1, 0, post), {"X": features(rng)}, atol=PROBIT_ATOL if post == 4 else 1e-5)
+
+
 @pytest.mark.parametrize("member", [False, True])
 def test_walking_and_pointer_jumping_find_the_same_leaves(member):
     """Both traversals of kernels/cpu/ml_trees.Forest, on mixed modes, NaN with missing tracks and
