@@ -125,6 +125,29 @@ def one_hot_encoder(ins, at):
     return (out.reshape(x.shape + (len(cats),)),)
 
 
+@prepare("ZipMap", 1, domain=ML)
+def _prepare_zip_map(at, constants, generic):
+    """A row-to-dict function written out for the labels: `{0: a, 1: b, 2: c}` built from a row's
+    unpacked values takes half the time of dict(zip(labels, row)) (1000 rows: 220 vs 410 us)."""
+    labels = at.get("classlabels_strings") or at.get("classlabels_int64s")
+    if not labels or len(labels) > 64 or len(set(labels)) != len(labels):
+        return None
+    names = [f"v{i}" for i in range(len(labels))]
+    pairs = ", ".join(f"{label!r}: {name}" for label, name in zip(labels, names))
+    source = f"def rows_to_dicts(rows):\n    return [{{{pairs}}} for {', '.join(names)}, in rows]\n"
+    env: dict = {}
+    exec(compile(source, "<graphopt ZipMap>", "exec"), env)  # noqa: S102  (labels only as repr() literals)
+    rows_to_dicts = env["rows_to_dicts"]
+
+    def run(ins, _at=None):
+        x = ins[0]
+        rows = x.reshape(1, -1) if x.ndim == 1 else x
+        if rows.ndim != 2 or rows.shape[1] != len(labels):
+            return generic(ins, at)
+        return (rows_to_dicts(rows.tolist()),)
+    return run
+
+
 @kernel("ZipMap", 1, domain=ML)
 def zip_map(ins, at):
     x = ins[0]
