@@ -75,6 +75,19 @@ def test_sklearn_model_matches_ort(name):
     compare(model, {model.graph.input[0].name: x}, rtol=1e-5, atol=1e-5 if "regress" not in name else 1e-4)
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_svc_probabilities_one_row_at_a_time():
+    """One row takes a scalar (float64) path through the pairwise coupling, ORT's loop is float32:
+    every row of the model's data, alone, within 1e-5 and with ORT's label."""
+    pytest.importorskip("sklearn")
+    pytest.importorskip("skl2onnx")
+    from ml_models import build
+    model, x = build("svc_multiclass_proba")
+    ort, sess = ort_session(model), Session(model)
+    for row in x:
+        _check(sess.run(None, {"X": row[None]}), ort.run(None, {"X": row[None]}), 1e-5, 1e-5)
+
+
 def test_zipmap_output_is_a_list_of_dicts_like_ort():
     model = _single_node_model(
         helper.make_node("ZipMap", ["X"], ["Z"], domain=ML, classlabels_strings=["a", "b", "c"]),
