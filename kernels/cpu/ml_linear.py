@@ -12,7 +12,8 @@ import numpy as np
 from graphopt.errors import Unsupported
 
 from ..registry import kernel, prepare
-from .ml_transforms import apply_post_transform, apply_post_transform_t, argmax_of_rows, probit
+from ._util import clip_ufunc
+from .ml_transforms import apply_post_transform, apply_post_transform_t, argmax_of_rows, logistic, probit
 
 ML = "ai.onnx.ml"
 
@@ -192,6 +193,8 @@ def make_svm_classifier(at):
     kern = _kernel_fn(at, vectors)
     pair_weights = pair_weights.astype(np.float32) if n_sv > 0 else None
     pair_rho = rho[:len(pairs)].astype(np.float32)
+    platt = (proba_a[:len(pairs)].astype(np.float32), proba_b[:len(pairs)].astype(np.float32),
+             *np.array(pairs, np.int64).reshape(-1, 2).T)
     winner_i = np.array([i for i, _ in pairs], np.int64)
     winner_j = np.array([j for _, j in pairs], np.int64)
 
@@ -212,7 +215,7 @@ def make_svm_classifier(at):
             votes[:, c] = (winners == c).sum(axis=1)
         label = labels[votes.argmax(axis=1)]
         if have_proba:
-            probs = _pairwise_probabilities(pair_scores, proba_a, proba_b, n_classes, pairs)
+            probs = _pairwise_probabilities(pair_scores, platt, n_classes)
             return label, finish_scores(probs, post).astype(np.float32, copy=False)
         if n_classes == 2:
             z = finish_scores(pair_scores, post, 2 if post == "NONE" else 0)
@@ -228,17 +231,18 @@ def make_svm_classifier(at):
     return run
 
 
-def _pairwise_probabilities(pair_scores, proba_a, proba_b, k, pairs):
-    """Platt-scaled pairwise probabilities coupled into class probabilities, as libsvm / ORT do."""
-    n = len(pair_scores)
-    first, second = np.array(pairs, np.int64).T
-    v = pair_scores * proba_a[:len(pairs)].astype(np.float32) + proba_b[:len(pairs)].astype(np.float32)
-    with np.errstate(over="ignore"):
-        prob = 1 - 1 / (1 + np.exp(-v))  # 1 - logistic(v)
-    prob = np.clip(prob, np.float32(1e-7), np.float32(1 - 1e-7))  # ORT: max(min(p, 1 - 1e-7), 1e-7)
-    r = np.zeros((n, k, k), np.float32)
+def _pairwise_probabilities(pair_scores, platt, k):
+    """Platt-scaled pairwise probabilities coupled into class probabilities, as libsvm / ORT do.
+    `platt`: (A, B, first, second), each pair's sigmoid parameters (float32) and its two classes."""
+    a, b, first, second = platt
+    v = pair_scores * a
+    v += b
+    prob = logistic(v)
+    np.subtract(1, prob, out=prob)  # 1 - logistic(v)
+    prob = clip_ufunc(prob, np.float32(1e-7), np.float32(1 - 1e-7))  # ORT: max(min(p, 1 - 1e-7), 1e-7)
+    r = np.zeros((len(pair_scores), k, k), np.float32)
     r[:, first, second], r[:, second, first] = prob, 1 - prob
-    if n == 1:
+    if len(pair_scores) == 1:
         return np.array([_couple_one(r[0].tolist(), k)], np.float32)
     return _couple(r, k)
 
@@ -256,8 +260,8 @@ def _couple_one(r, k):
     p = [1.0 / k] * k
     eps = 0.005 / k
     for _ in range(100):
-        qp = [sum(q[i][j] * p[j] for j in range(k)) for i in range(k)]
-        pqp = sum(p[i] * qp[i] for i in range(k))
+        qp = [sum([a * b for a, b in zip(row, p)]) for row in q]
+        pqp = sum([a * b for a, b in zip(p, qp)])
         if max(abs(v - pqp) for v in qp) < eps:
             break
         for i in range(k):

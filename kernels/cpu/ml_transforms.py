@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._util import clip_ufunc
+
 
 def probit(p: np.ndarray) -> np.ndarray:
     """In float32, operation by operation as ORT's ErfInv: near p = 0.5 the formula cancels, and
@@ -28,7 +30,7 @@ def probit(p: np.ndarray) -> np.ndarray:
 def logistic(s: np.ndarray) -> np.ndarray:
     """1 / (1 + exp(-s)), the exponent clipped to +-88 (finite in float32; the result there is
     within 1e-38 of ORT's exact 0 or 1), which spares an errstate block (~1 us a call)."""
-    v = np.clip(s, -88, 88)
+    v = clip_ufunc(s, -88, 88)
     np.negative(v, out=v)
     np.exp(v, out=v)
     v += 1

@@ -16,6 +16,7 @@ from graphopt.errors import Unsupported
 
 from ..registry import kernel, prepare
 from .ml_forest import Forest
+from ._util import clip_ufunc
 from .ml_transforms import apply_post_transform, argmax_of_columns, probit
 
 ML = "ai.onnx.ml"
@@ -215,7 +216,7 @@ def _second_column(s, mode, post):
         out[:, 0] = probit(s) if post == "PROBIT" else s
         return out
     if post == "LOGISTIC":  # 1 / (1 + exp(s)), 1 / (1 + exp(-s)); exponents kept finite
-        out = np.clip(column * _PLUS_MINUS.get(s.dtype, _PLUS_MINUS[np.dtype(np.float64)]), -88, 88)
+        out = clip_ufunc(column * _PLUS_MINUS.get(s.dtype, _PLUS_MINUS[np.dtype(np.float64)]), -88, 88)
         np.exp(out, out=out)
         out += 1
         return np.reciprocal(out, out=out)
