@@ -82,7 +82,8 @@ def table(results, args) -> str:
              f"{when}; {_cpu_name()}, {os.cpu_count()} cores; {args.threads} thread(s); medians of "
              f"interleaved runs (at least {args.runs}, up to {args.max_runs}, until {args.min_seconds} s). "
              f"Ratio = graphopt / ORT (below 1: graphopt faster); target <= {TARGET}x. "
-             f"`python bench/ml_bench.py {' '.join(sys.argv[1:])}`".rstrip(),
+             f"`python bench/ml_bench.py {' '.join(sys.argv[1:])}`".rstrip() +
+             f" Load average at the end: {', '.join(f'{v:.1f}' for v in os.getloadavg())} (1, 5, 15 min).",
              "",
              "| model | ai.onnx.ml ops | rows | graphopt ms | ORT ms | ratio | matches ORT |",
              "|---|---|---:|---:|---:|---:|---|"]
