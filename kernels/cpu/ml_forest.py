@@ -30,6 +30,10 @@ class Forest:
                  weights, has_weight, members=None):
         self.n_nodes = len(feature)
         self.feature = np.asarray(feature, np.int64)
+        if self.n_nodes and self.feature.min() < 0:
+            raise Unsupported(f"tree ensemble: negative feature index {self.feature.min()}")
+        # walking reads x flat, where a feature past the row's end would silently read the next row
+        self.max_feature = int(self.feature.max()) if self.n_nodes else 0
         self.threshold = threshold
         self.mode = np.asarray(mode, np.int64)
         self.true_next, self.false_next = np.asarray(true_next, np.int64), np.asarray(false_next, np.int64)
@@ -88,6 +92,8 @@ class Forest:
     def leaves(self, x: np.ndarray) -> np.ndarray:
         """(n, n_trees) index of the leaf each sample reaches in each tree."""
         n, trees = x.shape[0], len(self.roots)
+        if self.max_feature >= x.shape[1]:
+            raise ValueError(f"tree ensemble tests feature {self.max_feature}, the input has {x.shape[1]} per row")
         walk = n * trees * self.depth * 7 + self.depth * 7 * _CALL_COST
         jump = n * self.n_nodes * (6 + self.jumps) + (8 + self.jumps) * _CALL_COST
         return self._leaves_by_jumps(x) if jump < walk else self._leaves_by_walking(x)

@@ -341,6 +341,17 @@ def test_walking_and_pointer_jumping_find_the_same_leaves(member):
         np.testing.assert_array_equal(forest._leaves_by_walking(x), forest._leaves_by_jumps(x))
 
 
+def test_feature_index_past_the_input_is_an_error_not_another_rows_value():
+    from graphopt.session import KernelFailed
+    rng = np.random.default_rng(1)
+    nodes, leaves = random_trees(rng, n_targets=1, n_features=5)
+    nodes["featureids"][0] = 4  # the root tests feature 4; rows have 3
+    node = helper.make_node("TreeEnsembleRegressor", ["X"], ["Y"], domain=ML, n_targets=1,
+                            **v3_attrs(nodes, leaves, "target"))
+    with pytest.raises(KernelFailed, match="feature"):
+        Session(_single_node_model(node)).run(None, {"X": features(rng, n_features=3)})
+
+
 def test_unknown_mode_is_refused_at_build():
     rng = np.random.default_rng(0)
     nodes, leaves = random_trees(rng, n_targets=1, n_trees=1, depth=1)
