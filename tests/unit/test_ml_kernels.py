@@ -390,3 +390,34 @@ def test_scaler_imputer_onehot_category_mapper_feature_vectorizer():
                               [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(ML, 1)])
     compare(model, {"X": np.nan_to_num(x), "X2": ints.astype(np.float32)})
+
+
+def test_linear_regressor_targets_and_svm_modes_skl2onnx_does_not_write():
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(20, 4)).astype(np.float32)
+    for post in ("NONE", "SOFTMAX", "LOGISTIC"):
+        node = helper.make_node("LinearRegressor", ["X"], ["Y"], domain=ML, targets=3, post_transform=post,
+                                coefficients=rng.normal(size=12).round(3).tolist(), intercepts=[0.1, -0.2, 0.3])
+        compare(_single_node_model(node, ml_opset=1), {"X": x})
+    # SVMClassifier without support vectors: liblinear's one weight row per class
+    for labels in ([3, 5], [1, 2, 3]):
+        node = helper.make_node("SVMClassifier", ["X"], ["Y", "Z"], domain=ML, classlabels_ints=labels,
+                                coefficients=rng.normal(size=4 * len(labels)).round(3).tolist(), rho=[0.25],
+                                kernel_type="LINEAR", kernel_params=[0.0, 0.0, 0.0], post_transform="NONE")
+        compare(_single_node_model(node, label_type=TensorProto.INT64, ml_opset=1), {"X": x})
+    # SVMRegressor with sigmoid kernel, and as a one-class SVM (scores become +-1)
+    vectors = rng.normal(size=(5, 4)).round(3)
+    for one_class in (0, 1):
+        node = helper.make_node("SVMRegressor", ["X"], ["Y"], domain=ML, n_supports=5, one_class=one_class,
+                                support_vectors=vectors.reshape(-1).tolist(), coefficients=[0.5, -0.25, 1.0, 0.3, -0.7],
+                                rho=[0.1], kernel_type="SIGMOID", kernel_params=[0.2, 0.1, 0.0])
+        compare(_single_node_model(node, ml_opset=1), {"X": x})
+
+
+def test_normalizer_max_and_category_mapper_to_strings():
+    x = np.array([[1.0, -3.0, 2.0], [0.5, 0.25, 4.0]], np.float32)
+    compare(_single_node_model(helper.make_node("Normalizer", ["X"], ["Y"], domain=ML, norm="MAX")), {"X": x})
+    ints = np.array([[10, 20], [30, 10]], np.int64)
+    node = helper.make_node("CategoryMapper", ["X"], ["Y"], domain=ML, cats_strings=["a", "c"], cats_int64s=[10, 30],
+                            default_string="?")
+    compare(_single_node_model(node, label_type=TensorProto.STRING, in_type=TensorProto.INT64), {"X": ints})
