@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from graphopt.errors import Unsupported
-from graphopt.session import Session
+from graphopt.runtime import Session
 from graphopt.verify import ort_session
 
 ML = "ai.onnx.ml"
@@ -332,7 +332,7 @@ def test_walking_and_pointer_jumping_find_the_same_leaves(member):
     """Both traversals of kernels/cpu/ml_trees.Forest, on mixed modes, NaN with missing tracks and
     (TreeEnsemble-5) set membership, for one row and for many."""
     from graphopt.kernels.cpu.ml_trees import make_tree_ensemble
-    from graphopt.kernels.registry import resolve_attributes
+    from graphopt.ir.attributes import resolve_attributes
     rng = np.random.default_rng(30 + member)
     nodes, leaves = random_trees(rng, n_targets=2)
     model = v5_model(nodes, leaves, 2, 1, 0, member)
@@ -342,7 +342,7 @@ def test_walking_and_pointer_jumping_find_the_same_leaves(member):
 
 
 def test_feature_index_past_the_input_is_an_error_not_another_rows_value():
-    from graphopt.session import KernelFailed
+    from graphopt.errors import KernelFailed
     rng = np.random.default_rng(1)
     nodes, leaves = random_trees(rng, n_targets=1, n_features=5)
     nodes["featureids"][0] = 4  # the root tests feature 4; rows have 3
