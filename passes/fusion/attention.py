@@ -12,7 +12,8 @@ Q/K/V projections of one value packed into one MatMul + Add + Split).
 The pattern names the merge-heads end; the rest is walked by `_parse` because the score chain comes
 in many orders (scale on q, k or the scores; mask before or after it). Every walked value must feed
 only the next step, the additive mask must broadcast to (B, H, S, T), Q/K/V must be 3-D with a
-static hidden size, and the head split/merge shapes must be constant (or provably (B, S, H*Dv)).
+static hidden size, and the head split/merge shapes must be constant or provably (B, S, H, D) /
+(B, S, H*Dv): a run-time Shape/Gather/Concat chain is read and proven piece by piece (shape_proof.py).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import numpy as np
 from graphopt import ir
 from graphopt.rewrite import Op, Rule, Var, attr_value
 
+from . import shape_proof
 from .common import out_like
 from .lower import emit, register_fusion_rules
 
@@ -107,10 +109,15 @@ def _reshape_heads(graph, t, opset, what):
     node = _producer(t, ("Reshape",), f"{what} head split")
     x, shape_t = node.inputs[0], node.inputs[1]
     shape = ir.const_value(shape_t)
-    if shape is None or shape.size != 4:
-        raise Refuse(f"{what} head split shape '{shape_t.name}' is not a constant of 4 dims")
     if attr_value(node, "allowzero", opset):
         raise Refuse(f"{what} head split Reshape has allowzero=1")
+    if shape is None:  # dynamic batch/seq: a Shape/Gather/Concat chain, proven piece by piece
+        split = shape_proof.head_split(x, shape_t, opset)
+        if isinstance(split, str):
+            raise Refuse(f"{what} {split}")
+        shape = np.array([0, 0, *split], np.int64)
+    if shape.size != 4:
+        raise Refuse(f"{what} head split shape '{shape_t.name}' is not a constant of 4 dims")
     heads, dim = int(shape[2]), int(shape[3])
     if heads <= 0 or dim <= 0:
         raise Refuse(f"{what} head split shape {shape.tolist()} has no static heads/head size")
@@ -143,7 +150,22 @@ def _merge_ok(m, q3, heads, dv) -> str | None:
     if (out.shape is not None and len(out.shape) == 3 and out.shape[2] == heads * dv
             and all(isinstance(d, (int, str)) and d == q3.shape[i] for i, d in enumerate(out.shape[:2]))):
         return None  # a runtime shape chain whose result shape inference pins to (B, S, H*Dv)
+    elems = shape_proof.shape_elements(m["merge_shape"], m.opset)
+    if elems is not None and len(elems) == 3 and elems[2] in (heads * dv, -1) and all(
+            _merge_dim(m, e, q3, i) for i, e in enumerate(elems[:2])):
+        return None  # (B, S) read from the heads being merged, from Q, or from a tensor proven to share them
     return "merge-heads Reshape target is not known to be (batch, seq, heads*head_dim)"
+
+
+def _merge_dim(m, e, q3, axis) -> bool:
+    """Element `axis` of the merge shape is Q's batch (0) / sequence (1): read from Q's kin, or from the
+    merged heads (B, S, H, Dv) / the P*V product (B, H, S, Dv), whose (B, S) the parsed chain fixes."""
+    if e == 0 or shape_proof.proven(e, q3, axis):
+        return True
+    if isinstance(e, shape_proof.Dim):
+        heads_axes = {id(m.nodes["merge_t"].outputs[0]): axis, id(m.nodes["pv"].outputs[0]): 2 * axis}
+        return heads_axes.get(id(e.source)) == e.axis
+    return False
 
 
 def _mask_ok(mask, q3, k3, heads) -> str | None:
@@ -199,15 +221,34 @@ def _parse(m):
     v3, vheads, dv = _split_heads(graph, vh, opset, [[[0, 2, 1, 3]]], "value")
     if not (heads == kheads == vheads and d == kd):
         raise Refuse(f"query/key/value heads ({heads}, {kheads}, {vheads}) or head sizes ({d}, {kd}) differ")
-    unnamed = [d for d in (q3.shape[0], k3.shape[0], k3.shape[1], v3.shape[0], v3.shape[1]) if d is None or d == ""]
-    if unnamed or q3.shape[0] != k3.shape[0] or k3.shape[:2] != v3.shape[:2]:
+    same = shape_proof.same_dim
+    if not (same(q3, 0, k3, 0) and same(k3, 0, v3, 0) and same(k3, 1, v3, 1)):
         raise Refuse("query/key/value batch or key/value lengths are not known to agree")
     if len({np.dtype(x.dtype) for x in (q3, k3, v3)}) != 1:
         raise Refuse("query/key/value dtypes differ")
     reason = _merge_ok(m, q3, heads, dv) or (mask is not None and _mask_ok(mask, q3, k3, heads)) or None
     if reason:
         raise Refuse(reason)
+    m.shape_plans = _shape_reads(m, q3)
     return q3, k3, v3, mask, heads, scale * qf * kf
+
+
+def _shape_reads(m, q3):
+    """The P*V product (B, H, S, Dv) and the merged heads (B, S, H, Dv) may be read elsewhere only by
+    Shape nodes taking their batch/sequence (HF's `context.size()[:-2]`): moved onto Q by the rewrite."""
+    plans = []
+    for key, axis_map in (("pv", {0: 0, 2: 1}), ("merge_t", {0: 0, 1: 1})):
+        node, parent = m.nodes[key], m.nodes["merge_t" if key == "pv" else "merge"]
+        out = node.outputs[0]
+        if ir.is_graph_output(m.graph, out):
+            raise Refuse(f"'{out.name}' is a graph output")
+        if any(c is not parent and c.op != "Shape" for c in out.outputs):
+            raise Refuse(f"'{out.name}' has other consumers")
+        plan = shape_proof.shape_reads(m.graph, out, axis_map, m.opset)
+        if isinstance(plan, str):
+            raise Refuse(plan)
+        plans.append(plan)
+    return plans
 
 
 def _check(m) -> str | None:
@@ -238,6 +279,8 @@ def _walked(m):
 
 def _attention(m):
     q3, k3, v3, mask, heads, scale = m.parsed
+    for plan in m.shape_plans:
+        shape_proof.move_shape_reads(plan, q3)
     inputs = [q3, k3, v3] + ([mask] if mask is not None else [])
     hidden_v = v3.shape[2]  # static (checked); the output is (B, S, H*Dv), known better than the merge's
     shape = [q3.shape[0], q3.shape[1], hidden_v]
@@ -247,7 +290,8 @@ def _attention(m):
 
 ATTENTION_RULES = [
     Rule("attention", Op("Reshape", Op("Transpose", Op("MatMul", Op("Softmax", Var("scores"), name="softmax"),
-                                                         Var("vh"), name="pv"), name="merge_t"),
+                                                         Var("vh"), name="pv", single_use=False),
+                                               name="merge_t", single_use=False),
                          Var("merge_shape"), name="merge"), _attention, _check),
     # merge(softmax(split(Q) split(K)^T * scale + mask) split(V)) -> Attention(Q, K, V, mask)
 ]
