@@ -245,5 +245,6 @@ def move_shape_reads(plan, src: gs.Tensor) -> None:
     shapes, gathers = plan
     for shape in shapes:
         shape.inputs[0] = src
+        shape.outputs[0].shape = None if ir.rank(src) is None else [ir.rank(src)]
     for g, index in gathers:
         g.inputs[1] = gs.Constant(ir.fresh_name(f"{g.name or 'gather'}_index"), index)
