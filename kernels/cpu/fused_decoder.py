@@ -1,0 +1,22 @@
+"""ai.graphopt fused ops of decoder models (compile --target graphopt), on the fused.py kernels.
+
+    SkipSimplifiedLayerNormalization(X, skip, gamma, bias?; epsilon=1e-12)
+        RMS norm of s = X + skip (+ bias) over the last axis, times gamma; outputs (y, -, -, s):
+        the 2nd and 3rd (mean, inverse std) are never written, as in ORT's com.microsoft op of that
+        name, whose semantics and default epsilon it keeps (passes/fusion/rmsnorm.py emits it).
+"""
+from __future__ import annotations
+
+from ..registry import kernel
+from . import fused
+
+DOMAIN = "ai.graphopt"
+
+
+@kernel("SkipSimplifiedLayerNormalization", 1, domain=DOMAIN)
+def skip_simplified_layer_norm(ins, at):
+    s = ins[0] + ins[1]
+    if len(ins) > 3 and ins[3] is not None:
+        s = s + ins[3]
+    y = fused.rms_norm([s, ins[2]], {"epsilon": at.get("epsilon", 1e-12)})[0]
+    return (y, None, None, s) if at.get("__n_outputs__", 1) >= 4 else (y,)
