@@ -12,9 +12,10 @@ ai.graphopt Attention kernel (kernels/cpu/fused.py) after the steps that ORT's o
 Masks follow ORT's CPU kernels: a masked key position adds mask_filter_value (default -10000, not
 -inf: a fully masked row then averages all positions, as in ORT), mask_index / key_padding_mask may
 be key lengths (B), a 0/1 mask (B, L) or (B, S, L); unidirectional adds mask_filter_value once more
-to future positions; attention_bias (B|1, N|1, S, L) is added as it is. `present` outputs are the
-projected keys and values. What needs a KV cache (past inputs, past_sequence_length,
-cache_indirection), rotary embedding, a shared past/present buffer or the QK output is refused when
+to future positions (Attention) or hides them outright (MultiHeadAttention, as ORT's CPU kernels); attention_bias (B|1, N|1, S, L) is added as it is. `present` outputs are the
+projected keys and values; MultiHeadAttention's past_key/past_value (B, N, P, H) come before them
+(KV cache: present = past + new, a causal mask offset by P). past_sequence_length, cache_indirection,
+Attention's past, rotary embedding, a shared past/present buffer or the QK output is refused when
 the Session is built (the node's `refuse` hook), never midway through a run.
 
     EmbedLayerNormalization(input_ids, segment_ids?, word_embedding, position_embedding,
@@ -39,7 +40,7 @@ def _given(ins, i):
     return ins[i] if len(ins) > i and ins[i] is not None else None
 
 
-def _mask_bias(mask, batch, q_len, kv_len, filter_value, causal, dtype):
+def _mask_bias(mask, batch, q_len, kv_len, filter_value, causal, dtype, causal_value=None):
     """The additive mask (B|1, 1, S|1, L) from a key mask and/or the causal rule, or None."""
     bias = None
     if mask is not None:
@@ -57,12 +58,13 @@ def _mask_bias(mask, batch, q_len, kv_len, filter_value, causal, dtype):
         bias = np.where(keep, dtype.type(0), dtype.type(filter_value))
     if causal:  # query i (the last q_len of kv_len positions) sees keys up to its own position
         future = np.arange(kv_len)[None, :] > np.arange(q_len)[:, None] + (kv_len - q_len)
-        step = np.where(future, dtype.type(filter_value), dtype.type(0))[None, None]
+        fill = filter_value if causal_value is None else causal_value
+        step = np.where(future, dtype.type(fill), dtype.type(0))[None, None]
         bias = step if bias is None else bias + step
     return bias
 
 
-def _attend(q, k, v, ins_mask, attention_bias, at):
+def _attend(q, k, v, ins_mask, attention_bias, at, hard_causal=False):
     """The output and the present key/value, (B, N, L, H) each, of one attention."""
     batch, q_len, hidden = q.shape
     kv_len = k.shape[1]
@@ -72,7 +74,7 @@ def _attend(q, k, v, ins_mask, attention_bias, at):
     scale = at.get("scale") or 1.0 / math.sqrt(hidden // heads)
     calc = np.dtype(np.float64) if q.dtype == np.float64 else np.dtype(np.float32)
     bias = _mask_bias(ins_mask, batch, q_len, kv_len, at.get("mask_filter_value", MASK_FILTER_VALUE),
-                      bool(at.get("unidirectional")), calc)
+                      bool(at.get("unidirectional")), calc, np.finfo(calc).min if hard_causal else None)
     if attention_bias is not None:
         bias = attention_bias.astype(calc) if bias is None else bias + attention_bias.astype(calc)
     out = fused.attention([q, k, v] + ([bias] if bias is not None else []), {"num_heads": heads, "scale": scale})[0]
@@ -88,13 +90,18 @@ def multi_head_attention(ins, at):
     if bias is not None:
         dq, dk = q.shape[2], k.shape[2]
         q, k, v = q + bias[:dq], k + bias[dq:dq + dk], v + bias[dq + dk:]
-    out, (pk, pv) = _attend(q, k, v, _given(ins, 4), _given(ins, 5), at)
+    past_k, past_v = _given(ins, 6), _given(ins, 7)
+    if past_k is not None:  # KV cache (B, N, P, H): the new keys/values follow it; present is the whole
+        k, v = (np.concatenate([p.transpose(0, 2, 1, 3).reshape(p.shape[0], p.shape[2], p.shape[1] * p.shape[3]), t], axis=1)
+                for p, t in ((past_k, k), (past_v, v)))
+    # ORT's MultiHeadAttention hides future keys outright (a padded query row then still sees its past)
+    out, (pk, pv) = _attend(q, k, v, _given(ins, 4), _given(ins, 5), at, hard_causal=True)
     return out, np.ascontiguousarray(pk), np.ascontiguousarray(pv)
 
 
 def _refuse_mha(at, inputs, outputs):
-    if any(inputs[6:]):
-        return "past key/value, past_sequence_length or cache_indirection"
+    if any(inputs[8:]) or (len(inputs) > 6 and inputs[6]) != (len(inputs) > 7 and inputs[7]):
+        return "past_sequence_length, cache_indirection, or a past key without a past value"
     if len(outputs) > 3 and outputs[3]:
         return "the qk output"
     return None
