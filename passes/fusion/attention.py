@@ -20,9 +20,9 @@ from __future__ import annotations
 import numpy as np
 
 from graphopt import ir
-from graphopt.rewrite import Op, Rule, Var, attr_value
+from graphopt.rewrite import Const, Op, Rule, Var, all_equal, attr_value
 
-from . import shape_proof
+from . import attention_shapes, shape_proof
 from .common import out_like
 from .lower import emit, register_fusion_rules
 
@@ -34,10 +34,11 @@ class Refuse(Exception):
 
 
 def _only_feeds(graph, t):
-    """t feeds exactly one node (and is not a graph output), else Refuse."""
+    """t feeds exactly one node besides Shape readers (and is not a graph output), else Refuse. The
+    Shape readers are moved onto kept values when the fusion fires, or refused (attention_shapes)."""
     if ir.is_graph_output(graph, t):
         raise Refuse(f"'{t.name}' is a graph output")
-    if len(t.outputs) != 1:
+    if sum(c.op != "Shape" for c in t.outputs) != 1:
         raise Refuse(f"'{t.name}' has other consumers")
 
 
@@ -95,9 +96,10 @@ def _split_heads(graph, t, opset, perms, what):
     """t = Transpose(Reshape(X, [.., .., H, D]), perm) (or two Transposes, perms: list of chains)."""
     chain = []
     for _ in range(2):
-        node = _producer(t, ("Transpose",), what)
-        chain.insert(0, _perm(node, opset))
-        src = node.inputs[0]
+        flat = attention_shapes.flat_transpose(t, opset)  # torch's k.transpose(-2, -1) through 3-D
+        node = None if flat is not None else _producer(t, ("Transpose",), what)
+        chain.insert(0, [0, 1, 3, 2] if flat is not None else _perm(node, opset))
+        src = flat if flat is not None else node.inputs[0]
         _only_feeds(graph, src)
         if chain in perms:
             return _reshape_heads(graph, src, opset, what)
@@ -109,8 +111,8 @@ def _reshape_heads(graph, t, opset, what):
     node = _producer(t, ("Reshape",), f"{what} head split")
     x, shape_t = node.inputs[0], node.inputs[1]
     shape = ir.const_value(shape_t)
-    if attr_value(node, "allowzero", opset):
-        raise Refuse(f"{what} head split Reshape has allowzero=1")
+    if attr_value(node, "allowzero", opset) and 0 in (shape_proof.shape_elements(shape_t, opset) or [0]):
+        raise Refuse(f"{what} head split Reshape has allowzero=1 and a 0 (or unknown) element")
     if shape is None:  # dynamic batch/seq: a Shape/Gather/Concat chain, proven piece by piece
         split = shape_proof.head_split(x, shape_t, opset)
         if isinstance(split, str):
@@ -134,8 +136,8 @@ def _reshape_heads(graph, t, opset, what):
 
 def _merge_ok(m, q3, heads, dv) -> str | None:
     merge = m.nodes["merge"]
-    if attr_value(merge, "allowzero", m.opset):
-        return "merge-heads Reshape has allowzero=1"
+    if attr_value(merge, "allowzero", m.opset) and 0 in (shape_proof.shape_elements(m["merge_shape"], m.opset) or [0]):
+        return "merge-heads Reshape has allowzero=1 and a 0 (or unknown) element"
     shape = ir.const_value(m["merge_shape"])
     out = merge.outputs[0]
     if shape is not None:
@@ -158,14 +160,35 @@ def _merge_ok(m, q3, heads, dv) -> str | None:
 
 
 def _merge_dim(m, e, q3, axis) -> bool:
-    """Element `axis` of the merge shape is Q's batch (0) / sequence (1): read from Q's kin, or from the
-    merged heads (B, S, H, Dv) / the P*V product (B, H, S, Dv), whose (B, S) the parsed chain fixes."""
+    """Element `axis` of the merge shape is Q's batch (0) / sequence (1): read from Q's kin, or from a
+    value inside the fused region whose dim traces back to Q's (attention_shapes.dim_origin)."""
     if e == 0 or shape_proof.proven(e, q3, axis):
         return True
     if isinstance(e, shape_proof.Dim):
-        heads_axes = {id(m.nodes["merge_t"].outputs[0]): axis, id(m.nodes["pv"].outputs[0]): 2 * axis}
-        return heads_axes.get(id(e.source)) == e.axis
+        origin = attention_shapes.dim_origin(e.source, e.axis, m.inside, m.opset)
+        return origin is not None and shape_proof.same_dim(origin[0], origin[1], q3, axis)
     return False
+
+
+def _pv_reshape_ok(m, q3, heads, dv) -> str | None:
+    """The export's view of P*V (B, H, S, Dv) to its own shape (torch's SDPA decomposition) is a no-op."""
+    node = m.nodes.get("pv_reshape")
+    if node is None:
+        return None
+    pv = m.nodes["pv"].outputs[0]
+    elems = shape_proof.shape_elements(node.inputs[1], m.opset)
+    if elems is None or len(elems) != 4 or elems.count(-1) > 1:
+        return f"the view of the P*V product '{node.name}' has an unknown shape"
+    want = [attention_shapes.dim_origin(pv, a, m.inside, m.opset) for a in (0, 2)]
+    for axis, e in enumerate(elems):
+        if axis in (1, 3) and e in (-1, heads if axis == 1 else dv) or (e == 0 and not attr_value(node, "allowzero", m.opset)):
+            continue
+        origin = attention_shapes.dim_origin(e.source, e.axis, m.inside, m.opset) if isinstance(e, shape_proof.Dim) else None
+        if axis in (0, 2) and origin is not None and want[axis // 2] is not None and shape_proof.same_dim(
+                origin[0], origin[1], *want[axis // 2]):
+            continue
+        return f"the view of the P*V product '{node.name}' element {axis} is not provably its own dim"
+    return None
 
 
 def _mask_ok(mask, q3, k3, heads) -> str | None:
@@ -182,6 +205,12 @@ def _mask_ok(mask, q3, k3, heads) -> str | None:
         # inference often loses the names on Q/K: a symbolic batch/kv dim against a non-static one is
         # taken to be that dim (the original Add could not broadcast the scores to a larger batch/kv)
         if i in (0, 3) and isinstance(d, str) and d and not isinstance(want, int):
+            continue
+        # a dim inference could not name (a mask built by Expand/Where/GatherND from shape arithmetic):
+        # the original Add only runs if it is 1 or the scores' dim, or enlarges a scores dim of 1; the
+        # fused ops refuse at run time a mask that does not broadcast into (B, H, S, T) (ORT validates
+        # attention_bias / attn_mask, graphopt adds it in place), so that case errors, never differs
+        if d is None or d == "" or (isinstance(d, str) and d.startswith("unk__")):
             continue
         return f"mask '{mask.name}' shape {list(mask.shape)} does not broadcast to (batch, heads, seq, kv_seq)"
     return None
@@ -226,39 +255,32 @@ def _parse(m):
         raise Refuse("query/key/value batch or key/value lengths are not known to agree")
     if len({np.dtype(x.dtype) for x in (q3, k3, v3)}) != 1:
         raise Refuse("query/key/value dtypes differ")
-    reason = _merge_ok(m, q3, heads, dv) or (mask is not None and _mask_ok(mask, q3, k3, heads)) or None
+    reason = mask is not None and _mask_ok(mask, q3, k3, heads) or None
     if reason:
         raise Refuse(reason)
-    m.shape_plans = _shape_reads(m, q3)
-    return q3, k3, v3, mask, heads, scale * qf * kf
-
-
-def _shape_reads(m, q3):
-    """The P*V product (B, H, S, Dv) and the merged heads (B, S, H, Dv) may be read elsewhere only by
-    Shape nodes taking their batch/sequence (HF's `context.size()[:-2]`): moved onto Q by the rewrite."""
-    plans = []
-    for key, axis_map in (("pv", {0: 0, 2: 1}), ("merge_t", {0: 0, 1: 1})):
-        node, parent = m.nodes[key], m.nodes["merge_t" if key == "pv" else "merge"]
-        out = node.outputs[0]
-        if ir.is_graph_output(m.graph, out):
-            raise Refuse(f"'{out.name}' is a graph output")
-        if any(c is not parent and c.op != "Shape" for c in out.outputs):
-            raise Refuse(f"'{out.name}' has other consumers")
-        plan = shape_proof.shape_reads(m.graph, out, axis_map, m.opset)
-        if isinstance(plan, str):
-            raise Refuse(plan)
-        plans.append(plan)
-    return plans
+    guard = m.nodes.get("guard")
+    if guard is not None and {id(c) for c in softmax.outputs[0].outputs} != {id(guard), id(m.nodes["isnan"])}:
+        raise Refuse(f"'{softmax.outputs[0].name}' has other consumers")
+    return q3, k3, v3, mask, heads, scale * qf * kf, dv
 
 
 def _check(m) -> str | None:
     try:
-        m.parsed = _parse(m)
+        *m.parsed, dv = _parse(m)
+        q3, heads = m.parsed[0], m.parsed[4]
+        # the walked nodes join the match so the driver removes them once the fused op replaces their use
+        seen = {id(n) for n in m.matched}
+        region = m.matched + [n for n in _walked(m) if id(n) not in seen]
+        m.inside = {id(n) for n in region}
+        reason = _merge_ok(m, q3, heads, dv) or _pv_reshape_ok(m, q3, heads, dv)
+        if reason:
+            raise Refuse(reason)
+        m.shape_moves = attention_shapes.plan(m.graph, m.inside, m.opset, m.root)
+        if isinstance(m.shape_moves, str):
+            raise Refuse(m.shape_moves)
     except Refuse as e:
         return str(e)
-    # the walked nodes join the match so the driver removes them once the fused op replaces their use
-    seen = {id(n) for n in m.matched}
-    m.matched.extend(n for n in _walked(m) if id(n) not in seen)
+    m.matched[:] = region
     return None
 
 
@@ -273,28 +295,40 @@ def _walked(m):
         if id(t) in stop or node is None or id(node) in found or ir.const_value(t) is not None:
             continue
         found[id(node)] = node
-        todo.extend(node.inputs)
+        if node.op != "Shape":  # a Shape reads no data: what it reads is not part of the attention
+            todo.extend(node.inputs)
     return list(found.values())
 
 
 def _attention(m):
     q3, k3, v3, mask, heads, scale = m.parsed
-    for plan in m.shape_plans:
-        shape_proof.move_shape_reads(plan, q3)
+    attention_shapes.apply(m, m.shape_moves)
     inputs = [q3, k3, v3] + ([mask] if mask is not None else [])
     hidden_v = v3.shape[2]  # static (checked); the output is (B, S, H*Dv), known better than the merge's
     shape = [q3.shape[0], q3.shape[1], hidden_v]
-    return emit(m, "Attention", inputs, {"num_heads": heads, "scale": float(scale)},
-                dtype=out_like(m)["dtype"], shape=shape)
+    attrs = {"num_heads": heads, "scale": float(scale)}
+    if "guard" in m.nodes:  # Where(IsNaN(p), 0, p): rows the mask hides entirely give 0, not NaN
+        attrs["nan_probs_to_zero"] = 1
+    return emit(m, "Attention", inputs, attrs, dtype=out_like(m)["dtype"], shape=shape)
 
 
-ATTENTION_RULES = [
-    Rule("attention", Op("Reshape", Op("Transpose", Op("MatMul", Op("Softmax", Var("scores"), name="softmax"),
-                                                         Var("vh"), name="pv", single_use=False),
-                                               name="merge_t", single_use=False),
-                         Var("merge_shape"), name="merge"), _attention, _check),
-    # merge(softmax(split(Q) split(K)^T * scale + mask) split(V)) -> Attention(Q, K, V, mask)
-]
+def _attention_rules():
+    rules = []
+    for guarded in (False, True):
+        for viewed in (False, True):
+            softmax = Op("Softmax", Var("scores"), name="softmax", single_use=not guarded)
+            probs = Op("Where", Op("IsNaN", softmax, name="isnan"), Const("zero", all_equal(0)), softmax,
+                       name="guard") if guarded else softmax  # SDPA exports: NaN rows (all masked) -> 0
+            pv = Op("MatMul", probs, Var("vh"), name="pv", single_use=False)
+            if viewed:  # torch's SDPA decomposition views P*V to its own shape
+                pv = Op("Reshape", pv, Var("pv_shape"), name="pv_reshape", single_use=False)
+            rules.append(Rule("attention", Op("Reshape", Op("Transpose", pv, name="merge_t", single_use=False),
+                                              Var("merge_shape"), name="merge"), _attention, _check))
+    return rules
+
+
+ATTENTION_RULES = _attention_rules()
+# merge(softmax(split(Q) split(K)^T * scale + mask) split(V)) -> Attention(Q, K, V, mask)
 
 register_fusion_rules("fuse-attention", ATTENTION_RULES, {"attention": "Attention"}, level=2,
                       doc="Multi-head scaled dot-product attention -> one Attention op "

@@ -291,6 +291,8 @@ def _attention(graph, node, opset, ort: bool):
     if mask is not None:
         mask = _mask_rows(graph, node, mask)
     heads, scale = node.attrs["num_heads"], float(node.attrs["scale"])
+    if ort and node.attrs.get("nan_probs_to_zero"):
+        _zero_nan_rows(graph, node)
     packed = _packed_projection(graph, node) if ort else None
     if packed is not None:  # ORT's own Attention: one GEMM for the three projections
         x, weight, bias, dead = packed
@@ -308,6 +310,18 @@ def _attention(graph, node, opset, ort: bool):
         node.inputs = [q, k, v] + ([mask] if mask is not None else [])
         node.domain, node.op = None, "Attention"
         node.attrs = {"q_num_heads": heads, "kv_num_heads": heads, "scale": scale}
+
+
+def _zero_nan_rows(graph, node) -> None:
+    """ORT's contrib attention gives NaN where the mask hides a whole row; the export's
+    Where(IsNaN(p), 0, p) gave 0 there: the same guard on the output (a NaN row stays a NaN row)."""
+    y = node.outputs[0]
+    raw = gs.Variable(ir.fresh_name(f"{y.name}_raw"), dtype=y.dtype, shape=y.shape)
+    nan = gs.Variable(ir.fresh_name(f"{y.name}_isnan"), dtype=np.bool_, shape=y.shape)
+    zero = gs.Constant(ir.fresh_name(f"{y.name}_zero"), np.zeros((), np.dtype(y.dtype or np.float32)))
+    node.outputs[0] = raw
+    graph.nodes += [gs.Node("IsNaN", name=ir.fresh_name(f"{node.name}_IsNaN"), inputs=[raw], outputs=[nan]),
+                    gs.Node("Where", name=ir.fresh_name(f"{node.name}_Where"), inputs=[nan, zero, raw], outputs=[y])]
 
 
 def _attention_graphopt(graph, node, opset) -> bool:
