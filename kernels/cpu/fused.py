@@ -337,10 +337,12 @@ def attention(ins, at):
     scores *= calc.type(at["scale"])
     if mask is not None:
         scores += mask if mask.dtype == calc else mask.astype(calc)
-    scores -= np.maximum.reduce(scores, axis=3, keepdims=True)  # = .max(): without the method's wrapper
-    np.exp(scores, out=scores)
-    scores /= row_sums(scores)[..., None]  # matmul's fresh result: contiguous rows, summed by a GEMV
-    if at.get("nan_probs_to_zero"):  # the export's Where(IsNaN(p), 0, p): a fully masked row gives 0
+    guarded = at.get("nan_probs_to_zero")  # the export's Where(IsNaN(p), 0, p): a fully masked row gives 0
+    with np.errstate(invalid="ignore" if guarded else "warn"):
+        scores -= np.maximum.reduce(scores, axis=3, keepdims=True)  # = .max(): without the method's wrapper
+        np.exp(scores, out=scores)
+        scores /= row_sums(scores)[..., None]  # matmul's fresh result: contiguous rows, summed by a GEMV
+    if guarded:
         scores[np.isnan(scores)] = 0
     # the context written by matmul straight into (B, S, H, D) order: the final reshape is a view,
     # not the copy a transpose of matmul's (B, H, S, D) result made (dividing the context there
