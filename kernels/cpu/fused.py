@@ -338,7 +338,7 @@ def attention(ins, at):
     if mask is not None:
         scores += mask if mask.dtype == calc else mask.astype(calc)
     guarded = at.get("nan_probs_to_zero")  # the export's Where(IsNaN(p), 0, p): a fully masked row gives 0
-    with np.errstate(invalid="ignore" if guarded else "warn"):
+    with np.errstate(**({"invalid": "ignore"} if guarded else {})):
         scores -= np.maximum.reduce(scores, axis=3, keepdims=True)  # = .max(): without the method's wrapper
         np.exp(scores, out=scores)
         scores /= row_sums(scores)[..., None]  # matmul's fresh result: contiguous rows, summed by a GEMV
