@@ -121,6 +121,9 @@ def _reshape_heads(graph, t, opset, what):
     if shape.size != 4:
         raise Refuse(f"{what} head split shape '{shape_t.name}' is not a constant of 4 dims")
     heads, dim = int(shape[2]), int(shape[3])
+    hidden = x.shape[-1] if ir.rank(x) == 3 else None
+    if isinstance(hidden, int) and heads == -1 and dim > 0 and hidden % dim == 0:
+        heads = hidden // dim  # view(b, s, -1, D): the heads follow from the static hidden size
     if heads <= 0 or dim <= 0:
         raise Refuse(f"{what} head split shape {shape.tolist()} has no static heads/head size")
     if ir.rank(x) != 3 or x.shape[-1] != heads * dim:
