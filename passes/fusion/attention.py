@@ -148,6 +148,9 @@ def _merge_ok(m, q3, heads, dv) -> str | None:
         if len(shape) == 3 and shape[2] in (heads * dv, -1) and all(
                 d in (0, q3.shape[i]) for i, d in enumerate(shape[:2])) and (shape[2] != -1 or shape[:2] == [0, 0]):
             return None
+        if shape == [-1, heads * dv]:  # tokens flattened for a 2-D projection (GPT-2's Conv1D as Gemm)
+            m.flat_merge = True
+            return None
         if len(shape) == 3 and shape[2] == heads * dv and -1 in shape[:2] and all(
                 d in (0, -1, q3.shape[i]) for i, d in enumerate(shape[:2])) and shape[:2].count(-1) == 1:
             return None
@@ -312,7 +315,10 @@ def _attention(m):
     attrs = {"num_heads": heads, "scale": float(scale)}
     if "guard" in m.nodes:  # Where(IsNaN(p), 0, p): rows the mask hides entirely give 0, not NaN
         attrs["nan_probs_to_zero"] = 1
-    return emit(m, "Attention", inputs, attrs, dtype=out_like(m)["dtype"], shape=shape)
+    y = emit(m, "Attention", inputs, attrs, dtype=out_like(m)["dtype"], shape=shape)
+    if getattr(m, "flat_merge", False):  # the merge's (B*S, H*Dv) view of the fused (B, S, H*Dv) output
+        return m.op("Reshape", [y, m.constant(np.array([-1, hidden_v], np.int64), "flat")], **out_like(m))
+    return y
 
 
 def _attention_rules():

@@ -54,9 +54,10 @@ def sdpa(masked=NEG_INF, k_through_3d=True, view_pv=True, guard=True, merge_from
     else:
         view = ""
     merge = "mshape = Concat<axis=0>(mb, ms, m1)" if merge_from == "mask" else ""
+    out_type = "float[T,8] y" if merge_from == "flat" else "float[N,S,8] y"
     return f"""<ir_version: 9, opset_import: ["" : 18]>
-g (float[N,S,8] x, int64[N,S] mask) => (float[N,S,8] y)
-<{", ".join(inits + [tensor("m0m1", np.array([0, 0, -1]), "int64")])}>
+g (float[N,S,8] x, int64[N,S] mask) => ({out_type})
+<{", ".join(inits + [tensor("m0m1", np.array([0, 0, -1]), "int64"), tensor("flat", np.array([-1, 8]), "int64")])}>
 {{
   mb = Shape<start=0, end=1>(mask)
   ms = Shape<start=1, end=2>(mask)
@@ -86,7 +87,7 @@ g (float[N,S,8] x, int64[N,S] mask) => (float[N,S,8] y)
   {view}
   ct = Transpose<perm=[0, 2, 1, 3]>({"pvv" if view_pv else "pv"})
   {merge}
-  y = Reshape<allowzero={int(merge_from == "mask")}>(ct, {"mshape" if merge_from == "mask" else "m0m1"})
+  y = Reshape<allowzero={int(merge_from == "mask")}>(ct, {dict(mask="mshape", flat="flat").get(merge_from, "m0m1")})
 }}"""
 
 
@@ -117,7 +118,7 @@ TARGETS = [("graphopt", None, {"go:Attention"}), ("ort", None, {"ms:MultiHeadAtt
 
 @pytest.mark.parametrize("target,opset,fused", TARGETS)
 @pytest.mark.parametrize("variant", [{}, {"k_through_3d": False, "view_pv": False}, {"guard": False, "masked": FMIN},
-                                     {"merge_from": "constant"}])
+                                     {"merge_from": "constant"}, {"merge_from": "flat"}])  # flat: (B*S, 8), GPT-2
 def test_sdpa_export_fuses(target, opset, fused, variant):
     model, out, report = compile_for(sdpa(**variant), ATT, target, opset)
     assert hits(report, "attention") == 1, report.near_misses
