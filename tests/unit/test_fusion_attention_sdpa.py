@@ -57,7 +57,7 @@ def sdpa(masked=NEG_INF, k_through_3d=True, view_pv=True, guard=True, merge_from
     out_type = "float[T,8] y" if merge_from == "flat" else "float[N,S,8] y"
     return f"""<ir_version: 9, opset_import: ["" : 18]>
 g (float[N,S,8] x, int64[N,S] mask) => ({out_type})
-<{", ".join(inits + [tensor("m0m1", np.array([0, 0, -1]), "int64"), tensor("flat", np.array([-1, 8]), "int64")])}>
+<{", ".join(inits + [tensor("m0m1", np.array([0, 0, -1]), "int64"), tensor("flat2", np.array([-1, 8]), "int64")])}>
 {{
   mb = Shape<start=0, end=1>(mask)
   ms = Shape<start=1, end=2>(mask)
@@ -87,7 +87,7 @@ g (float[N,S,8] x, int64[N,S] mask) => ({out_type})
   {view}
   ct = Transpose<perm=[0, 2, 1, 3]>({"pvv" if view_pv else "pv"})
   {merge}
-  y = Reshape<allowzero={int(merge_from == "mask")}>(ct, {dict(mask="mshape", flat="flat").get(merge_from, "m0m1")})
+  y = Reshape<allowzero={int(merge_from == "mask")}>(ct, {dict(mask="mshape", flat="flat2").get(merge_from, "m0m1")})
 }}"""
 
 
