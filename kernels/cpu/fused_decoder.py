@@ -4,11 +4,14 @@
         RMS norm of s = X + skip (+ bias) over the last axis, times gamma; outputs (y, -, -, s):
         the 2nd and 3rd (mean, inverse std) are never written, as in ORT's com.microsoft op of that
         name, whose semantics and default epsilon it keeps (passes/fusion/rmsnorm.py emits it).
+    RotaryEmbedding(X, cos, sin; num_heads, interleaved=0)
+        the standard op's 3-D form without position_ids (passes/fusion/rotary.py emits it); cos/sin
+        (B|1, S, D/2) broadcast over the batch as the export's Mul did
 """
 from __future__ import annotations
 
 from ..registry import kernel
-from . import fused
+from . import attention, fused
 
 DOMAIN = "ai.graphopt"
 
@@ -20,3 +23,6 @@ def skip_simplified_layer_norm(ins, at):
         s = s + ins[3]
     y = fused.rms_norm([s, ins[2]], {"epsilon": at.get("epsilon", 1e-12)})[0]
     return (y, None, None, s) if at.get("__n_outputs__", 1) >= 4 else (y,)
+
+
+kernel("RotaryEmbedding", 1, domain=DOMAIN)(attention.rotary_embedding)
