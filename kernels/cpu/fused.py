@@ -330,9 +330,12 @@ def attention(ins, at):
     calc = _FLOATS[1] if q.dtype == _FLOATS[1] else _FLOATS[0]  # float64 stays, all else in float32
     if q.dtype != calc or k.dtype != calc or v.dtype != calc:
         q, k, v = q.astype(calc), k.astype(calc), v.astype(calc)
+    kv = int(at.get("kv_num_heads", heads))  # grouped-query attention: each K/V head serves heads / kv queries
     qh = q.reshape(b, s, heads, -1).transpose(0, 2, 1, 3)
-    kh = k.reshape(b, t, heads, -1).transpose(0, 2, 3, 1)
-    vh = v.reshape(b, t, heads, -1).transpose(0, 2, 1, 3)
+    kh = k.reshape(b, t, kv, -1).transpose(0, 2, 3, 1)
+    vh = v.reshape(b, t, kv, -1).transpose(0, 2, 1, 3)
+    if kv != heads:
+        kh, vh = np.repeat(kh, heads // kv, axis=1), np.repeat(vh, heads // kv, axis=1)
     scores = np.matmul(qh, kh)
     scores *= calc.type(at["scale"])
     if mask is not None:

@@ -63,7 +63,7 @@ def rms_norm(ins, at):
 def attention(ins, at):
     """Q, K, V (B, S, H*D) with an optional additive mask: the standard Attention kernel's 3-D form."""
     heads = int(at["num_heads"])
-    std = {"q_num_heads": heads, "kv_num_heads": heads, "scale": float(at["scale"]), "is_causal": 0,
+    std = {"q_num_heads": heads, "kv_num_heads": int(at.get("kv_num_heads", heads)), "scale": float(at["scale"]), "is_causal": 0,
            "__n_outputs__": 1}
     mask = ins[3] if len(ins) > 3 and ins[3] is not None else None
     if mask is not None:

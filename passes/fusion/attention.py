@@ -94,15 +94,20 @@ def _perm(node, opset):
 
 def _split_heads(graph, t, opset, perms, what):
     """t = Transpose(Reshape(X, [.., .., H, D]), perm) (or two Transposes, perms: list of chains)."""
-    chain = []
-    for _ in range(2):
+    chain, rep = [], 1
+    for _ in range(3):
+        repeated = attention_shapes.repeat_kv(t, opset) if rep == 1 else None
+        if repeated is not None:  # grouped-query attention: K/V heads repeated for the query heads
+            t, rep = repeated
+            _only_feeds(graph, t)
+            continue
         flat = attention_shapes.flat_transpose(t, opset)  # torch's k.transpose(-2, -1) through 3-D
         node = None if flat is not None else _producer(t, ("Transpose",), what)
         chain.insert(0, [0, 1, 3, 2] if flat is not None else _perm(node, opset))
         src = flat if flat is not None else node.inputs[0]
         _only_feeds(graph, src)
         if chain in perms:
-            return _reshape_heads(graph, src, opset, what)
+            return (*_reshape_heads(graph, src, opset, what), rep)
         t = src
     raise Refuse(f"{what} transposes {chain} do not split heads as {' or '.join(map(str, perms))}")
 
@@ -249,13 +254,14 @@ def _parse(m):
         _only_feeds(graph, h)
     qh, qf = _strip_scale(graph, qh, "query")
     kh, kf = _strip_scale(graph, kh, "key")
-    q3, heads, d = _split_heads(graph, qh, opset, [[[0, 2, 1, 3]]], "query")
-    k3, kheads, kd = _split_heads(graph, kh, opset, [[[0, 2, 3, 1]], [[0, 2, 1, 3], [0, 1, 3, 2]]], "key")
+    q3, heads, d, qrep = _split_heads(graph, qh, opset, [[[0, 2, 1, 3]]], "query")
+    k3, kheads, kd, krep = _split_heads(graph, kh, opset, [[[0, 2, 3, 1]], [[0, 2, 1, 3], [0, 1, 3, 2]]], "key")
     vh = m["vh"]
     _only_feeds(graph, vh)
-    v3, vheads, dv = _split_heads(graph, vh, opset, [[[0, 2, 1, 3]]], "value")
-    if not (heads == kheads == vheads and d == kd):
-        raise Refuse(f"query/key/value heads ({heads}, {kheads}, {vheads}) or head sizes ({d}, {kd}) differ")
+    v3, vheads, dv, vrep = _split_heads(graph, vh, opset, [[[0, 2, 1, 3]]], "value")
+    if not (qrep == 1 and heads == kheads * krep == vheads * vrep and kheads == vheads and d == kd):
+        raise Refuse(f"query/key/value heads ({heads}, {kheads}x{krep}, {vheads}x{vrep}) or head sizes ({d}, {kd}) differ")
+    m.kv_heads = kheads
     same = shape_proof.same_dim
     if not (same(q3, 0, k3, 0) and same(k3, 0, v3, 0) and same(k3, 1, v3, 1)):
         raise Refuse("query/key/value batch or key/value lengths are not known to agree")
@@ -310,9 +316,11 @@ def _attention(m):
     q3, k3, v3, mask, heads, scale = m.parsed
     attention_shapes.apply(m, m.shape_moves)
     inputs = [q3, k3, v3] + ([mask] if mask is not None else [])
-    hidden_v = v3.shape[2]  # static (checked); the output is (B, S, H*Dv), known better than the merge's
+    hidden_v = v3.shape[2] * heads // m.kv_heads  # static (checked); the output is (B, S, H*Dv)
     shape = [q3.shape[0], q3.shape[1], hidden_v]
     attrs = {"num_heads": heads, "scale": float(scale)}
+    if m.kv_heads != heads:  # grouped-query attention: each K/V head serves num_heads / kv_num_heads queries
+        attrs["kv_num_heads"] = int(m.kv_heads)
     if "guard" in m.nodes:  # Where(IsNaN(p), 0, p): rows the mask hides entirely give 0, not NaN
         attrs["nan_probs_to_zero"] = 1
     y = emit(m, "Attention", inputs, attrs, dtype=out_like(m)["dtype"], shape=shape)

@@ -125,8 +125,45 @@ def static_dim(t: gs.Tensor, axis: int, opset: int) -> int | None:
             continue
         elems = shape_proof.shape_elements(node.inputs[1], opset)
         e = None if elems is None or axis >= len(elems) else elems[axis]
+        if e == -1 and axis == 2 and len(elems) == 4 and isinstance(elems[3], int) and elems[3] > 0 \
+                and ir.rank(node.inputs[0]) == 3 and isinstance(node.inputs[0].shape[2], int):
+            return node.inputs[0].shape[2] // elems[3]  # (B, S, -1, D) of a static hidden size: its heads
         return e if isinstance(e, int) and e > 0 else None
     return None
+
+
+def repeat_kv(t: gs.Tensor, opset: int):
+    """(x, n_rep) when t = Reshape(Expand(Unsqueeze(x, [2]), [B, h, n_rep, S, D]), [B, h*n_rep, S, D]) with
+    x (B, h, S, D), every piece proven: Hugging Face's repeat_kv of grouped-query attention."""
+    outer = ir.producer(t)
+    if outer is None or outer.op != "Reshape":
+        return None
+    expand = ir.producer(outer.inputs[0])
+    if expand is None or expand.op != "Expand" or len(outer.inputs[0].outputs) != 1:
+        return None
+    unsq = ir.producer(expand.inputs[0])
+    if unsq is None or unsq.op != "Unsqueeze" or len(expand.inputs[0].outputs) != 1:
+        return None
+    axes = ir.const_value(unsq.inputs[1]) if len(unsq.inputs) > 1 else attr_value(unsq, "axes", opset)
+    x = unsq.inputs[0]
+    if axes is None or [int(a) for a in np.asarray(axes).reshape(-1)] != [2] or ir.rank(x) != 4:
+        return None
+    wide = shape_proof.shape_elements(expand.inputs[1], opset)
+    back = shape_proof.shape_elements(outer.inputs[1], opset)
+    if wide is None or back is None or len(wide) != 5 or len(back) != 4:
+        return None
+    n_rep, kv = wide[2], static_dim(x, 1, opset)
+    if not isinstance(n_rep, int) or n_rep < 1 or kv is None:
+        return None
+    if not all(e == 1 or _is_dim(e, x, a, opset) for e, a in zip(wide[:2] + wide[3:], (0, 1, 2, 3))):
+        return None
+    heads = back[1]
+    heads_ok = heads == kv * n_rep or (isinstance(heads, shape_proof.Scaled) and heads.factor == n_rep
+                                       and _is_dim(heads.dim, x, 1, opset))
+    others = [(back[0], 0), (back[2], 2), (back[3], 3)]
+    if not heads_ok or not all(_is_dim(e, x, a, opset) or (e == -1 and a == 3) for e, a in others):
+        return None
+    return x, n_rep
 
 
 def _is_dim(e, x: gs.Tensor, axis: int, opset: int) -> bool:
@@ -158,3 +195,22 @@ def flat_transpose(t: gs.Tensor, opset: int) -> gs.Tensor | None:
     if not all(_is_dim(e, x, a, opset) for e, a in zip(back, (0, 1, 3, 2))):
         return None
     return x
+
+
+def repeat_heads(graph: gs.Graph, t: gs.Tensor, kv_heads: int, n_rep: int) -> gs.Tensor:
+    """t (B, T, kv*D) with each of its kv heads repeated n_rep times, in order: (B, T, kv*n_rep*D).
+    For targets whose attention ops take as many K/V heads as query heads (ORT's MultiHeadAttention)."""
+    dim = t.shape[-1] // kv_heads if t.shape is not None and isinstance(t.shape[-1], int) else None
+    base = ir.fresh_name(f"{t.name}_repeat")
+
+    def add(op, inputs):
+        out = gs.Variable(ir.fresh_name(f"{base}_{op}"), dtype=t.dtype)
+        graph.nodes.append(gs.Node(op, name=ir.fresh_name(f"{base}_{op}"), inputs=inputs, outputs=[out]))
+        return out
+
+    const = lambda name, v: gs.Constant(ir.fresh_name(f"{base}_{name}"), np.array(v, np.int64))  # noqa: E731
+    split = add("Reshape", [t, const("split", [0, 0, kv_heads, 1, dim])])
+    wide = add("Expand", [split, const("reps", [1, 1, 1, n_rep, 1])])
+    out = add("Reshape", [wide, const("merge", [0, 0, kv_heads * n_rep * dim])])
+    out.shape = None if t.shape is None else [t.shape[0], t.shape[1], kv_heads * n_rep * dim]
+    return out

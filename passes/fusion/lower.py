@@ -33,6 +33,8 @@ from graphopt import ir
 from graphopt.pass_manager import REGISTRY, PassInfo, PassResult
 from graphopt.rewrite import Rule, RuleStats, apply_rules
 
+from .attention_shapes import repeat_heads
+
 FUSED = "ai.graphopt"
 ORT = "com.microsoft"
 DEFAULT_TARGET = "onnx"
@@ -291,8 +293,12 @@ def _attention(graph, node, opset, ort: bool):
     if mask is not None:
         mask = _mask_rows(graph, node, mask)
     heads, scale = node.attrs["num_heads"], float(node.attrs["scale"])
+    kv_heads = int(node.attrs.get("kv_num_heads", heads))
     if ort and node.attrs.get("nan_probs_to_zero"):
         _zero_nan_rows(graph, node)
+    if ort and kv_heads != heads:  # ORT's contrib ops take as many K/V heads as query heads
+        node.inputs[1], node.inputs[2] = (repeat_heads(graph, t, kv_heads, heads // kv_heads) for t in node.inputs[1:3])
+        q, k, v = node.inputs[:3]
     packed = _packed_projection(graph, node) if ort else None
     if packed is not None:  # ORT's own Attention: one GEMM for the three projections
         x, weight, bias, dead = packed
@@ -309,7 +315,7 @@ def _attention(graph, node, opset, ort: bool):
     else:
         node.inputs = [q, k, v] + ([mask] if mask is not None else [])
         node.domain, node.op = None, "Attention"
-        node.attrs = {"q_num_heads": heads, "kv_num_heads": heads, "scale": scale}
+        node.attrs = {"q_num_heads": heads, "kv_num_heads": kv_heads, "scale": scale}
 
 
 def _zero_nan_rows(graph, node) -> None:

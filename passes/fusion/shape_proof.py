@@ -32,6 +32,12 @@ class Dim(NamedTuple):
     axis: int
 
 
+class Scaled(NamedTuple):
+    """dim * factor (repeat_kv's heads: kv_heads * n_rep)."""
+    dim: Dim
+    factor: int
+
+
 def _axes_input(node, opset, index=1):
     """Unsqueeze/Squeeze axes: the attribute before opset 13, the constant input from 13."""
     if opset < 13:
@@ -69,6 +75,20 @@ def shape_elements(t: gs.Tensor, opset: int, depth: int = 0):
         return [Dim(ins[0], i) for i in range(rank)][slice(start, end)]
     if op in ("Identity", "Cast"):
         return sub(0)
+    if op == "Mul" and len(ins) == 2:  # one run-time dim times a constant, or constants
+        a, b = sub(0), sub(1)
+        if a is None or b is None or len(a) != 1 or len(b) != 1:
+            return None
+        if isinstance(a[0], int) and isinstance(b[0], int):
+            return [a[0] * b[0]]
+        dim, k = (a[0], b[0]) if isinstance(b[0], int) else (b[0], a[0])
+        return [Scaled(dim, k)] if isinstance(dim, Dim) and isinstance(k, int) else None
+    if op == "Where" and len(ins) == 3:  # torch's expand: Where(Equal(c, -1), 1, c) is c when no -1
+        cond, c = ir.producer(ins[0]), sub(2)
+        minus = None if cond is None or cond.op != "Equal" else ir.const_value(cond.inputs[1])
+        if c is None or minus is None or cond.inputs[0] is not ins[2] or not np.all(minus == -1):
+            return None
+        return c if -1 not in [e for e in c if isinstance(e, int)] else None
     if op == "Concat":
         if attr_value(node, "axis", opset) not in (0, -1):
             return None
