@@ -161,7 +161,9 @@ def repeat_kv(t: gs.Tensor, opset: int):
     heads_ok = heads == kv * n_rep or (isinstance(heads, shape_proof.Scaled) and heads.factor == n_rep
                                        and _is_dim(heads.dim, x, 1, opset))
     others = [(back[0], 0), (back[2], 2), (back[3], 3)]
-    if not heads_ok or not all(_is_dim(e, x, a, opset) or (e == -1 and a == 3) for e, a in others):
+    if not all(_is_dim(e, x, a, opset) or (e == -1 and a == 3 and heads_ok) for e, a in others):
+        return None
+    if not heads_ok and heads != -1:  # -1 with every other dim proven: the element count leaves kv*n_rep
         return None
     return x, n_rep
 
