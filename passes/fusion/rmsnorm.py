@@ -140,7 +140,8 @@ def _rules():
         sq = Op("Pow", add, Const("two", all_equal(2))) if square == "pow" else Op("Mul", add, add)
         std = Op("Sqrt", Op("Add", Op("ReduceMean", sq, allow_extra_inputs=True, name="mean"), Var("eps"),
                             commutative=True))
-        for norm in (Op("Div", add, std), Op("Mul", add, Op("Reciprocal", std), commutative=True)):
+        for norm in (Op("Div", add, std), Op("Mul", add, Op("Reciprocal", std), commutative=True),
+                     Op("Mul", add, Op("Div", Const("one", all_equal(1)), std), commutative=True)):
             rules.append(Rule(f"skip-rmsnorm-decomposed-{square}", norm, _from_decomposed, _decomposed_check))
             # (a + b) / sqrt(mean((a + b)^2) + eps) -> SkipSimplifiedLayerNormalization(a, b, 1)
     rules.append(Rule("mul-into-skip-rmsnorm", Op("Mul", Op(KIND, Var("x"), Var("y"), Const("scale"), domain=FUSED,

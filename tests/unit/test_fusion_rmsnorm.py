@@ -13,14 +13,15 @@ from target_check import assert_target_refused, check_target_numbers, compile_fo
 
 def rms(opset=17, norm="reciprocal", square="pow", gamma=True, read_sum=True, b="float[N,5,8] b", axes=(-1,)):
     """h = a + b; y0 = gamma * RMSNorm(h) (eps 1e-6); y = h + y0 when the residual sum is read again."""
-    inits = [tensor("g", np.linspace(0.5, 1.5, 8).astype(np.float32)), "float two = {2.0}", "float e = {1e-6}"]
+    inits = [tensor("g", np.linspace(0.5, 1.5, 8).astype(np.float32)), "float two = {2.0}", "float e = {1e-6}", "float one = {1.0}"]
     if opset >= 18:
         inits.append(tensor("ax", np.array(axes), "int64"))
         reduce = "ReduceMean(sq, ax)"
     else:
         reduce = f"ReduceMean<axes=[{', '.join(map(str, axes))}]>(sq)"
     square = "sq = Pow(h, two)" if square == "pow" else "sq = Mul(h, h)"
-    norm = "r = Reciprocal(sd)\n  n = Mul(h, r)" if norm == "reciprocal" else "n = Div(h, sd)"
+    norm = {"reciprocal": "r = Reciprocal(sd)\n  n = Mul(h, r)", "div": "n = Div(h, sd)",
+            "div_one": "r = Div(one, sd)\n  n = Mul(h, r)"}[norm]  # div_one: torch's rsqrt (TorchScript)
     tail = "y0 = Mul(g, n)" if gamma else "y0 = Identity(n)"
     out = "y = Add(h, y0)" if read_sum else "y = Identity(y0)"
     return f"""<ir_version: 9, opset_import: ["" : {opset}]>
@@ -44,7 +45,7 @@ FUSED = {"ort": "ms:SkipSimplifiedLayerNormalization", "graphopt": "go:SkipSimpl
 @pytest.mark.parametrize("target", ["ort", "graphopt"])
 @pytest.mark.parametrize("opset", [17, 23])
 @pytest.mark.parametrize("variant,expect", [
-    ({}, ["Add"]), ({"norm": "div", "square": "mul"}, ["Add"]), ({"gamma": False}, ["Add"]),
+    ({}, ["Add"]), ({"norm": "div", "square": "mul"}, ["Add"]), ({"gamma": False}, ["Add"]), ({"norm": "div_one"}, ["Add"]),
     ({"read_sum": False}, []),
 ])
 def test_skip_rmsnorm(target, opset, variant, expect):
