@@ -15,3 +15,4 @@ from . import contrib_attention  # noqa: F401,E402  (ORT's com.microsoft Attenti
 from . import contrib_quant  # noqa: F401,E402  (ORT's com.microsoft QOperator-format quantized ops: QLinearAdd, QGemm, ...)
 from . import contrib_quant_lstm  # noqa: F401,E402  (ORT's com.microsoft DynamicQuantizeLSTM, from quantize_dynamic)
 from . import fused_decoder  # noqa: F401,E402  (ai.graphopt SkipSimplifiedLayerNormalization, for decoders)
+from . import contrib_gqa  # noqa: F401,E402  (ORT's com.microsoft GroupQueryAttention, KV cache)

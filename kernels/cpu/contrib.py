@@ -17,8 +17,9 @@ against onnxruntime 1.32 (tests/unit/test_contrib_kernels.py runs each op in bot
     GridSample(X, grid; mode, padding_mode, align_corners)   PyTorch's export below opset 16
 In the default domain, for opsets where ONNX has no such op: LayerNormalization (standard from 17)
 and SimplifiedLayerNormalization (RMS norm), which ORT registers from opset 1.
-Attention, MultiHeadAttention and EmbedLayerNormalization: kernels/cpu/contrib_attention.py. Others
-(GroupQueryAttention, ...) stay unsupported: Session lists them at build, as any op without a kernel.
+Attention, MultiHeadAttention and EmbedLayerNormalization: kernels/cpu/contrib_attention.py;
+GroupQueryAttention: kernels/cpu/contrib_gqa.py. Others stay unsupported: Session lists them at
+build, as any op without a kernel.
 """
 from __future__ import annotations
 
