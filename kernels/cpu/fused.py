@@ -22,6 +22,7 @@ import numpy as np
 
 from ..registry import kernel, prepare
 from ._util import ONE, clip_ufunc, erf, row_sums, sigmoid_in_place, tiled
+from .attention import attention as std_attention
 from .linalg import gemm as gemm_kernel
 from .nn import conv_kernel
 from .prepared import prepare_conv, prepare_gemm
@@ -331,6 +332,9 @@ def attention(ins, at):
     if q.dtype != calc or k.dtype != calc or v.dtype != calc:
         q, k, v = q.astype(calc), k.astype(calc), v.astype(calc)
     kv = int(at.get("kv_num_heads", heads))  # grouped-query attention: each K/V head serves heads / kv queries
+    if len(ins) > 5 and ins[4] is not None:  # KV cache: the standard Attention-23 kernel (present = past + new)
+        std = {"q_num_heads": heads, "kv_num_heads": kv, "scale": float(at["scale"])}
+        return std_attention(list(ins[:6]), std)[:3]
     qh = q.reshape(b, s, heads, -1).transpose(0, 2, 1, 3)
     kh = k.reshape(b, t, kv, -1).transpose(0, 2, 3, 1)
     vh = v.reshape(b, t, kv, -1).transpose(0, 2, 1, 3)

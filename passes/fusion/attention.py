@@ -18,6 +18,7 @@ static hidden size, and the head split/merge shapes must be constant or provably
 from __future__ import annotations
 
 import numpy as np
+import onnx_graphsurgeon as gs
 
 from graphopt import ir
 from graphopt.rewrite import Const, Op, Rule, Var, all_equal, attr_value
@@ -36,10 +37,18 @@ class Refuse(Exception):
 def _only_feeds(graph, t):
     """t feeds exactly one node besides Shape readers (and is not a graph output), else Refuse. The
     Shape readers are moved onto kept values when the fusion fires, or refused (attention_shapes)."""
-    if ir.is_graph_output(graph, t):
+    if ir.is_graph_output(graph, t) and not _kv_concat(t):  # a KV cache's present: the fused op writes it
         raise Refuse(f"'{t.name}' is a graph output")
     if sum(c.op != "Shape" for c in t.outputs) != 1:
         raise Refuse(f"'{t.name}' has other consumers")
+
+
+def _kv_concat(t):
+    """The Concat(past, new) on the sequence axis of (B, heads, S, D) values that made t (a KV cache), or None."""
+    node = ir.producer(t)
+    if node is None or node.op != "Concat" or len(node.inputs) != 2 or ir.rank(t) != 4:
+        return None
+    return node if attr_value(node, "axis", 13) in (2, -2) else None
 
 
 def _producer(t, ops, what):
@@ -94,11 +103,16 @@ def _perm(node, opset):
 
 def _split_heads(graph, t, opset, perms, what):
     """t = Transpose(Reshape(X, [.., .., H, D]), perm) (or two Transposes, perms: list of chains)."""
-    chain, rep = [], 1
-    for _ in range(3):
+    chain, rep, past, present, after = [], 1, None, None, 0
+    for _ in range(5):
         repeated = attention_shapes.repeat_kv(t, opset) if rep == 1 else None
         if repeated is not None:  # grouped-query attention: K/V heads repeated for the query heads
             t, rep = repeated
+            _only_feeds(graph, t)
+            continue
+        cat = _kv_concat(t) if past is None else None
+        if cat is not None:  # KV cache: present = Concat(past, new); the fused op takes past, writes present
+            past, present, t, after = cat.inputs[0], t, cat.inputs[1], len(chain)
             _only_feeds(graph, t)
             continue
         flat = attention_shapes.flat_transpose(t, opset)  # torch's k.transpose(-2, -1) through 3-D
@@ -107,7 +121,11 @@ def _split_heads(graph, t, opset, perms, what):
         src = flat if flat is not None else node.inputs[0]
         _only_feeds(graph, src)
         if chain in perms:
-            return (*_reshape_heads(graph, src, opset, what), rep)
+            if past is not None and chain[:len(chain) - after] != [[0, 2, 1, 3]]:
+                raise Refuse(f"{what} cache Concat is not over the sequence of (batch, heads, seq, dim)")
+            return (*_reshape_heads(graph, src, opset, what), rep, past, present)
+        if len(chain) == 2:
+            break
         t = src
     raise Refuse(f"{what} transposes {chain} do not split heads as {' or '.join(map(str, perms))}")
 
@@ -254,11 +272,15 @@ def _parse(m):
         _only_feeds(graph, h)
     qh, qf = _strip_scale(graph, qh, "query")
     kh, kf = _strip_scale(graph, kh, "key")
-    q3, heads, d, qrep = _split_heads(graph, qh, opset, [[[0, 2, 1, 3]]], "query")
-    k3, kheads, kd, krep = _split_heads(graph, kh, opset, [[[0, 2, 3, 1]], [[0, 2, 1, 3], [0, 1, 3, 2]]], "key")
+    q3, heads, d, qrep, qpast, _ = _split_heads(graph, qh, opset, [[[0, 2, 1, 3]]], "query")
+    k3, kheads, kd, krep, kpast, kpresent = _split_heads(graph, kh, opset, [[[0, 2, 3, 1]], [[0, 2, 1, 3], [0, 1, 3, 2]]],
+                                                         "key")
     vh = m["vh"]
     _only_feeds(graph, vh)
-    v3, vheads, dv, vrep = _split_heads(graph, vh, opset, [[[0, 2, 1, 3]]], "value")
+    v3, vheads, dv, vrep, vpast, vpresent = _split_heads(graph, vh, opset, [[[0, 2, 1, 3]]], "value")
+    if qpast is not None or (kpast is None) != (vpast is None):
+        raise Refuse("a KV cache Concat on the query, or on only one of key/value")
+    m.past = None if kpast is None else (kpast, vpast, kpresent, vpresent)
     if not (qrep == 1 and heads == kheads * krep == vheads * vrep and kheads == vheads and d == kd):
         raise Refuse(f"query/key/value heads ({heads}, {kheads}x{krep}, {vheads}x{vrep}) or head sizes ({d}, {kd}) differ")
     m.kv_heads = kheads
@@ -299,7 +321,7 @@ def _check(m) -> str | None:
 def _walked(m):
     """Every node between the Softmax's input / the V heads and the 3-D Q, K, V (producers, upwards)."""
     q3, k3, v3, mask, _, _ = m.parsed
-    stop = {id(t) for t in (q3, k3, v3) + ((mask,) if mask is not None else ())}
+    stop = {id(t) for t in (q3, k3, v3) + ((mask,) if mask is not None else ()) + (m.past[:2] if m.past else ())}
     todo, found = [m["scores"], m["vh"]], {}
     while todo:
         t = todo.pop()
@@ -323,7 +345,15 @@ def _attention(m):
         attrs["kv_num_heads"] = int(m.kv_heads)
     if "guard" in m.nodes:  # Where(IsNaN(p), 0, p): rows the mask hides entirely give 0, not NaN
         attrs["nan_probs_to_zero"] = 1
-    y = emit(m, "Attention", inputs, attrs, dtype=out_like(m)["dtype"], shape=shape)
+    if m.past:  # KV cache: Attention(q, k, v, mask, past_k, past_v) -> (y, present_k, present_v)
+        past_k, past_v, present_k, present_v = m.past
+        inputs = [q3, k3, v3, mask if mask is not None else gs.Variable.empty(), past_k, past_v]
+        y, new_k, new_v = emit(m, "Attention", inputs, attrs, outputs=3, dtype=out_like(m)["dtype"], shape=shape)
+        for old, new in ((present_k, new_k), (present_v, new_v)):
+            new.shape = old.shape
+            m.rebind(old, new)
+    else:
+        y = emit(m, "Attention", inputs, attrs, dtype=out_like(m)["dtype"], shape=shape)
     if getattr(m, "flat_merge", False):  # the merge's (B*S, H*Dv) view of the fused (B, S, H*Dv) output
         return m.op("Reshape", [y, m.constant(np.array([-1, hidden_v], np.int64), "flat")], **out_like(m))
     return y

@@ -216,3 +216,26 @@ def repeat_heads(graph: gs.Graph, t: gs.Tensor, kv_heads: int, n_rep: int) -> gs
     out = add("Reshape", [wide, const("merge", [0, 0, kv_heads * n_rep * dim])])
     out.shape = None if t.shape is None else [t.shape[0], t.shape[1], kv_heads * n_rep * dim]
     return out
+
+
+def repeat_cache(graph: gs.Graph, node: gs.Node, which: int, kv_heads: int, n_rep: int) -> gs.Tensor:
+    """For ORT's MultiHeadAttention (as many K/V heads as query heads): the node's past (which: 0 key,
+    1 value; (B, kv, P, D)) with each head repeated n_rep times, and its present output (B, kv*n_rep, T, D)
+    cut back to every n_rep-th head, the original present (B, kv, T, D)."""
+    past, present = node.inputs[4 + which], node.outputs[1 + which]
+    base = ir.fresh_name(f"{node.name or 'attention'}_cache{which}")
+    const = lambda name, v: gs.Constant(ir.fresh_name(f"{base}_{name}"), np.array(v, np.int64))  # noqa: E731
+
+    def add(op, inputs, out=None):
+        out = out or gs.Variable(ir.fresh_name(f"{base}_{op}"), dtype=past.dtype)
+        graph.nodes.append(gs.Node(op, name=ir.fresh_name(f"{base}_{op}"), inputs=inputs, outputs=[out]))
+        return out
+
+    dim = past.shape[3] if past.shape is not None and isinstance(past.shape[3], int) else -1
+    wide = add("Expand", [add("Unsqueeze", [past, const("axis", [2])]), const("reps", [1, 1, n_rep, 1, 1])])
+    repeated = add("Reshape", [wide, const("merge", [0, kv_heads * n_rep, -1, dim])])
+    full = gs.Variable(ir.fresh_name(f"{base}_present"), dtype=present.dtype)
+    node.outputs[1 + which] = full
+    add("Slice", [full, const("start", [0]), const("end", [kv_heads * n_rep]), const("axes", [1]),
+                  const("step", [n_rep])], out=present)
+    return repeated

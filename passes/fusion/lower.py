@@ -33,7 +33,7 @@ from graphopt import ir
 from graphopt.pass_manager import REGISTRY, PassInfo, PassResult
 from graphopt.rewrite import Rule, RuleStats, apply_rules
 
-from .attention_shapes import repeat_heads
+from .attention_shapes import repeat_cache, repeat_heads
 
 FUSED = "ai.graphopt"
 ORT = "com.microsoft"
@@ -232,7 +232,7 @@ def _mask_rows(graph, node, mask: gs.Tensor) -> gs.Tensor:
         return mask
     source = _projected_from(q)
     self_attention = source is not None and source is _projected_from(k) and mask.shape is not None \
-        and len(mask.shape) == 4
+        and len(mask.shape) == 4 and len(node.inputs) <= 4  # with a KV cache the keys outnumber the queries
     base = ir.fresh_name(f"{node.name or 'attention'}_mask")
 
     def add(op, inputs, attrs=None, dtype=np.int64, shape=None):
@@ -290,6 +290,7 @@ def _packed_projection(graph, node, dtypes=(np.float32,), own_weights=False):
 def _attention(graph, node, opset, ort: bool):
     q, k, v = node.inputs[:3]
     mask = node.inputs[3] if len(node.inputs) > 3 and not node.inputs[3].is_empty() else None
+    past = list(node.inputs[4:6]) if len(node.inputs) > 5 else []  # KV cache: (past_k, past_v) -> present outputs
     if mask is not None:
         mask = _mask_rows(graph, node, mask)
     heads, scale = node.attrs["num_heads"], float(node.attrs["scale"])
@@ -299,7 +300,9 @@ def _attention(graph, node, opset, ort: bool):
     if ort and kv_heads != heads:  # ORT's contrib ops take as many K/V heads as query heads
         node.inputs[1], node.inputs[2] = (repeat_heads(graph, t, kv_heads, heads // kv_heads) for t in node.inputs[1:3])
         q, k, v = node.inputs[:3]
-    packed = _packed_projection(graph, node) if ort else None
+        if past:
+            past = [repeat_cache(graph, node, i, kv_heads, heads // kv_heads) for i in (0, 1)]
+    packed = _packed_projection(graph, node) if ort and not past else None
     if packed is not None:  # ORT's own Attention: one GEMM for the three projections
         x, weight, bias, dead = packed
         empty = gs.Variable.empty()
@@ -310,10 +313,12 @@ def _attention(graph, node, opset, ort: bool):
         graph.nodes = [n for n in graph.nodes if all(n is not d for d in dead)]
     elif ort:
         empty = gs.Variable.empty()
-        node.inputs = [q, k, v] + ([empty, empty, mask] if mask is not None else [])
+        node.inputs = [q, k, v] + ([empty, empty, mask if mask is not None else empty] + past
+                                   if mask is not None or past else [])
         node.domain, node.op, node.attrs = ORT, "MultiHeadAttention", {"num_heads": heads, "scale": scale}
     else:
-        node.inputs = [q, k, v] + ([mask] if mask is not None else [])
+        node.inputs = [q, k, v] + ([mask if mask is not None else gs.Variable.empty()] + past
+                                   if mask is not None or past else [])
         node.domain, node.op = None, "Attention"
         node.attrs = {"q_num_heads": heads, "kv_num_heads": kv_heads, "scale": scale}
 
