@@ -1,13 +1,15 @@
 """Transformer benchmark: graphopt -O2 against ONNX Runtime's transformer optimizer and onnxslim, side by
 side in one run, on transformers exported as a user would today (bench/transformer_exports.py: BERT, ViT,
-Llama-style GQA decoder, GPT-2, each by torch's TorchScript and dynamo exporters, dynamic batch/sequence)
-and models/bert_dynamic.
+Llama-style GQA decoder, GPT-2, each by torch's TorchScript and dynamo exporters, dynamic batch/sequence;
+the Llama-style decoder's KV-cache step graph) and models/bert_dynamic.
 
 Per model: node counts (original, onnxslim, ORT optimizer given the head count and hidden size,
 graphopt -O2 --target ort), attention blocks fused (Softmax nodes left), ORT latency with every graph
 optimization on of each output relative to the original's (interleaved runs, median), graphopt's
 runtime on its own --target graphopt output relative to ORT on the original, and the largest output
-difference of every graphopt output against ORT on the original.
+difference of every graphopt output against ORT on the original. KV-cache step graphs get a decode loop
+(prefill, then single-token steps feeding present back as past): prefill ms and decode tokens/s of ORT
+on the original and on graphopt's --target ort --opset 23 output, and of graphopt's runtime.
 
     python bench/transformer_bench.py [--exports DIR] [--runs 30] [--batch 2 --seq 16] [--out bench/results/transformer_bench.md]
 
@@ -145,6 +147,71 @@ def bench(name: str, path: Path, model_type: str, a) -> dict:
     return row
 
 
+def decode_loop(fn, model: onnx.ModelProto, batch: int, prompt: int, steps: int, seed: int = 0):
+    """Prefill `prompt` tokens, then `steps` single tokens feeding present back as past:
+    (logits per step, prefill seconds, decode seconds per step)."""
+    rng = np.random.default_rng(seed)
+    outs = [o.name for o in model.graph.output]
+    pasts = [i for i in model.graph.input if i.name.startswith("past_")]
+    kv, head = (pasts[0].type.tensor_type.shape.dim[i].dim_value for i in (1, 3))
+    past = {i.name: np.zeros((batch, kv, 0, head), np.float32) for i in pasts}
+    mask, logits, times = np.ones((batch, 0), np.int64), [], []
+    for step in range(steps + 1):
+        new = prompt if step == 0 else 1
+        mask = np.concatenate([mask, np.ones((batch, new), np.int64)], axis=1)
+        feed = {"input_ids": rng.integers(0, 100, (batch, new)).astype(np.int64), "attention_mask": mask, **past}
+        t = time.perf_counter()
+        got = dict(zip(outs, fn(feed)))
+        times.append(time.perf_counter() - t)
+        logits.append(got["logits"])
+        past = {n: got[n.replace("past_", "present_")] for n in past}
+    return logits, times[0], statistics.median(times[1:])
+
+
+def bench_decode(name: str, path: Path, a) -> dict:
+    """Decode tokens/s of a KV-cache step graph: ORT all-on on the original and on graphopt's
+    --target ort --opset 23 output, graphopt's runtime on its --target graphopt output."""
+    model = onnx.load(str(path))
+    outs = {"original": model, "onnxslim": onnxslim(model), "ort-opt": ort_optimizer(path, "gpt2")}
+    outs["go-ort"] = graphopt.compile_model(model, level=2, target="ort").model
+    outs["go-ort23"] = graphopt.compile_model(model, level=2, target="ort", opset=23).model
+    outs["go-graphopt"] = graphopt.compile_model(model, level=2, target="graphopt").model
+    row = {"model": name, **{k: counts(m) for k, m in outs.items()}}
+    ref = ort_session(model)
+    want = decode_loop(lambda f: ref.run(None, f), model, a.batch, a.seq, a.steps)[0]
+    runners = {"original": ort_session(model, optimize=True), "go-ort23": ort_session(outs["go-ort23"], optimize=True),
+               "go-runtime": graphopt.Session(outs["go-graphopt"])}
+    row["diff"] = max(float(np.abs(w - g).max()) for key in ("go-ort23", "go-runtime")
+                      for w, g in zip(want, decode_loop(lambda f: runners[key].run(None, f), model, a.batch,
+                                                        a.seq, a.steps)[0]))
+    samples = {k: ([], []) for k in runners}
+    for _ in range(max(3, a.runs // 5)):  # whole loops in turn
+        for k, sess in runners.items():
+            _, pre, step = decode_loop(lambda f: sess.run(None, f), model, a.batch, a.seq, a.steps)
+            samples[k][0].append(pre)
+            samples[k][1].append(step)
+    row["prefill_ms"] = {k: statistics.median(v[0]) * 1e3 for k, v in samples.items()}
+    row["tok_s"] = {k: a.batch / statistics.median(v[1]) for k, v in samples.items()}
+    return row
+
+
+def decode_markdown(rows: list[dict], a) -> str:
+    lines = [f"Decode loop: batch {a.batch}, prompt {a.seq} tokens, then {a.steps} single-token steps feeding "
+             "present back as past (median per step); same run and machine as above.", "",
+             "| model | nodes: original | onnxslim | ORT optimizer | graphopt -O2 ort | graphopt ort --opset 23 | "
+             "graphopt (go target) | attention fused (go-ort / go-ort-23 / go) | prefill ms: ORT orig / ORT go-ort-23 / "
+             "graphopt runtime | decode tokens/s: ORT orig | ORT go-ort-23 | graphopt runtime | max abs diff (logits, "
+             "every step) |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        pre, tok = r["prefill_ms"], r["tok_s"]
+        lines.append(f"| {r['model']} | {r['original'][0]} | {fmt(r['onnxslim'][0])} | {fmt(r['ort-opt'][0])} | "
+                     f"{r['go-ort'][0]} | {r['go-ort23'][0]} | {r['go-graphopt'][0]} | {r['go-ort'][1]} / "
+                     f"{r['go-ort23'][1]} / {r['go-graphopt'][1]} | {pre['original']:.2f} / {pre['go-ort23']:.2f} / "
+                     f"{pre['go-runtime']:.2f} | {tok['original']:.0f} | {tok['go-ort23']:.0f} | {tok['go-runtime']:.0f} | "
+                     f"{r['diff']:.1e} |")
+    return "\n".join(lines) + "\n"
+
+
 def fmt(x, spec="d"):
     return "—" if x is None else format(x, spec)
 
@@ -186,6 +253,7 @@ def main(argv=None) -> None:
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--seq", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=16, help="decode steps after the prompt (KV-cache models)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "transformer_bench.md"))
     a = ap.parse_args(argv)
     exports = Path(a.exports or Path(tempfile.gettempdir()) / "graphopt_transformer_exports")
@@ -196,11 +264,14 @@ def main(argv=None) -> None:
     types = {"bert": "bert", "vit": "vit", "llama": "gpt2", "gpt2": "gpt2"}
     for path in sorted(exports.glob("*.onnx")):
         jobs.append((path.stem, path, types.get(path.stem.split("_")[0], "bert")))
-    rows = []
+    rows, decode_rows = [], []
     for name, path, model_type in jobs:
         print(f"{name} ...", flush=True)
-        rows.append(bench(name, path, model_type, a))
-    text = markdown(rows, a)
+        if name.startswith("llama-kv"):
+            decode_rows.append(bench_decode(name, path, a))
+        else:
+            rows.append(bench(name, path, model_type, a))
+    text = markdown(rows, a) + ("\n" + decode_markdown(decode_rows, a) if decode_rows else "")
     write_report(text, a.out)
     print(text)
 

@@ -68,6 +68,50 @@ def _build(name: str):
     raise ValueError(name)
 
 
+KV_LAYERS, KV_HEADS = LAYERS, HEADS // 2
+
+
+def export_llama_kv(out: Path) -> Path:
+    """The Llama-style decoder's step graph with a KV cache (TorchScript exporter): input_ids (B, S),
+    attention_mask (B, P+S), past_<layer>_<k|v> (B, kv, P, D) -> logits, present_<layer>_<k|v>.
+    Prefill is the same graph with P = 0."""
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(0)
+    cfg = tf.LlamaConfig(vocab_size=200, hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=KV_LAYERS,
+                         num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=256)
+    inner = tf.LlamaForCausalLM(cfg).eval()
+
+    class Step(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask, *past):
+            cache = tf.DynamicCache(config=cfg)
+            for i in range(KV_LAYERS):
+                cache.update(past[2 * i], past[2 * i + 1], i)
+            start = past[0].shape[2]
+            pos = torch.arange(start, start + input_ids.shape[1]).unsqueeze(0)
+            o = self.inner(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache,
+                           position_ids=pos, use_cache=True)
+            return (o.logits, *[t for layer in o.past_key_values.layers for t in (layer.keys, layer.values)])
+
+    head = HIDDEN // HEADS
+    past = [torch.randn(2, KV_HEADS, 5, head) for _ in range(2 * KV_LAYERS)]
+    names = ["input_ids", "attention_mask"] + [f"past_{i}_{t}" for i in range(KV_LAYERS) for t in "kv"]
+    outs = ["logits"] + [f"present_{i}_{t}" for i in range(KV_LAYERS) for t in "kv"]
+    dims = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "total"}}
+    dims.update({n: {0: "batch", 2: "past"} for n in names[2:]})
+    dims.update({n: {0: "batch", 2: "total"} for n in outs[1:]})
+    path = out / "llama-kv_ts.onnx"
+    torch.onnx.export(Step().eval(), (torch.randint(0, 200, (2, 3)), torch.ones(2, 8, dtype=torch.int64), *past),
+                      str(path), dynamo=False, opset_version=17, input_names=names, output_names=outs,
+                      dynamic_axes=dims)
+    return path
+
+
 def export(name: str, exporter: str, out: Path) -> tuple[Path, str, int]:
     """Export one model; (path, ORT optimizer model_type, heads). Raises what torch raises."""
     import torch
@@ -98,6 +142,10 @@ def main(argv=None) -> None:
                 print(export(name, exporter, out)[0])
             except Exception as e:  # noqa: BLE001  (an exporter's failure is reported, the rest go on)
                 print(f"{name}_{exporter}: export failed: {str(e).splitlines()[0][:200]}")
+    try:
+        print(export_llama_kv(out))
+    except Exception as e:  # noqa: BLE001
+        print(f"llama-kv_ts: export failed: {str(e).splitlines()[0][:200]}")
 
 
 if __name__ == "__main__":
