@@ -4,3 +4,4 @@ from . import conv, gemm, layout, transformer, gelu, attention, hardswish  # noq
 from . import activation  # noqa: F401,E402  (Conv/Gemm + activation -> FusedConv/FusedGemm, after BN folding)
 from . import rmsnorm  # noqa: F401,E402  (residual Add + RMSNorm -> SkipSimplifiedLayerNormalization)
 from . import rotary  # noqa: F401,E402  (rotate_half rotary embedding -> RotaryEmbedding before the head split)
+from . import flat_gemm  # noqa: F401,E402  (Gemm on flattened tokens viewed back -> MatMul + Add)
