@@ -370,7 +370,8 @@ def _attention_rules():
             if viewed:  # torch's SDPA decomposition views P*V to its own shape
                 pv = Op("Reshape", pv, Var("pv_shape"), name="pv_reshape", single_use=False)
             rules.append(Rule("attention", Op("Reshape", Op("Transpose", pv, name="merge_t", single_use=False),
-                                              Var("merge_shape"), name="merge"), _attention, _check))
+                                              Var("merge_shape"), name="merge"), _attention, _check,
+                              near_miss_from=2.5))  # traced from Reshape(Transpose(MatMul(..))): a block
     return rules
 
 

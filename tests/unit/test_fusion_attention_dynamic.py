@@ -158,4 +158,5 @@ def test_bert_dynamic_every_layer_fuses(target, opset, fused):
     out = result.model
     assert sum(ops(out).count(f) for f in fused) == 3 and "Softmax" not in ops(out), ops(out)
     assert hits(result.report, "attention") == 3
+    assert "attention" not in result.report.near_misses, result.report.near_misses  # --trace: zero refusals
     _matches_ort_on_original(model, out, target, rtol=1e-4, atol=1e-4)
