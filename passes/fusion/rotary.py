@@ -9,7 +9,8 @@ the duplicated halves of Concat(f, f) are what makes the cos/sin of the standard
 the same numbers. Moving the rotation before the head split leaves the attention that follows in its
 plain form, so fuse-attention takes it. Canonical op: ai.graphopt RotaryEmbedding (the standard op's
 3-D form without position_ids); spelled as the standard RotaryEmbedding from opset 23 (onnx, ort),
-with cos/sin expanded to x's batch (ONNX Runtime requires it); graphopt runs it as it is.
+with cos/sin expanded to x's batch (ONNX Runtime requires it); for ort below 23 as the same arithmetic
+on the 3-D value (so the attention after it still fuses); graphopt runs it as it is.
 """
 from __future__ import annotations
 
@@ -134,8 +135,43 @@ def _spell_standard(graph, node, opset):
     node.domain, node.attrs = None, {"num_heads": node.attrs["num_heads"], "interleaved": 0}
 
 
+def _spell_decomposed(graph, node, opset):
+    """Below opset 23 (ORT's contrib RotaryEmbedding wants position ids and fixed-size caches, which the
+    export's run-time angles are not): the same arithmetic on the 3-D value, viewed (B, S, H, D), so the
+    attention after it stays fused. x*cos + rotate_half(x)*sin with cos/sin duplicated over the halves."""
+    x, cos, sin = node.inputs[:3]
+    heads, y = int(node.attrs["num_heads"]), node.outputs[0]
+    dim = x.shape[-1] // heads
+    base = ir.fresh_name(f"{node.name or 'rotary'}_rope")
+    const = lambda name, v: gs.Constant(ir.fresh_name(f"{base}_{name}"), np.array(v, np.int64))  # noqa: E731
+    made = []
+
+    def add(op, inputs, attrs=None, out=None):
+        out = out or gs.Variable(ir.fresh_name(f"{base}_{op}"), dtype=x.dtype)
+        made.append(gs.Node(op, name=ir.fresh_name(f"{base}_{op}"), attrs=attrs or {}, inputs=inputs, outputs=[out]))
+        return out
+
+    def full(t):  # (B|1, S, D/2) -> (B|1, S, 1, D): both halves, broadcast over the heads
+        both = add("Concat", [t, t], {"axis": -1})
+        return add("Unsqueeze", [both, const("axis", [2])]) if opset >= 13 else add("Unsqueeze", [both], {"axes": [2]})
+
+    x4 = add("Reshape", [x, const("heads", [0, 0, heads, dim])])
+    one, axis = const("step", [1]), const("last", [3])
+    lo = add("Slice", [x4, const("zero", [0]), const("half", [dim // 2]), axis, one])
+    hi = add("Slice", [x4, const("half2", [dim // 2]), const("end", [dim]), axis, one])
+    rotated = add("Concat", [add("Neg", [hi]), lo], {"axis": -1})
+    y4 = add("Add", [add("Mul", [x4, full(cos)]), add("Mul", [rotated, full(sin)])])
+    ir.detach(node)
+    add("Reshape", [y4, const("merge", [0, 0, heads * dim])], out=y)
+    graph.nodes = [n for n in graph.nodes if n is not node] + made
+
+
+def _spell_ort(graph, node, opset):
+    return _spell_standard(graph, node, opset) if opset >= 23 else _spell_decomposed(graph, node, opset)
+
+
 register_spelling("RotaryEmbedding", "onnx", _spell_standard, min_opset=23)
-register_spelling("RotaryEmbedding", "ort", _spell_standard, min_opset=23)
+register_spelling("RotaryEmbedding", "ort", _spell_ort)
 register_fusion_rules("fuse-rotary", _rules(), {"rotary": "RotaryEmbedding"}, level=2,
                       doc="rotate_half rotary embedding on split heads -> RotaryEmbedding before the split "
                           "(onnx/ort targets: opset >= 23)")
