@@ -9,7 +9,8 @@ optimization on of each output relative to the original's (interleaved runs, med
 runtime on its own --target graphopt output relative to ORT on the original, and the largest output
 difference of every graphopt output against ORT on the original. KV-cache step graphs get a decode loop
 (prefill, then single-token steps feeding present back as past): prefill ms and decode tokens/s of ORT
-on the original and on graphopt's --target ort --opset 23 output, and of graphopt's runtime.
+on the original and on graphopt's --target ort outputs (model opset, and --opset 23), and of graphopt's
+runtime on its own target.
 
     python bench/transformer_bench.py [--exports DIR] [--runs 30] [--batch 2 --seq 16] [--out bench/results/transformer_bench.md]
 
@@ -169,8 +170,8 @@ def decode_loop(fn, model: onnx.ModelProto, batch: int, prompt: int, steps: int,
 
 
 def bench_decode(name: str, path: Path, a) -> dict:
-    """Decode tokens/s of a KV-cache step graph: ORT all-on on the original and on graphopt's
-    --target ort --opset 23 output, graphopt's runtime on its --target graphopt output."""
+    """Decode tokens/s of a KV-cache step graph: ORT all-on on the original and on graphopt's --target ort
+    outputs (model opset and 23), graphopt's runtime on its --target graphopt output."""
     model = onnx.load(str(path))
     outs = {"original": model, "onnxslim": onnxslim(model), "ort-opt": ort_optimizer(path, "gpt2")}
     outs["go-ort"] = graphopt.compile_model(model, level=2, target="ort").model
@@ -179,9 +180,9 @@ def bench_decode(name: str, path: Path, a) -> dict:
     row = {"model": name, **{k: counts(m) for k, m in outs.items()}}
     ref = ort_session(model)
     want = decode_loop(lambda f: ref.run(None, f), model, a.batch, a.seq, a.steps)[0]
-    runners = {"original": ort_session(model, optimize=True), "go-ort23": ort_session(outs["go-ort23"], optimize=True),
-               "go-runtime": graphopt.Session(outs["go-graphopt"])}
-    row["diff"] = max(float(np.abs(w - g).max()) for key in ("go-ort23", "go-runtime")
+    runners = {"original": ort_session(model, optimize=True), "go-ort": ort_session(outs["go-ort"], optimize=True),
+               "go-ort23": ort_session(outs["go-ort23"], optimize=True), "go-runtime": graphopt.Session(outs["go-graphopt"])}
+    row["diff"] = max(float(np.abs(w - g).max()) for key in ("go-ort", "go-ort23", "go-runtime")
                       for w, g in zip(want, decode_loop(lambda f: runners[key].run(None, f), model, a.batch,
                                                         a.seq, a.steps)[0]))
     samples = {k: ([], []) for k in runners}
@@ -199,15 +200,16 @@ def decode_markdown(rows: list[dict], a) -> str:
     lines = [f"Decode loop: batch {a.batch}, prompt {a.seq} tokens, then {a.steps} single-token steps feeding "
              "present back as past (median per step); same run and machine as above.", "",
              "| model | nodes: original | onnxslim | ORT optimizer | graphopt -O2 ort | graphopt ort --opset 23 | "
-             "graphopt (go target) | attention fused (go-ort / go-ort-23 / go) | prefill ms: ORT orig / ORT go-ort-23 / "
-             "graphopt runtime | decode tokens/s: ORT orig | ORT go-ort-23 | graphopt runtime | max abs diff (logits, "
-             "every step) |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "graphopt (go target) | attention fused (go-ort / go-ort-23 / go) | prefill ms: ORT orig / ORT go-ort / "
+             "ORT go-ort-23 / graphopt runtime | decode tokens/s: ORT orig | ORT go-ort | ORT go-ort-23 | graphopt "
+             "runtime | max abs diff (logits, every step) |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         pre, tok = r["prefill_ms"], r["tok_s"]
         lines.append(f"| {r['model']} | {r['original'][0]} | {fmt(r['onnxslim'][0])} | {fmt(r['ort-opt'][0])} | "
                      f"{r['go-ort'][0]} | {r['go-ort23'][0]} | {r['go-graphopt'][0]} | {r['go-ort'][1]} / "
-                     f"{r['go-ort23'][1]} / {r['go-graphopt'][1]} | {pre['original']:.2f} / {pre['go-ort23']:.2f} / "
-                     f"{pre['go-runtime']:.2f} | {tok['original']:.0f} | {tok['go-ort23']:.0f} | {tok['go-runtime']:.0f} | "
+                     f"{r['go-ort23'][1]} / {r['go-graphopt'][1]} | {pre['original']:.2f} / {pre['go-ort']:.2f} / "
+                     f"{pre['go-ort23']:.2f} / {pre['go-runtime']:.2f} | {tok['original']:.0f} | {tok['go-ort']:.0f} | "
+                     f"{tok['go-ort23']:.0f} | {tok['go-runtime']:.0f} | "
                      f"{r['diff']:.1e} |")
     return "\n".join(lines) + "\n"
 
