@@ -92,6 +92,7 @@ class Rule:
     check: Callable[["Match"], str | None] | None = None
     doc: str = ""
     min_opset: int = 0  # below it the rule is skipped whole (a traced rule reports "opset < N")
+    near_miss_from: float = 0  # traces ignore misses shallower than this (a root op shared by unrelated nodes)
 
 
 # ---------------------------------------------------------------- matching
@@ -281,7 +282,7 @@ def apply_rules(graph: gs.Graph, rules: list[Rule], opset: int, trace=(), max_re
                 if result is None:
                     raise _Fail(99, "rewrite declined")
             except _Fail as f:
-                if show:
+                if show and f.depth >= rule.near_miss_from:
                     best = stats.near_miss.get(rule.name)
                     if best is None or f.depth > best[0]:
                         stats.near_miss[rule.name] = (f.depth, _label(node), f.reason)
@@ -292,6 +293,8 @@ def apply_rules(graph: gs.Graph, rules: list[Rule], opset: int, trace=(), max_re
             stats.hits[rule.name] += 1
             if show:
                 stats.trace.append(f"{rule.name}: fired at '{where}' ({node.op})")
+                if stats.near_miss.get(rule.name, (0, None))[1] == where:  # another variant of it missed here
+                    del stats.near_miss[rule.name]
             if stats.total > cap:
                 raise LimitExceeded(f"rule rewriting did not converge after {cap} rewrites "
                                     f"(last rule: {rule.name} at '{where}')")

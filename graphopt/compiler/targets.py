@@ -130,7 +130,7 @@ def unavailable(kind: str, ctx) -> str | None:
 
 
 def has_kernel(kind: str) -> bool:
-    """graphopt.Session can run the canonical `kind` (a kernel in graphopt.kernels.cpu.fused)."""
+    """graphopt.Session can run the canonical `kind` (a kernel registered for the ai.graphopt domain)."""
     try:
         import graphopt.kernels.cpu  # noqa: F401  (registers the kernels)
         from graphopt.kernels import registry

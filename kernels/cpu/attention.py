@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..registry import kernel
-from ._util import np_dtype
+from ._util import np_dtype, row_sums
 
 
-def _heads(x, n):
+def split_heads(x, n):
     """(B, S, n*D) -> (B, n, S, D)."""
     b, s, _ = x.shape
     return x.reshape(b, s, n, -1).transpose(0, 2, 1, 3)
@@ -21,7 +21,7 @@ def attention(ins, at):
     out_dtype = q.dtype
     three_d = q.ndim == 3
     if three_d:
-        q, k, v = _heads(q, at["q_num_heads"]), _heads(k, at["kv_num_heads"]), _heads(v, at["kv_num_heads"])
+        q, k, v = split_heads(q, at["q_num_heads"]), split_heads(k, at["kv_num_heads"]), split_heads(v, at["kv_num_heads"])
     if past_k is not None:
         k = np.concatenate([past_k, k], axis=2)
         v = np.concatenate([past_v, v], axis=2)
@@ -121,3 +121,51 @@ def rotary_embedding(ins, at):
         rotated = np.concatenate([real, imag], axis=-1)
     y = np.concatenate([rotated, rest], axis=-1).astype(x.dtype)
     return (y.transpose(0, 2, 1, 3) if four_d else y.reshape(x.shape),)
+
+
+# ---------------------------------------------------------------- graphopt's own (compile --target graphopt)
+# softmax(Q K^T * scale + M) V per head, Q/K/V (B, S, H*D); kv_num_heads < num_heads: grouped-query
+
+_CALC = (np.dtype(np.float32), np.dtype(np.float64))  # float64 stays, all else computes in float32
+
+
+@kernel("Attention", 1, domain="ai.graphopt", shape_from_shapes=True)
+def graphopt_attention(ins, at):
+    q, k, v = ins[0], ins[1], ins[2]
+    mask = ins[3] if len(ins) > 3 else None
+    heads = int(at["num_heads"])
+    b, s, _ = q.shape
+    t = k.shape[1]
+    calc = _CALC[1] if q.dtype == _CALC[1] else _CALC[0]  # float64 stays, all else in float32
+    if q.dtype != calc or k.dtype != calc or v.dtype != calc:
+        q, k, v = q.astype(calc), k.astype(calc), v.astype(calc)
+    kv = int(at.get("kv_num_heads", heads))  # grouped-query attention: each K/V head serves heads / kv queries
+    if len(ins) > 5 and ins[4] is not None:  # KV cache: the standard Attention-23 kernel (present = past + new)
+        std = {"q_num_heads": heads, "kv_num_heads": kv, "scale": float(at["scale"])}
+        return attention(list(ins[:6]), std)[:3]
+    qh = q.reshape(b, s, heads, -1).transpose(0, 2, 1, 3)
+    kh = k.reshape(b, t, kv, -1).transpose(0, 2, 3, 1)
+    vh = v.reshape(b, t, kv, -1).transpose(0, 2, 1, 3)
+    if kv != heads:
+        kh, vh = np.repeat(kh, heads // kv, axis=1), np.repeat(vh, heads // kv, axis=1)
+    scores = np.matmul(qh, kh)
+    scores *= calc.type(at["scale"])
+    if mask is not None:
+        scores += mask if mask.dtype == calc else mask.astype(calc)
+    guarded = at.get("nan_probs_to_zero")  # the export's Where(IsNaN(p), 0, p): a fully masked row gives 0
+    with np.errstate(**({"invalid": "ignore"} if guarded else {})):
+        scores -= np.maximum.reduce(scores, axis=3, keepdims=True)  # = .max(): without the method's wrapper
+        np.exp(scores, out=scores)
+        scores /= row_sums(scores)[..., None]  # matmul's fresh result: contiguous rows, summed by a GEMV
+    if guarded:
+        scores[np.isnan(scores)] = 0
+    # the context written by matmul straight into (B, S, H, D) order: the final reshape is a view,
+    # not the copy a transpose of matmul's (B, H, S, D) result made (dividing the context there
+    # instead of the scores was slower: a strided divide)
+    out = np.empty((b, s, heads, vh.shape[3]), calc)
+    np.matmul(scores, vh, out=out.transpose(0, 2, 1, 3))
+    return (out.reshape(b, s, -1).astype(ins[0].dtype, copy=False),)
+
+
+# the standard op's 3-D form without position_ids (passes/fusion/rotary.py emits it)
+kernel("RotaryEmbedding", 1, domain="ai.graphopt")(rotary_embedding)

@@ -56,3 +56,24 @@ def matmul_integer(ins, at):
 def det(ins, at):
     x = ins[0]
     return (np.linalg.det(x).astype(x.dtype),)
+
+
+# ONNX Runtime's com.microsoft FusedMatMul (its MatMul + Transpose/Mul fusion)
+def _fused_matmul(ins, at):
+    """alpha * op(A) @ op(B), op transposing the last two axes (ORT's MatMul + Transpose/Mul fusion)."""
+    a, b = ins[0], ins[1]
+    if at.get("transA") and a.ndim >= 2:
+        a = np.swapaxes(a, -1, -2)
+    if at.get("transB") and b.ndim >= 2:
+        b = np.swapaxes(b, -1, -2)
+    y = np.matmul(a, b)
+    alpha = at.get("alpha", 1.0)
+    return (y if alpha == 1.0 else (y * y.dtype.type(alpha)).astype(y.dtype, copy=False),)
+
+
+def _refuse_fused_matmul(at, inputs, outputs):
+    return "transBatchA/transBatchB" if at.get("transBatchA") or at.get("transBatchB") else None
+
+
+_fused_matmul.refuse = _refuse_fused_matmul
+kernel("FusedMatMul", 1, domain="com.microsoft")(_fused_matmul)

@@ -1,13 +1,13 @@
-"""Normalizations: Batch/Instance/Layer/Group/RMS norm, LRN, Lp, MVN; Dropout."""
+"""Normalizations: Batch/Instance/Layer/Group/RMS norm, LRN, Lp, MVN; Dropout.
+The layer normalizations of transformers (LayerNormalization, RMSNormalization, their fused and
+ORT forms) are in layernorm.py.
+"""
 from __future__ import annotations
-
-import math
 
 import numpy as np
 
 from ..registry import kernel
 from ._util import axes_of
-
 
 def _chan(v, ndim):
     return v.reshape((1, -1) + (1,) * (ndim - 2))
@@ -42,70 +42,16 @@ def instance_norm(ins, at):
     return (y.astype(x.dtype, copy=False),)
 
 
-def _mean(x, axes):
-    """x.mean(axis=axes, keepdims=True): for float32/64 np.mean's own steps (add.reduce, then an
-    in-place division by an intp count) without its Python wrapper, which on a small tensor costs
-    several times the arithmetic."""
-    if x.dtype != np.float32 and x.dtype != np.float64:
-        return x.mean(axis=axes, keepdims=True)
-    s = np.add.reduce(x, axis=axes, keepdims=True)
-    return np.true_divide(s, np.intp(math.prod(x.shape[a] for a in axes)), out=s, casting="unsafe")
-
-
-def _stash(x, at):
+def stash_dtype(x, at):
     # copy=False: no caller writes into the stashed array (a float32 input is used as it is)
     return x.astype(np.float32, copy=False) if at.get("stash_type", 1) == 1 and x.dtype != np.float64 else x
-
-
-@kernel("LayerNormalization", 17)
-def layer_norm(ins, at):
-    x, scale = ins[0], ins[1]
-    bias = ins[2] if len(ins) > 2 else None
-    axis = at["axis"] % x.ndim
-    axes = tuple(range(axis, x.ndim))
-    xs = _stash(x, at)
-    m = _mean(xs, axes)
-    d = xs - m
-    if d.dtype == np.float32 or d.dtype == np.float64:
-        # the centered sum of squares as one np.vecdot over the flattened normalized axes (d is
-        # fresh, so the reshape is a view): no d * d temporary, one NumPy call less
-        n = math.prod(d.shape[axis:])  # not -1: a reshape cannot infer it when a leading dim is 0
-        rows = d.reshape(d.shape[:axis] + (n,))
-        inv = np.vecdot(rows, rows, keepdims=True).reshape(m.shape)
-        np.true_divide(inv, np.intp(n), out=inv, casting="unsafe")  # as _mean divides
-    else:
-        inv = _mean(d * d, axes)
-    inv += at["epsilon"]
-    np.sqrt(inv, out=inv)
-    np.divide(1.0, inv, out=inv)
-    if scale.dtype == d.dtype and (bias is None or bias.dtype == d.dtype):  # same values, fewer arrays
-        y = d
-        y *= inv
-        y *= scale
-        if bias is not None:
-            y += bias
-    else:
-        y = d * inv * scale
-        if bias is not None:
-            y = y + bias
-    return (y.astype(x.dtype, copy=False), m, inv)
-
-
-@kernel("RMSNormalization", 23)
-def rms_norm(ins, at):
-    x, scale = ins[0], ins[1]
-    axis = at["axis"] % x.ndim
-    xs = _stash(x, at)
-    ms = np.mean(xs * xs, axis=tuple(range(axis, x.ndim)), keepdims=True)
-    y = xs / np.sqrt(ms + at["epsilon"]) * scale
-    return (y.astype(x.dtype, copy=False),)
 
 
 def _group_norm(ins, at, per_channel_affine):
     x, scale, bias = ins
     n, c = x.shape[:2]
     g = at["num_groups"]
-    xs = _stash(x, at)
+    xs = stash_dtype(x, at)
     xg = xs.reshape(n, g, -1)
     m = xg.mean(axis=2, keepdims=True)
     v = xg.var(axis=2, keepdims=True)
@@ -117,6 +63,8 @@ def _group_norm(ins, at, per_channel_affine):
 
 
 kernel("GroupNormalization", 18)(lambda ins, at: _group_norm(ins, at, False))
+
+
 kernel("GroupNormalization", 21)(lambda ins, at: _group_norm(ins, at, True))
 
 

@@ -54,7 +54,7 @@ def prepare_relu(at, consts, generic):
         if args[0].size >= INPLACE_MIN_SIZE and reusable(args, 0):
             x = args[0]
             dt = x.dtype
-            if dt in _FLOATS:  # the clip ufunc, as fused.py's Relu (cheaper than np.maximum in place)
+            if dt in _FLOATS:  # the clip ufunc, as conv_activation.py's Relu (cheaper than np.maximum in place)
                 return (clip_ufunc(x, ZERO[dt], INF[dt], x),)
         else:
             x = args[0]

@@ -6,7 +6,7 @@ import itertools
 import numpy as np
 
 from ..registry import kernel
-from ._util import ints
+from ._util import ints, contrib_alias
 
 
 def _cubic(t, a):
@@ -229,3 +229,8 @@ def grid_sample(ins, at):
                 wgt = wgt * (1 - np.abs(o - f) if mode == "linear" else _cubic(o - f, -0.75))
             y += fetch([b + o for b, o in zip(base, offs)]) * wgt.reshape((n, 1) + out_sp)
     return (y.astype(x.dtype),)
+
+
+# PyTorch exports grid_sample below opset 16 as com.microsoft GridSample: the standard op's semantics
+# (GridSample-16), with the same attributes and defaults
+contrib_alias("GridSample", grid_sample, defaults={"mode": "bilinear", "padding_mode": "zeros", "align_corners": 0})

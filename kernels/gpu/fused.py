@@ -1,5 +1,5 @@
 """GPU kernels for graphopt's own fused ops (domain ai.graphopt, `graphopt compile --target graphopt`);
-the semantics are kernels/cpu/fused.py's. Attention goes to the tiled online-softmax kernel, the
+the semantics are those of the CPU kernels (kernels/cpu/gelu.py, layernorm.py, attention.py, conv_activation.py). Attention goes to the tiled online-softmax kernel, the
 norms and GELU to their custom kernels, FusedConv / FusedGemm to the Conv / GEMM paths plus the
 activation."""
 from __future__ import annotations
@@ -63,7 +63,7 @@ def rms_norm(ins, at):
 def attention(ins, at):
     """Q, K, V (B, S, H*D) with an optional additive mask: the standard Attention kernel's 3-D form."""
     heads = int(at["num_heads"])
-    std = {"q_num_heads": heads, "kv_num_heads": heads, "scale": float(at["scale"]), "is_causal": 0,
+    std = {"q_num_heads": heads, "kv_num_heads": int(at.get("kv_num_heads", heads)), "scale": float(at["scale"]), "is_causal": 0,
            "__n_outputs__": 1}
     mask = ins[3] if len(ins) > 3 and ins[3] is not None else None
     if mask is not None:

@@ -3,7 +3,7 @@ spelled as ONNX Runtime's com.microsoft ops of those names for `--target ort`.
 
 Standard ONNX has no fused conv+activation op, so for `--target onnx` the rules are off (lower.py switches
 a rule off when its kind has no spelling for the target); `--target graphopt` keeps the canonical node, which
-kernels/cpu/fused.py executes. The canonical node carries exactly ORT's attributes, so spelling it for ORT
+kernels/cpu/conv_activation.py executes. The canonical node carries exactly ORT's attributes, so spelling it for ORT
 only changes the domain. What ORT 1.32 CPU executes (checked by running both kernels against an unfused
 reference, optimizations on and off):
   FusedConv  activation in {Relu, Tanh, Sigmoid, LeakyRelu[alpha], Clip[min, max], HardSigmoid[alpha, beta],
@@ -11,7 +11,7 @@ reference, optimizations on and off):
   FusedGemm  activation in {Relu, Tanh, Sigmoid, LeakyRelu, HardSigmoid}; parameters in activation_alpha /
              activation_beta (Clip and HardSwish are refused by its kernel).
 SiLU (x*Sigmoid(x)) is in neither list; it becomes QuickGelu(alpha=1) = x*sigmoid(1*x) instead (a separate node;
-kernels/cpu/fused.py runs it for --target graphopt).
+kernels/cpu/gelu.py runs it for --target graphopt).
 """
 from __future__ import annotations
 

@@ -26,6 +26,8 @@ from graphopt import ir
 from graphopt.compiler.targets import (FUSED, NO_KERNEL, ORT, SPELLINGS, emit, register_spelling,  # noqa: F401
                                        spell_all, target_of, unavailable)
 
+from .attention_shapes import repeat_cache, repeat_heads
+
 # ---------------------------------------------------------------- spelling helpers
 
 def to_domain(domain: str, op: str | None = None, keep=None, drop=(), rename=None) -> Callable:
@@ -126,7 +128,7 @@ def _mask_rows(graph, node, mask: gs.Tensor) -> gs.Tensor:
         return mask
     source = _projected_from(q)
     self_attention = source is not None and source is _projected_from(k) and mask.shape is not None \
-        and len(mask.shape) == 4
+        and len(mask.shape) == 4 and len(node.inputs) <= 4  # with a KV cache the keys outnumber the queries
     base = ir.fresh_name(f"{node.name or 'attention'}_mask")
 
     def add(op, inputs, attrs=None, dtype=np.int64, shape=None):
@@ -184,10 +186,19 @@ def _packed_projection(graph, node, dtypes=(np.float32,), own_weights=False):
 def _attention(graph, node, opset, ort: bool):
     q, k, v = node.inputs[:3]
     mask = node.inputs[3] if len(node.inputs) > 3 and not node.inputs[3].is_empty() else None
+    past = list(node.inputs[4:6]) if len(node.inputs) > 5 else []  # KV cache: (past_k, past_v) -> present outputs
     if mask is not None:
         mask = _mask_rows(graph, node, mask)
     heads, scale = node.attrs["num_heads"], float(node.attrs["scale"])
-    packed = _packed_projection(graph, node) if ort else None
+    kv_heads = int(node.attrs.get("kv_num_heads", heads))
+    if ort and node.attrs.get("nan_probs_to_zero"):
+        _zero_nan_rows(graph, node)
+    if ort and kv_heads != heads:  # ORT's contrib ops take as many K/V heads as query heads
+        node.inputs[1], node.inputs[2] = (repeat_heads(graph, t, kv_heads, heads // kv_heads) for t in node.inputs[1:3])
+        q, k, v = node.inputs[:3]
+        if past:
+            past = [repeat_cache(graph, node, i, kv_heads, heads // kv_heads) for i in (0, 1)]
+    packed = _packed_projection(graph, node) if ort and not past else None
     if packed is not None:  # ORT's own Attention: one GEMM for the three projections
         x, weight, bias, dead = packed
         empty = gs.Variable.empty()
@@ -198,12 +209,26 @@ def _attention(graph, node, opset, ort: bool):
         graph.nodes = [n for n in graph.nodes if all(n is not d for d in dead)]
     elif ort:
         empty = gs.Variable.empty()
-        node.inputs = [q, k, v] + ([empty, empty, mask] if mask is not None else [])
+        node.inputs = [q, k, v] + ([empty, empty, mask if mask is not None else empty] + past
+                                   if mask is not None or past else [])
         node.domain, node.op, node.attrs = ORT, "MultiHeadAttention", {"num_heads": heads, "scale": scale}
     else:
-        node.inputs = [q, k, v] + ([mask] if mask is not None else [])
+        node.inputs = [q, k, v] + ([mask if mask is not None else gs.Variable.empty()] + past
+                                   if mask is not None or past else [])
         node.domain, node.op = None, "Attention"
-        node.attrs = {"q_num_heads": heads, "kv_num_heads": heads, "scale": scale}
+        node.attrs = {"q_num_heads": heads, "kv_num_heads": kv_heads, "scale": scale}
+
+
+def _zero_nan_rows(graph, node) -> None:
+    """ORT's contrib attention gives NaN where the mask hides a whole row; the export's
+    Where(IsNaN(p), 0, p) gave 0 there: the same guard on the output (a NaN row stays a NaN row)."""
+    y = node.outputs[0]
+    raw = gs.Variable(ir.fresh_name(f"{y.name}_raw"), dtype=y.dtype, shape=y.shape)
+    nan = gs.Variable(ir.fresh_name(f"{y.name}_isnan"), dtype=np.bool_, shape=y.shape)
+    zero = gs.Constant(ir.fresh_name(f"{y.name}_zero"), np.zeros((), np.dtype(y.dtype or np.float32)))
+    node.outputs[0] = raw
+    graph.nodes += [gs.Node("IsNaN", name=ir.fresh_name(f"{node.name}_IsNaN"), inputs=[raw], outputs=[nan]),
+                    gs.Node("Where", name=ir.fresh_name(f"{node.name}_Where"), inputs=[nan, zero, raw], outputs=[y])]
 
 
 def _attention_graphopt(graph, node, opset) -> bool:

@@ -216,6 +216,9 @@ def _layernorm_rules():
                 Rule(kind + "-reciprocal" + suffix, Op("Mul", top, Op("Reciprocal", std), commutative=True,
                                                       name="norm"), make, check),
                 # x * 1/sqrt(mean(x^2) + eps) -> the same
+                Rule(kind + "-reciprocal" + suffix, Op("Mul", top, Op("Div", Const("one", all_equal(1)), std),
+                                                      commutative=True, name="norm"), make, check),
+                # x * Div(1, sqrt(...)): torch's rsqrt as the TorchScript exporter writes it
             ]
     return rules
 

@@ -1,4 +1,4 @@
-"""FusedConv's in-place activations (kernels/cpu/fused.py _activate): Conv + activation
+"""FusedConv's in-place activations (kernels/cpu/conv_activation.py _activate): Conv + activation
 compiled to ai.graphopt FusedConv, run by graphopt.Session, against ONNX Runtime on the model as
 written, with NaN and infinities in the input (clip and max must propagate/saturate as ORT does)."""
 from __future__ import annotations

@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from graphopt.kernels.cpu import fused, norm
+from graphopt.kernels.cpu import attention, gelu, layernorm
 from graphopt.kernels.registry import DYNAMIC
 
 RNG = np.random.default_rng(7)
@@ -50,7 +50,7 @@ def test_skip_layer_norm(dtype, sum_out, const):
                     helper.make_node("LayerNormalization", ["s", "g", "b"], ["y"], axis=-1, epsilon=1e-12)],
                    {"x": x, "r": r, "g": g, "b": b}, ["y", "s"], 17)
     attrs = {"epsilon": 1e-12, "__n_outputs__": 4 if sum_out else 1}
-    for got in both_paths(fused.skip_layer_norm, fused.prepare_skip_layer_norm, [x, r, g, b], attrs,
+    for got in both_paths(layernorm.skip_layer_norm, layernorm.prepare_skip_layer_norm, [x, r, g, b], attrs,
                           {2, 3} if const and dtype == np.float32 else set()):
         tol = 2e-3 if dtype == np.float16 else 1e-5
         assert got[0].dtype == dtype and got[0].shape == x.shape
@@ -72,7 +72,7 @@ def test_layer_norm(axis, bias):
     want = ort_run([helper.make_node("LayerNormalization", names, ["y"], axis=axis, epsilon=1e-5)], feed, ["y"], 17)
     args = [x, g, b] if bias else [x, g]
     const = {1, 2} if axis == -1 else set()  # the hook takes only the last axis
-    for got in both_paths(fused.layer_norm, fused.prepare_layer_norm, args, {"axis": axis, "epsilon": 1e-5},
+    for got in both_paths(layernorm.layer_norm, layernorm.prepare_layer_norm, args, {"axis": axis, "epsilon": 1e-5},
                           const if bias else ({1} if axis == -1 else set())):
         np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(x, x_before)
@@ -86,20 +86,20 @@ def test_standard_layer_norm_takes_the_prepared_path_when_only_y_is_used(bias):
     feed = dict(zip(names, [x, g, b]))
     want = ort_run([helper.make_node("LayerNormalization", names, ["y"], axis=-1, epsilon=1e-5)], feed, ["y"], 17)
     attrs = {"axis": -1, "epsilon": 1e-5, "stash_type": 1, "__n_outputs__": 1}
-    got = both_paths(norm.layer_norm, fused.prepare_onnx_layer_norm, [feed[n] for n in names], attrs,
+    got = both_paths(layernorm.onnx_layer_norm, layernorm.prepare_onnx_layer_norm, [feed[n] for n in names], attrs,
                      set(range(1, len(names))))
     assert len(got) == 2  # generic and prepared
     for g_ in got:
         np.testing.assert_allclose(g_[0], want[0], rtol=1e-4, atol=1e-4)
     consts = [DYNAMIC, g, b if bias else None]
     # Mean / InvStdDev wanted, or another axis: the generic kernel, which computes them
-    assert fused.prepare_onnx_layer_norm({**attrs, "__n_outputs__": 3}, consts, norm.layer_norm) is None
-    assert fused.prepare_onnx_layer_norm({**attrs, "axis": 1}, consts, norm.layer_norm) is None
+    assert layernorm.prepare_onnx_layer_norm({**attrs, "__n_outputs__": 3}, consts, layernorm.onnx_layer_norm) is None
+    assert layernorm.prepare_onnx_layer_norm({**attrs, "axis": 1}, consts, layernorm.onnx_layer_norm) is None
 
 
 def test_layer_norm_hook_falls_back_on_another_dtype_or_width():
     g = data(16)
-    run = fused.prepare_layer_norm({"axis": -1, "epsilon": 1e-5}, [DYNAMIC, g, None], fused.layer_norm)
+    run = layernorm.prepare_layer_norm({"axis": -1, "epsilon": 1e-5}, [DYNAMIC, g, None], layernorm.layer_norm)
     x16 = data(2, 16, dtype=np.float16)
     want = ort_run([helper.make_node("LayerNormalization", ["x", "g"], ["y"], axis=-1, epsilon=1e-5)],
                    {"x": x16, "g": g.astype(np.float16)}, ["y"], 17)[0]
@@ -117,11 +117,11 @@ def test_bias_gelu(approximate):
     want = ort_run([helper.make_node("Add", ["x", "b"], ["s"]),
                     helper.make_node("Gelu", ["s"], ["y"], approximate=approximate)], {"x": x, "b": b}, ["y"], 20)[0]
     attrs = {"approximate": approximate}
-    for got in both_paths(fused.bias_gelu, fused.prepare_bias_gelu, [x, b], attrs, {1}):
+    for got in both_paths(gelu.bias_gelu, gelu.prepare_bias_gelu, [x, b], attrs, {1}):
         assert got[0].dtype == np.float32
         np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(x, np.repeat(x[..., :1], 8, axis=2))  # x was not written into
-    nan = fused.gelu([np.array([np.nan, np.inf], np.float32)], {"approximate": approximate})[0]
+    nan = gelu.gelu([np.array([np.nan, np.inf], np.float32)], {"approximate": approximate})[0]
     assert np.isnan(nan[0]) and nan[1] == np.inf
 
 
@@ -151,7 +151,7 @@ def test_attention(mask):
         feed.pop("m")
     want = ort_run(nodes, feed, ["y"], 17)[0]
     args = [q, k, v, m] if mask else [q, k, v]
-    got = fused.attention(args, {"num_heads": heads, "scale": 0.3})[0]
+    got = attention.graphopt_attention(args, {"num_heads": heads, "scale": 0.3})[0]
     assert got.shape == want.shape and got.flags.c_contiguous
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
@@ -163,7 +163,7 @@ def test_quick_gelu(alpha, dtype):
     sigmoid is an approximation clamped near -18: absolute differences up to ~1.5e-6 where it saturates)."""
     x = (data(4, 33, dtype=np.float32) * 20).astype(dtype)
     x[0, :3] = [-100, 100, 0]
-    got = fused.quick_gelu([x], {"alpha": alpha})[0]
+    got = gelu.quick_gelu([x], {"alpha": alpha})[0]
     assert got.dtype == x.dtype and got.shape == x.shape
     x64 = x.astype(np.float64)
     exact = x64 / (1 + np.exp(-np.float64(dtype(alpha)) * x64))
