@@ -21,7 +21,7 @@ import onnx_graphsurgeon as gs
 from graphopt import ir
 from graphopt.rewrite import Const, Op, Rule, Var, all_equal, attr_value
 
-from .common import axes_of, axis_vector, optional_input, out_like
+from .common import axes_of, axis_vector, out_like
 from .lower import FUSED, ORT, emit, register_fusion_rules, register_spelling, to_domain
 
 KIND = "SkipSimplifiedLayerNormalization"
