@@ -7,8 +7,12 @@
     RotaryEmbedding(X, cos, sin; num_heads, interleaved=0)
         the standard op's 3-D form without position_ids (passes/fusion/rotary.py emits it); cos/sin
         (B|1, S, D/2) broadcast over the batch as the export's Mul did
+    SiluMul(G, U)
+        G * sigmoid(G) * U, the SiLU-gated MLP's gate (passes/fusion/gated_mlp.py), G and U of one shape
 """
 from __future__ import annotations
+
+import numpy as np
 
 from ..registry import kernel
 from . import attention, fused
@@ -26,3 +30,11 @@ def skip_simplified_layer_norm(ins, at):
 
 
 kernel("RotaryEmbedding", 1, domain=DOMAIN)(attention.rotary_embedding)
+
+
+@kernel("SiluMul", 1, domain=DOMAIN)
+def silu_mul(ins, at):
+    g, u = ins
+    y = fused.quick_gelu([g], {"alpha": 1.0})[0]  # a fresh array: the product is written into it
+    np.multiply(y, u, out=y)
+    return (y,)
