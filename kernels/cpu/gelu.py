@@ -4,6 +4,8 @@ and ONNX Runtime's com.microsoft ops of the same semantics, on one implementatio
     Gelu(X; approximate)            0.5*x*(1+erf(x/sqrt2)), or the tanh form
     BiasGelu(X, B; approximate)     Gelu(X + B)
     QuickGelu(X; alpha=1.702)       X * sigmoid(alpha * X), as ORT's (alpha 1: SiLU / Swish)
+    SiluMul(G, U)                   G * sigmoid(G) * U, the SiLU-gated MLP's gate (passes/fusion/gated_mlp.py),
+                                    G and U of one shape
     com.microsoft: Gelu (erf), FastGelu(X, bias?) (tanh form of X + bias), BiasGelu (erf), QuickGelu
 """
 from __future__ import annotations
@@ -132,6 +134,14 @@ def _x_sigmoid(x: np.ndarray, neg_alpha) -> np.ndarray:
     np.exp(gate, gate)
     np.add(gate, ONE.get(gate.dtype, 1), gate)
     return np.divide(x, gate, gate)
+
+
+@kernel("SiluMul", 1, domain=DOMAIN, shape_from_shapes=True)
+def silu_mul(ins, at):
+    g, u = ins
+    y = quick_gelu([g], {"alpha": 1.0})[0]  # a fresh array: the product is written into it
+    np.multiply(y, u, out=y)
+    return (y,)
 
 
 # ---------------------------------------------------------------- ONNX Runtime's com.microsoft spellings

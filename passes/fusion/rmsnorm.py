@@ -23,7 +23,7 @@ from graphopt.compiler.rewrite import Const, Op, Rule, Var, all_equal, attr_valu
 
 from graphopt.compiler.pass_manager import register_rules
 
-from .common import axes_of, axis_vector, optional_input, out_like
+from .common import axes_of, axis_vector, out_like
 from .lower import FUSED, ORT, emit, register_spelling, to_domain
 
 KIND = "SkipSimplifiedLayerNormalization"
