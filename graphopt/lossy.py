@@ -63,7 +63,7 @@ def _checked(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def int8_static(model: onnx.ModelProto, calib, method: str = "minmax", percentile: float = 99.99,
                 exclude=(), keep_final: bool = True, progress=None, ranges: dict | None = None,
-                fmt: str = "qdq", activations: str = "int8"):
+                fmt: str = "qdq", activations: str = "int8", weight_bits: int | None = None):
     from .passes.quantize import apply_static, plan_static
     from .passes.quantize.common import ModelView, check_exclude_names
     from .passes.quantize.static import activation_sqnr
@@ -77,7 +77,7 @@ def int8_static(model: onnx.ModelProto, calib, method: str = "minmax", percentil
     if ranges is None:
         ranges = calibrate(model, plan.tensors, calib, method, percentile, progress)
     q, rep = apply_static(model, ranges, exclude=exclude, keep_final=keep_final, activations=activations,
-                          const_operands=const_operands)
+                          const_operands=const_operands, weight_bits=weight_bits)
     if fmt == "qoperator":
         from .passes.quantize.qoperator import to_qoperator
         q, _ = to_qoperator(q)
