@@ -31,9 +31,11 @@ class LossyReport:
     size_after: int = 0
     agreement: dict = field(default_factory=dict)   # metric -> error vs float, and on which data
     table: str = ""
+    format_choice: str = ""   # what --int8-activations auto chose for this CPU, and why
 
     def to_text(self) -> str:
-        lines = [f"{self.mode}: {len(self.quantized)} node(s) quantized, {len(self.kept_float)} kept float; "
+        lines = [self.format_choice] if self.format_choice else []
+        lines += [f"{self.mode}: {len(self.quantized)} node(s) quantized, {len(self.kept_float)} kept float; "
                  f"size {self.size_before / 2**20:.2f} MiB -> {self.size_after / 2**20:.2f} MiB "
                  f"({self.size_before / max(self.size_after, 1):.2f}x smaller)"]
         for name, reason in list(self.kept_float.items())[:20]:
@@ -63,15 +65,19 @@ def _checked(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def int8_static(model: onnx.ModelProto, calib, method: str = "minmax", percentile: float = 99.99,
                 exclude=(), keep_final: bool = True, progress=None, ranges: dict | None = None,
-                fmt: str = "qdq", activations: str = "int8", weight_bits: int | None = None):
+                fmt: str = "qdq", activations: str = "auto", weight_bits: int | None = None):
+    """activations: "auto" (the format ONNX Runtime runs fastest on this CPU, see
+    passes/quantize/cpu_format.py), or "int8" (S8S8) / "uint8" (U8S8) forced."""
     from .passes.quantize import apply_static, plan_static
+    from .passes.quantize.cpu_format import resolve
     from .passes.quantize.common import ModelView, check_exclude_names
     from .passes.quantize.static import activation_sqnr
     if calib is None and ranges is None:
         raise UsageError("--int8 static needs calibration data (--calib DATA)")
     check_exclude_names(ModelView(model), exclude)
-    if activations not in ("int8", "uint8"):
-        raise UsageError(f"--int8-activations must be int8 or uint8, got '{activations}'")
+    if activations not in ("auto", "int8", "uint8"):
+        raise UsageError(f"--int8-activations must be auto, int8 or uint8, got '{activations}'")
+    activations, weight_bits, choice = resolve(activations, weight_bits)
     const_operands = activations == "uint8"  # the fast U8S8 path: Add/Mul with constants run int8 too
     plan = plan_static(model, exclude=exclude, keep_final=keep_final, const_operands=const_operands)
     if ranges is None:
@@ -83,9 +89,11 @@ def int8_static(model: onnx.ModelProto, calib, method: str = "minmax", percentil
         q, _ = to_qoperator(q)
     elif fmt != "qdq":
         raise UsageError(f"unknown --int8-format '{fmt}' (qdq or qoperator)")
-    form = ("QDQ" if fmt == "qdq" else "QOperator") + (" S8S8" if activations == "int8" else " U8S8")
+    form = ("QDQ" if fmt == "qdq" else "QOperator") + (" S8S8" if activations == "int8" else " U8S8") \
+        + (f", {weight_bits}-bit weights" if weight_bits is not None else "")
     report = LossyReport(f"int8 static ({form})", rep.weights, {}, rep.nodes, rep.kept_float,
                          model.ByteSize(), q.ByteSize())
+    report.format_choice = choice.to_text() if choice else ""
     # activation SQNR on the first calibration feed (when the data can be read twice: not a generator)
     if isinstance(calib, (str, Path, list, tuple)) and plan.tensors:
         from .calibrate import _runner
@@ -115,7 +123,7 @@ def agreement(model: onnx.ModelProto, quantized: onnx.ModelProto, feeds: list[di
 
 def with_budget(model: onnx.ModelProto, mode: str, eval_data, budget: float, metric: str = "top1",
                 best_effort: bool = False, calib=None, method: str = "minmax", percentile: float = 99.99,
-                exclude=(), keep_final=None, progress=None, fmt: str = "qdq", activations: str = "int8"):
+                exclude=(), keep_final=None, progress=None, fmt: str = "qdq", activations: str = "auto"):
     """Search fallbacks until the error on eval_data stays within `budget`; returns the fastest
     candidate inside it (BudgetNotMet when none is, unless best_effort)."""
     if eval_data is None:
@@ -130,18 +138,22 @@ def with_budget(model: onnx.ModelProto, mode: str, eval_data, budget: float, met
     say = progress or (lambda msg: None)
     if mode == "static":
         from .passes.quantize import plan_static
+        from .passes.quantize.cpu_format import resolve
+        activations, weight_bits, choice = resolve(activations)  # once, so every candidate has one format
+        if choice:
+            say(choice.to_text())
         kf = True if keep_final is None else keep_final
         plan = plan_static(model, exclude=exclude, keep_final=kf, const_operands=activations == "uint8")
         ranges = calibrate(model, plan.tensors, calib, method, percentile, progress) if calib is not None else None
         if ranges is None:
             raise UsageError("--int8 static needs calibration data (--calib DATA)")
         first, first_report = int8_static(model, calib, exclude=exclude, keep_final=kf, ranges=ranges,
-                                          activations=activations)
+                                          activations=activations, weight_bits=weight_bits)
         layers = list(first_report.quantized)  # weighted nodes and the int8 Add/Concat/pool islands
 
         def build(fallback):
             return int8_static(model, None, exclude=list(exclude) + list(fallback), keep_final=kf, ranges=ranges,
-                               fmt=fmt, activations=activations)[0]
+                               fmt=fmt, activations=activations, weight_bits=weight_bits)[0]
     elif mode == "dynamic":
         kf = False if keep_final is None else keep_final
         first, first_report = int8_dynamic(model, exclude=exclude, keep_final=kf)
@@ -157,10 +169,13 @@ def with_budget(model: onnx.ModelProto, mode: str, eval_data, budget: float, met
     table = _budget.table(cands, _budget.latency_ms(model, feeds[0]), model.ByteSize(), budget)
     chosen = _budget.choose(cands, budget, best_effort)  # raises BudgetNotMet -> nothing written
     final, report = (int8_static(model, None, exclude=list(exclude) + chosen.float_layers, keep_final=kf,
-                                 ranges=ranges, fmt=fmt, activations=activations) if mode == "static"
+                                 ranges=ranges, fmt=fmt, activations=activations, weight_bits=weight_bits)
+                     if mode == "static"
                      else int8_dynamic(model, exclude=list(exclude) + chosen.float_layers, keep_final=kf))
     report.table = table + f"\nchosen: '{chosen.name}' ({metric} error {chosen.error:.4g} <= {budget:g})" \
         if chosen.error <= budget else table + f"\nbest effort: '{chosen.name}' (error {chosen.error:.4g} > {budget:g})"
     report.agreement = {f"{metric} error (eval, {len(feeds)} feeds)": round(chosen.error, 6)}
+    if mode == "static" and choice:
+        report.format_choice = choice.to_text()
     return final, report
 

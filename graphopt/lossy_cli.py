@@ -29,9 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--int8-format", choices=["qdq", "qoperator"], default="qdq",
                    help="qdq: QuantizeLinear/DequantizeLinear pairs, S8S8 (the form ONNX Runtime recommends on x86); "
                         "qoperator: QLinearConv/QLinearMatMul where an island allows it")
-    g.add_argument("--int8-activations", choices=["int8", "uint8"], default="int8",
-                   help="activation type: int8 (S8S8, default) or uint8 (U8S8; ONNX Runtime on AVX2 CPUs without "
-                        "VNNI fuses more of these into integer kernels)")
+    g.add_argument("--int8-activations", choices=["auto", "int8", "uint8"], default="auto",
+                   help="activation type: auto (default: the format ONNX Runtime runs fastest on this CPU, chosen from "
+                        "its features and printed), int8 (S8S8) or uint8 (U8S8) forced")
     g.add_argument("--int8-exclude", type=_csv, default=[], metavar="NODE_OR_OP,...",
                    help="node names or op types to keep in float")
     g.add_argument("--int8-include-final", action="store_true",
