@@ -32,6 +32,7 @@ class LossyReport:
     agreement: dict = field(default_factory=dict)   # metric -> error vs float, and on which data
     table: str = ""
     format_choice: str = ""   # what --int8-activations auto chose for this CPU, and why
+    ort_fusion: str = ""      # what ONNX Runtime fuses of the result (integer kernels, float ops left between)
 
     def to_text(self) -> str:
         lines = [self.format_choice] if self.format_choice else []
@@ -50,6 +51,8 @@ class LossyReport:
                 lines.append(f"  {db:>18.1f}  {name}")
         for k, v in self.agreement.items():
             lines.append(f"  agreement with float: {k} = {v}")
+        if self.ort_fusion:
+            lines.append(f"  {self.ort_fusion}")
         if self.table:
             lines.append(self.table)
         return "\n".join(lines)
@@ -63,11 +66,23 @@ def _checked(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def int8_friendly(model: onnx.ModelProto, activations: str) -> tuple[onnx.ModelProto, int]:
+    """The float-exact rewrites that help ORT stay in integer kernels for this activation type:
+    with uint8 (U8S8, where ORT fuses a depthwise Conv) HardSigmoid/HardSwish become a depthwise
+    1x1 Conv + Clip (passes/quantize/int8_friendly.py). Idempotent; (model, nodes rewritten)."""
+    if activations != "uint8":
+        return model, 0
+    from .passes.quantize.int8_friendly import hard_sigmoid_as_conv
+    return hard_sigmoid_as_conv(model)
+
+
 def int8_static(model: onnx.ModelProto, calib, method: str = "minmax", percentile: float = 99.99,
                 exclude=(), keep_final: bool = True, progress=None, ranges: dict | None = None,
-                fmt: str = "qdq", activations: str = "auto", weight_bits: int | None = None):
+                fmt: str = "qdq", activations: str = "auto", weight_bits: int | None = None,
+                ort_report: bool = False):
     """activations: "auto" (the format ONNX Runtime runs fastest on this CPU, see
-    passes/quantize/cpu_format.py), or "int8" (S8S8) / "uint8" (U8S8) forced."""
+    passes/quantize/cpu_format.py), or "int8" (S8S8) / "uint8" (U8S8) forced.
+    ort_report: add what ONNX Runtime fuses of the result to the report (builds one ORT session)."""
     from .passes.quantize import apply_static, plan_static
     from .passes.quantize.cpu_format import resolve
     from .passes.quantize.common import ModelView, check_exclude_names
@@ -79,6 +94,8 @@ def int8_static(model: onnx.ModelProto, calib, method: str = "minmax", percentil
         raise UsageError(f"--int8-activations must be auto, int8 or uint8, got '{activations}'")
     activations, weight_bits, choice = resolve(activations, weight_bits)
     const_operands = activations == "uint8"  # the fast U8S8 path: Add/Mul with constants run int8 too
+    original = model
+    model, rewritten = int8_friendly(model, activations)
     plan = plan_static(model, exclude=exclude, keep_final=keep_final, const_operands=const_operands)
     if ranges is None:
         ranges = calibrate(model, plan.tensors, calib, method, percentile, progress)
@@ -92,8 +109,15 @@ def int8_static(model: onnx.ModelProto, calib, method: str = "minmax", percentil
     form = ("QDQ" if fmt == "qdq" else "QOperator") + (" S8S8" if activations == "int8" else " U8S8") \
         + (f", {weight_bits}-bit weights" if weight_bits is not None else "")
     report = LossyReport(f"int8 static ({form})", rep.weights, {}, rep.nodes, rep.kept_float,
-                         model.ByteSize(), q.ByteSize())
-    report.format_choice = choice.to_text() if choice else ""
+                         original.ByteSize(), q.ByteSize())
+    report.format_choice = "\n".join(filter(None, [
+        choice.to_text() if choice else "",
+        f"  {rewritten} HardSigmoid/HardSwish rewritten as depthwise 1x1 Conv + Clip (integer kernels in ORT)"
+        if rewritten else ""]))
+    if ort_report:
+        from .passes.quantize.ort_fusion import fusion_summary
+        fused = fusion_summary(q)
+        report.ort_fusion = fused.to_text() if fused else "ONNX Runtime could not load the model: no fusion summary"
     # activation SQNR on the first calibration feed (when the data can be read twice: not a generator)
     if isinstance(calib, (str, Path, list, tuple)) and plan.tensors:
         from .calibrate import _runner
@@ -143,16 +167,17 @@ def with_budget(model: onnx.ModelProto, mode: str, eval_data, budget: float, met
         if choice:
             say(choice.to_text())
         kf = True if keep_final is None else keep_final
-        plan = plan_static(model, exclude=exclude, keep_final=kf, const_operands=activations == "uint8")
-        ranges = calibrate(model, plan.tensors, calib, method, percentile, progress) if calib is not None else None
+        source, _ = int8_friendly(model, activations)  # float-exact: refs above stay valid
+        plan = plan_static(source, exclude=exclude, keep_final=kf, const_operands=activations == "uint8")
+        ranges = calibrate(source, plan.tensors, calib, method, percentile, progress) if calib is not None else None
         if ranges is None:
             raise UsageError("--int8 static needs calibration data (--calib DATA)")
-        first, first_report = int8_static(model, calib, exclude=exclude, keep_final=kf, ranges=ranges,
+        first, first_report = int8_static(source, calib, exclude=exclude, keep_final=kf, ranges=ranges,
                                           activations=activations, weight_bits=weight_bits)
         layers = list(first_report.quantized)  # weighted nodes and the int8 Add/Concat/pool islands
 
         def build(fallback):
-            return int8_static(model, None, exclude=list(exclude) + list(fallback), keep_final=kf, ranges=ranges,
+            return int8_static(source, None, exclude=list(exclude) + list(fallback), keep_final=kf, ranges=ranges,
                                fmt=fmt, activations=activations, weight_bits=weight_bits)[0]
     elif mode == "dynamic":
         kf = False if keep_final is None else keep_final
@@ -168,7 +193,7 @@ def with_budget(model: onnx.ModelProto, mode: str, eval_data, budget: float, met
     cands = _budget.search(build, layers, feeds, refs, metric_f, budget, say)
     table = _budget.table(cands, _budget.latency_ms(model, feeds[0]), model.ByteSize(), budget)
     chosen = _budget.choose(cands, budget, best_effort)  # raises BudgetNotMet -> nothing written
-    final, report = (int8_static(model, None, exclude=list(exclude) + chosen.float_layers, keep_final=kf,
+    final, report = (int8_static(source, None, exclude=list(exclude) + chosen.float_layers, keep_final=kf,
                                  ranges=ranges, fmt=fmt, activations=activations, weight_bits=weight_bits)
                      if mode == "static"
                      else int8_dynamic(model, exclude=list(exclude) + chosen.float_layers, keep_final=kf))
@@ -176,6 +201,6 @@ def with_budget(model: onnx.ModelProto, mode: str, eval_data, budget: float, met
         if chosen.error <= budget else table + f"\nbest effort: '{chosen.name}' (error {chosen.error:.4g} > {budget:g})"
     report.agreement = {f"{metric} error (eval, {len(feeds)} feeds)": round(chosen.error, 6)}
     if mode == "static" and choice:
-        report.format_choice = choice.to_text()
+        report.format_choice = "\n".join(filter(None, [choice.to_text(), report.format_choice]))
     return final, report
 

@@ -138,7 +138,7 @@ def apply(args, model: onnx.ModelProto, quiet: bool = False) -> onnx.ModelProto:
     elif args.int8 == "static":
         out, report = lossy.int8_static(model, args.calib, args.calib_method, args.percentile, args.int8_exclude,
                                         keep_final is None, say, fmt=args.int8_format,
-                                        activations=args.int8_activations)
+                                        activations=args.int8_activations, ort_report=True)
     else:
         out, report = lossy.int8_dynamic(model, args.int8_exclude, keep_final=False)
     if args.eval and args.accuracy_budget is None:
