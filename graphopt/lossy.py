@@ -101,6 +101,8 @@ def int8_static(model: onnx.ModelProto, calib, method: str = "minmax", percentil
         ranges = calibrate(model, plan.tensors, calib, method, percentile, progress)
     q, rep = apply_static(model, ranges, exclude=exclude, keep_final=keep_final, activations=activations,
                           const_operands=const_operands, weight_bits=weight_bits)
+    from .passes.quantize.qdq_fold import fold_scalar_affine
+    q, folded = fold_scalar_affine(q)  # scalar Mul/Add between quantized tensors: new scale/zero point instead
     if fmt == "qoperator":
         from .passes.quantize.qoperator import to_qoperator
         q, _ = to_qoperator(q)
@@ -113,7 +115,8 @@ def int8_static(model: onnx.ModelProto, calib, method: str = "minmax", percentil
     report.format_choice = "\n".join(filter(None, [
         choice.to_text() if choice else "",
         f"  {rewritten} HardSigmoid/HardSwish rewritten as depthwise 1x1 Conv + Clip (integer kernels in ORT)"
-        if rewritten else ""]))
+        if rewritten else "",
+        f"  {folded} scalar Mul/Div/Add between quantized tensors folded into scale / zero point" if folded else ""]))
     if ort_report:
         from .passes.quantize.ort_fusion import fusion_summary
         fused = fusion_summary(q)

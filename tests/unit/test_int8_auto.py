@@ -158,3 +158,57 @@ def test_u8s8_keeps_mobilenet_gates_in_integer_kernels():
     assert fusion_summary(plain).float_between["HardSigmoid"] >= 1
     errs = [qm.cosine_err(_ort(model).run(None, f)[0], _ort(q, optimize=True).run(None, f)[0]) for f in evals]
     assert max(errs) < 2e-3  # measured ~3e-4
+
+
+# PP-OCRv4's "learnable affine block": an activation times a scalar plus a scalar, between Convs
+AFFINE = """<ir_version: 8, opset_import: ["": 17]>
+affine (float[N,3,8,8] x) => (float[N,8,8,8] y) {
+  c1 = Conv<pads=[1,1,1,1]>(x, w1, b1)
+  m = Mul(scale, c1)
+  a = Add(m, shift)
+  n = Mul(a, negative)
+  y = Conv<pads=[1,1,1,1]>(n, w2, b2)
+}"""
+
+
+def affine_model(shift=0.3):
+    model = onnx.parser.parse_model(AFFINE)
+    rng = np.random.default_rng(5)
+    values = {"w1": rng.normal(0, 0.3, (8, 3, 3, 3)), "b1": rng.normal(0, 0.1, (8,)),
+              "w2": rng.normal(0, 0.2, (8, 8, 3, 3)), "b2": rng.normal(0, 0.1, (8,)),
+              "scale": np.array([0.7]), "shift": np.array([shift]), "negative": np.array([-1.3])}
+    model.graph.initializer.extend(numpy_helper.from_array(v.astype(np.float32), k) for k, v in values.items())
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+@pytest.mark.parametrize("acts", ["uint8", "int8"])
+def test_scalar_affine_ops_fold_into_quantization_parameters(acts):
+    from graphopt.calibrate import calibrate
+    from graphopt.passes.quantize import apply_static, plan_static
+    from graphopt.passes.quantize.qdq_fold import fold_scalar_affine
+    model = affine_model()
+    calib, evals = qm.feeds("x", (2, 3, 8, 8), 6, seed=1), qm.feeds("x", (2, 3, 8, 8), 4, seed=8)
+    ranges = calibrate(model, plan_static(model, keep_final=False, const_operands=True).tensors, calib)
+    plain, _ = apply_static(model, ranges, keep_final=False, activations=acts, const_operands=acts == "uint8",
+                            weight_bits=8)
+    folded, count = fold_scalar_affine(plain)
+    onnx.checker.check_model(folded, full_check=True)
+    ops = [n.op_type for n in folded.graph.node]
+    if acts == "uint8":  # Mul 0.7 and Add 0.3 fold; Mul by -1.3 would flip the order of the integers: kept
+        assert count == 2 and ops.count("Mul") == 1 and "Add" not in ops
+    else:  # S8S8 keeps constant-operand ops float: no Q after the Mul 0.7 / Add 0.3, nothing to fold
+        assert count == 0 and ops.count("Mul") == 2 and ops.count("Add") == 1
+    for feed in evals:  # against the float model (ORT): no worse than the unfolded quantized model
+        want = _ort(model).run(None, feed)[0]
+        err_plain = np.abs(_ort(plain).run(None, feed)[0] - want).max()
+        err_folded = np.abs(_ort(folded).run(None, feed)[0] - want).max()
+        assert err_folded <= err_plain * 1.5 + 1e-6 and err_folded < 0.05 * np.abs(want).max()
+
+
+def test_add_fold_refused_when_the_zero_point_leaves_the_type():
+    from graphopt.passes.quantize.qdq_fold import fold_scalar_affine
+    model = affine_model(shift=1000.0)  # 1000 / scale is far beyond 255 steps
+    q, _ = lossy.int8_static(model, qm.feeds("x", (2, 3, 8, 8), 4, seed=1), activations="uint8", keep_final=False)
+    assert "Add" in [n.op_type for n in q.graph.node]
+    assert fold_scalar_affine(q)[1] == 0
