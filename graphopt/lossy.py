@@ -79,10 +79,12 @@ def int8_friendly(model: onnx.ModelProto, activations: str) -> tuple[onnx.ModelP
 def int8_static(model: onnx.ModelProto, calib, method: str = "minmax", percentile: float = 99.99,
                 exclude=(), keep_final: bool = True, progress=None, ranges: dict | None = None,
                 fmt: str = "qdq", activations: str = "auto", weight_bits: int | None = None,
-                ort_report: bool = False):
+                ort_report: bool = False, bias_correction: bool = False):
     """activations: "auto" (the format ONNX Runtime runs fastest on this CPU, see
     passes/quantize/cpu_format.py), or "int8" (S8S8) / "uint8" (U8S8) forced.
-    ort_report: add what ONNX Runtime fuses of the result to the report (builds one ORT session)."""
+    ort_report: add what ONNX Runtime fuses of the result to the report (builds one ORT session).
+    bias_correction: fold the mean output shift of each layer's int8 weights into its bias
+    (passes/quantize/bias_correction.py; reads the calibration data once more)."""
     from .passes.quantize import apply_static, plan_static
     from .passes.quantize.cpu_format import resolve
     from .passes.quantize.common import ModelView, check_exclude_names
@@ -97,6 +99,13 @@ def int8_static(model: onnx.ModelProto, calib, method: str = "minmax", percentil
     original = model
     model, rewritten = int8_friendly(model, activations)
     plan = plan_static(model, exclude=exclude, keep_final=keep_final, const_operands=const_operands)
+    corrected = 0
+    if bias_correction:
+        if not isinstance(calib, (str, Path, list, tuple)):
+            raise UsageError("bias correction reads the calibration data twice: give a folder, an .npz or a list")
+        from .passes.quantize.bias_correction import correct_biases
+        bits = weight_bits if weight_bits is not None else (7 if activations == "uint8" else 8)
+        model, corrected = correct_biases(model, iter_feeds(calib, model), bits, set(plan.nodes))
     if ranges is None:
         ranges = calibrate(model, plan.tensors, calib, method, percentile, progress)
     q, rep = apply_static(model, ranges, exclude=exclude, keep_final=keep_final, activations=activations,
@@ -116,7 +125,9 @@ def int8_static(model: onnx.ModelProto, calib, method: str = "minmax", percentil
         choice.to_text() if choice else "",
         f"  {rewritten} HardSigmoid/HardSwish rewritten as depthwise 1x1 Conv + Clip (integer kernels in ORT)"
         if rewritten else "",
-        f"  {folded} scalar Mul/Div/Add between quantized tensors folded into scale / zero point" if folded else ""]))
+        f"  {folded} scalar Mul/Div/Add between quantized tensors folded into scale / zero point" if folded else "",
+        f"  bias correction: {corrected} layer bias(es) absorb the mean shift of their int8 weights"
+        if bias_correction else ""]))
     if ort_report:
         from .passes.quantize.ort_fusion import fusion_summary
         fused = fusion_summary(q)

@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--int8-activations", choices=["auto", "int8", "uint8"], default="auto",
                    help="activation type: auto (default: the format ONNX Runtime runs fastest on this CPU, chosen from "
                         "its features and printed), int8 (S8S8) or uint8 (U8S8) forced")
+    g.add_argument("--bias-correction", action="store_true",
+                   help="static int8: fold the mean output shift of each Conv/Gemm's int8 weights into its bias "
+                        "(measured on the calibration data)")
     g.add_argument("--int8-exclude", type=_csv, default=[], metavar="NODE_OR_OP,...",
                    help="node names or op types to keep in float")
     g.add_argument("--int8-include-final", action="store_true",
@@ -74,6 +77,8 @@ def validate(args) -> None:
                                  (" or --prune" if opt == "--accuracy-budget" else ""))
         if args.eval and not (args.fp16 or args.int4_weights) and args.prune is None:
             raise UsageError("--eval needs a lossy mode (--int8, --int4-weights, --fp16 or --prune)")
+    if getattr(args, "bias_correction", False) and args.int8 != "static":
+        raise UsageError("--bias-correction needs --int8 static")
     if args.prune is not None and not 0.0 <= args.prune < 1.0:
         raise UsageError(f"--prune must be in [0, 1), got {args.prune}")
     if args.prune is not None and args.accuracy_budget is not None and (args.int8 or args.fp16 or args.int4_weights):
@@ -139,7 +144,8 @@ def apply(args, model: onnx.ModelProto, quiet: bool = False) -> onnx.ModelProto:
     elif args.int8 == "static":
         out, report = lossy.int8_static(model, args.calib, args.calib_method, args.percentile, args.int8_exclude,
                                         keep_final is None, say, fmt=args.int8_format,
-                                        activations=args.int8_activations, ort_report=True)
+                                        activations=args.int8_activations, ort_report=True,
+                                        bias_correction=args.bias_correction)
     else:
         out, report = lossy.int8_dynamic(model, args.int8_exclude, keep_final=False)
     if args.eval and args.accuracy_budget is None:
