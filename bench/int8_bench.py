@@ -229,6 +229,8 @@ def bench_model(name, kind, path, calib, evals, runs, tmp: Path, modes):
             rows.append(("graphopt int8 static auto, percentile 99.99", q, None))
             q, _ = lossy.int8_static(base, calib, method="mse")
             rows.append(("graphopt int8 static auto, mse ranges", q, None))
+            q, _ = lossy.int8_static(base, calib, bias_correction=True)
+            rows.append(("graphopt int8 static auto, bias correction", q, None))
             t = time.perf_counter()
             rows.append(("ORT quantize_static U8S8",
                          ort_static(float_path, calib, tmp / f"{name}.ort_u8.onnx", unsigned=True), None))
@@ -244,7 +246,7 @@ def bench_model(name, kind, path, calib, evals, runs, tmp: Path, modes):
     best, median = all_times.min(axis=0), np.median(all_times, axis=0)
     table = []
     for k, ((label, model, _), ms, med) in enumerate(zip(rows, best, median)):
-        agree = agreement(kind, ref, outputs(model, evals)) if model is not base else {}
+        agree = {k: float(v) for k, v in agreement(kind, ref, outputs(model, evals)).items()} if model is not base else {}
         fused = fusion_summary(model) if model is not base else None
         if fused:  # what ORT runs: integer kernels, and float ops left between quantized ones
             agree["integer kernels"] = fused.integer_kernels

@@ -79,12 +79,14 @@ def int8_friendly(model: onnx.ModelProto, activations: str) -> tuple[onnx.ModelP
 def int8_static(model: onnx.ModelProto, calib, method: str = "minmax", percentile: float = 99.99,
                 exclude=(), keep_final: bool = True, progress=None, ranges: dict | None = None,
                 fmt: str = "qdq", activations: str = "auto", weight_bits: int | None = None,
-                ort_report: bool = False, bias_correction: bool = False):
+                ort_report: bool = False, bias_correction: bool = False, smooth: float | None = None):
     """activations: "auto" (the format ONNX Runtime runs fastest on this CPU, see
     passes/quantize/cpu_format.py), or "int8" (S8S8) / "uint8" (U8S8) forced.
     ort_report: add what ONNX Runtime fuses of the result to the report (builds one ORT session).
     bias_correction: fold the mean output shift of each layer's int8 weights into its bias
-    (passes/quantize/bias_correction.py; reads the calibration data once more)."""
+    (passes/quantize/bias_correction.py; reads the calibration data once more).
+    smooth: SmoothQuant alpha (0..1): move activation outliers of normalized MatMul inputs into the
+    weights (passes/quantize/smooth.py; reads the calibration data once more)."""
     from .passes.quantize import apply_static, plan_static
     from .passes.quantize.cpu_format import resolve
     from .passes.quantize.common import ModelView, check_exclude_names
@@ -98,10 +100,19 @@ def int8_static(model: onnx.ModelProto, calib, method: str = "minmax", percentil
     const_operands = activations == "uint8"  # the fast U8S8 path: Add/Mul with constants run int8 too
     original = model
     model, rewritten = int8_friendly(model, activations)
+    rereadable = isinstance(calib, (str, Path, list, tuple))
+    smoothed = 0
+    if smooth is not None:
+        if not 0.0 <= smooth <= 1.0:
+            raise UsageError(f"--smoothquant alpha must be within [0, 1], got {smooth}")
+        if not rereadable:
+            raise UsageError("SmoothQuant reads the calibration data twice: give a folder, an .npz or a list")
+        from .passes.quantize.smooth import smooth_matmuls
+        model, smoothed = smooth_matmuls(model, iter_feeds(calib, model), smooth)
     plan = plan_static(model, exclude=exclude, keep_final=keep_final, const_operands=const_operands)
     corrected = 0
     if bias_correction:
-        if not isinstance(calib, (str, Path, list, tuple)):
+        if not rereadable:
             raise UsageError("bias correction reads the calibration data twice: give a folder, an .npz or a list")
         from .passes.quantize.bias_correction import correct_biases
         bits = weight_bits if weight_bits is not None else (7 if activations == "uint8" else 8)
@@ -127,7 +138,8 @@ def int8_static(model: onnx.ModelProto, calib, method: str = "minmax", percentil
         if rewritten else "",
         f"  {folded} scalar Mul/Div/Add between quantized tensors folded into scale / zero point" if folded else "",
         f"  bias correction: {corrected} layer bias(es) absorb the mean shift of their int8 weights"
-        if bias_correction else ""]))
+        if bias_correction else "",
+        f"  SmoothQuant (alpha {smooth}): {smoothed} normalized MatMul input(s) rescaled" if smooth is not None else ""]))
     if ort_report:
         from .passes.quantize.ort_fusion import fusion_summary
         fused = fusion_summary(q)

@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--bias-correction", action="store_true",
                    help="static int8: fold the mean output shift of each Conv/Gemm's int8 weights into its bias "
                         "(measured on the calibration data)")
+    g.add_argument("--smoothquant", type=float, metavar="ALPHA",
+                   help="static int8: migrate activation outliers of MatMuls fed by a normalization into their "
+                        "weights (SmoothQuant; ALPHA in [0, 1], 0.5 typical)")
     g.add_argument("--int8-exclude", type=_csv, default=[], metavar="NODE_OR_OP,...",
                    help="node names or op types to keep in float")
     g.add_argument("--int8-include-final", action="store_true",
@@ -79,6 +82,8 @@ def validate(args) -> None:
             raise UsageError("--eval needs a lossy mode (--int8, --int4-weights, --fp16 or --prune)")
     if getattr(args, "bias_correction", False) and args.int8 != "static":
         raise UsageError("--bias-correction needs --int8 static")
+    if getattr(args, "smoothquant", None) is not None and args.int8 != "static":
+        raise UsageError("--smoothquant needs --int8 static")
     if args.prune is not None and not 0.0 <= args.prune < 1.0:
         raise UsageError(f"--prune must be in [0, 1), got {args.prune}")
     if args.prune is not None and args.accuracy_budget is not None and (args.int8 or args.fp16 or args.int4_weights):
@@ -145,7 +150,7 @@ def apply(args, model: onnx.ModelProto, quiet: bool = False) -> onnx.ModelProto:
         out, report = lossy.int8_static(model, args.calib, args.calib_method, args.percentile, args.int8_exclude,
                                         keep_final is None, say, fmt=args.int8_format,
                                         activations=args.int8_activations, ort_report=True,
-                                        bias_correction=args.bias_correction)
+                                        bias_correction=args.bias_correction, smooth=args.smoothquant)
     else:
         out, report = lossy.int8_dynamic(model, args.int8_exclude, keep_final=False)
     if args.eval and args.accuracy_budget is None:
