@@ -76,7 +76,7 @@ def int8_friendly(model: onnx.ModelProto, activations: str) -> tuple[onnx.ModelP
     return hard_sigmoid_as_conv(model)
 
 
-def int8_static(model: onnx.ModelProto, calib, method: str = "minmax", percentile: float = 99.99,
+def int8_static(model: onnx.ModelProto, calib, method: str = "mse", percentile: float = 99.99,
                 exclude=(), keep_final: bool = True, progress=None, ranges: dict | None = None,
                 fmt: str = "qdq", activations: str = "auto", weight_bits: int | None = None,
                 ort_report: bool = False, bias_correction: bool = False, smooth: float | None = None):
@@ -119,6 +119,8 @@ def int8_static(model: onnx.ModelProto, calib, method: str = "minmax", percentil
         model, corrected = correct_biases(model, iter_feeds(calib, model), bits, set(plan.nodes))
     if ranges is None:
         ranges = calibrate(model, plan.tensors, calib, method, percentile, progress)
+    from .passes.quantize.shared_ranges import share_ranges
+    ranges = share_ranges(model, ranges)  # Reshape/MaxPool/... keep one scale, so ORT runs them on int8
     q, rep = apply_static(model, ranges, exclude=exclude, keep_final=keep_final, activations=activations,
                           const_operands=const_operands, weight_bits=weight_bits)
     from .passes.quantize.qdq_fold import fold_scalar_affine
@@ -172,7 +174,7 @@ def agreement(model: onnx.ModelProto, quantized: onnx.ModelProto, feeds: list[di
 
 
 def with_budget(model: onnx.ModelProto, mode: str, eval_data, budget: float, metric: str = "top1",
-                best_effort: bool = False, calib=None, method: str = "minmax", percentile: float = 99.99,
+                best_effort: bool = False, calib=None, method: str = "mse", percentile: float = 99.99,
                 exclude=(), keep_final=None, progress=None, fmt: str = "qdq", activations: str = "auto"):
     """Search fallbacks until the error on eval_data stays within `budget`; returns the fastest
     candidate inside it (BudgetNotMet when none is, unless best_effort)."""

@@ -93,6 +93,13 @@ def _fold_one(view: ModelView) -> bool:
             later = view.consumers.get(q.output[0], [])
             if q.output[0] in view.outputs or not later or any(r.op_type != "DequantizeLinear" for r in later):
                 continue
+            # keep the Q's own scale: the int32 bias of a layer reading this tensor was computed with it
+            # (shared_ranges gives the Q the affine image of the input's range, so they agree)
+            q_scale = view.const(q.input[1]) if len(q.input) > 1 else None
+            if q_scale is None or q_scale.size != 1 or \
+                    abs(float(q_scale.reshape(-1)[0]) - float(params[0])) > 1e-5 * float(params[0]):
+                continue
+            params = (q_scale.reshape(params[0].shape).astype(np.float32), params[1])
             sn = view.add_init(f"{node.output[0]}_folded_scale", params[0])
             zn = view.add_init(f"{node.output[0]}_folded_zero_point", params[1])
             for r in later:  # each DQ after the Q now reads the input's integers with the new meaning
