@@ -1,7 +1,7 @@
 """Which int8 format ONNX Runtime runs fastest on THIS CPU: S8S8 vs U8S8, 8-bit vs 7-bit weights.
 
 The measurements behind passes/quantize/cpu_format.py's decision table. For each PP-OCR model of the
-rapidocr wheel (detector, classifier, recognizer), one calibration (min/max, rendered real text),
+rapidocr wheel (detector, classifier, recognizer), one calibration (mse ranges, the default; rendered real text),
 then graphopt's static int8 QDQ model in four forms; each is timed in ORT (1 thread, interleaved
 rounds, the starting model rotating) against the float model, its agreement with the float model
 measured on held-out rendered text, and ORT's optimized graph inspected (integer kernels, float ops
@@ -54,7 +54,7 @@ def bench_formats(name, kind, path, calib, evals, runs):
     # one calibration for all four forms (the uint8 plan's tensors are a superset of the int8 plan's)
     # (with the uint8-only rewrites applied: they are float-exact, and S8S8 reads a subset of the ranges)
     friendly, _ = lossy.int8_friendly(base, "uint8")
-    ranges = calibrate(friendly, plan_static(friendly, const_operands=True).tensors, calib)
+    ranges = calibrate(friendly, plan_static(friendly, const_operands=True).tensors, calib, method="mse")
     rows = [("float", base)]
     for label, act, bits in FORMATS:
         q, _ = lossy.int8_static(base, None, ranges=ranges, activations=act, weight_bits=bits)
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
     runs = args.runs or runs
     report = [f"# int8 format bench ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
               f"onnxruntime {ort.__version__}, 1 thread)", "", f"CPU: {cpu}", "",
-              f"{n_cal} calibration / {n_eval} evaluation feeds of rendered real text (disjoint lines), min/max "
+              f"{n_cal} calibration / {n_eval} evaluation feeds of rendered real text (disjoint lines), mse "
               f"ranges; latency in ORT over {runs} interleaved rounds; 'latency/float' is the median of per-round "
               "ratios to the float model; 'float ops between' counts float compute ops ORT leaves on a path "
               "DequantizeLinear -> ... -> QuantizeLinear in its optimized graph.", ""]

@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "quantization error; it agreed best with the float model on PP-OCR det/cls/rec)")
     g.add_argument("--percentile", type=float, default=99.99, help="for --calib-method percentile (default 99.99)")
     g.add_argument("--int8-format", choices=["qdq", "qoperator"], default="qdq",
-                   help="qdq: QuantizeLinear/DequantizeLinear pairs, S8S8 (the form ONNX Runtime recommends on x86); "
+                   help="qdq: QuantizeLinear/DequantizeLinear pairs (ONNX Runtime fuses them into integer kernels); "
                         "qoperator: QLinearConv/QLinearMatMul where an island allows it")
     g.add_argument("--int8-activations", choices=["auto", "int8", "uint8"], default="auto",
                    help="activation type: auto (default: the format ONNX Runtime runs fastest on this CPU, chosen from "
