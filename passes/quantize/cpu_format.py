@@ -36,11 +36,12 @@ DECISION_TABLE = (
               "not measured on an AMX CPU: AMX CPUs also have AVX-512 VNNI, so the VNNI row's measurement applies"),
     FormatRow("x86 VNNI", "x86", ("avx512_vnni", "avx_vnni"), "uint8", 8,
               "VNNI accumulates u8*s8 in int32, so 8-bit weights are exact; U8S8 fuses every island, S8S8 does not",
-              "AMD EPYC, AVX-512 VNNI, 2026-12-07, shared machine (bench/results/int8_format_bench.md), latency / "
-              "float (median of 20 interleaved rounds): det S8S8 1.44x, U8S8 8-bit 0.67x, 7-bit 0.67x; cls S8S8 "
-              "2.73x, U8S8 8-bit 1.62x, 7-bit 1.55x; rec S8S8 1.84x, U8S8 8-bit 0.71x, 7-bit 0.70x. 7 vs 8 bits: "
-              "same speed, cosine vs float mixed (det 0.978/0.970, cls 0.954/0.977, rec 0.896/0.902), so 8 bits "
-              "(exact in int32)"),
+              "AMD EPYC, AVX-512 VNNI, 2026-12-07 22:29 UTC, shared and busy machine "
+              "(bench/results/int8_format_bench.md; mse ranges, HardSigmoid rewrite and scalar folds), latency / "
+              "float (median of 20 interleaved rounds): det S8S8 1.59x, U8S8 8-bit 0.58x, 7-bit 0.61x; cls S8S8 "
+              "4.13x (best-of 2.7x), U8S8 8-bit 1.49x, 7-bit 1.59x; rec S8S8 1.96x, U8S8 8-bit 0.55x, 7-bit 0.54x. "
+              "7 vs 8 bits: same speed within noise; cosine vs float 7/8-bit: det 0.983/0.980, cls 0.978/0.994, "
+              "rec 0.925/0.950, so 8 bits (exact in int32 on VNNI)"),
     FormatRow("x86 AVX2 / AVX-512 without VNNI", "x86", (), "uint8", 7,
               "u8*s8 pair sums saturate in int16 (vpmaddubsw): 7-bit weights stay exact; U8S8 fuses every island",
               "AMD EPYC, AVX2 without VNNI, 2026-11-23 (README int8 table), latency / float (best of 15): "
