@@ -66,14 +66,14 @@ def _checked(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def int8_friendly(model: onnx.ModelProto, activations: str) -> tuple[onnx.ModelProto, int]:
+def int8_friendly(model: onnx.ModelProto, activations: str, exclude=()) -> tuple[onnx.ModelProto, int]:
     """The float-exact rewrites that help ORT stay in integer kernels for this activation type:
     with uint8 (U8S8, where ORT fuses a depthwise Conv) HardSigmoid/HardSwish become a depthwise
     1x1 Conv + Clip (passes/quantize/int8_friendly.py). Idempotent; (model, nodes rewritten)."""
     if activations != "uint8":
         return model, 0
     from .passes.quantize.int8_friendly import hard_sigmoid_as_conv
-    return hard_sigmoid_as_conv(model)
+    return hard_sigmoid_as_conv(model, exclude)
 
 
 def int8_static(model: onnx.ModelProto, calib, method: str = "mse", percentile: float = 99.99,
@@ -99,7 +99,7 @@ def int8_static(model: onnx.ModelProto, calib, method: str = "mse", percentile: 
     activations, weight_bits, choice = resolve(activations, weight_bits)
     const_operands = activations == "uint8"  # the fast U8S8 path: Add/Mul with constants run int8 too
     original = model
-    model, rewritten = int8_friendly(model, activations)
+    model, rewritten = int8_friendly(model, activations, exclude)
     rereadable = isinstance(calib, (str, Path, list, tuple))
     smoothed = 0
     if smooth is not None:
@@ -195,7 +195,7 @@ def with_budget(model: onnx.ModelProto, mode: str, eval_data, budget: float, met
         if choice:
             say(choice.to_text())
         kf = True if keep_final is None else keep_final
-        source, _ = int8_friendly(model, activations)  # float-exact: refs above stay valid
+        source, _ = int8_friendly(model, activations, exclude)  # float-exact: refs above stay valid
         plan = plan_static(source, exclude=exclude, keep_final=kf, const_operands=activations == "uint8")
         ranges = calibrate(source, plan.tensors, calib, method, percentile, progress) if calib is not None else None
         if ranges is None:

@@ -60,9 +60,11 @@ def _attr(node: onnx.NodeProto, name: str, default: float) -> float:
     return next((a.f for a in node.attribute if a.name == name), default)
 
 
-def hard_sigmoid_as_conv(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+def hard_sigmoid_as_conv(model: onnx.ModelProto, exclude=()) -> tuple[onnx.ModelProto, int]:
     """A copy with every rewritable HardSigmoid / HardSwish in the depthwise-Conv form; returns
-    (model, nodes rewritten). The result computes the same function in float."""
+    (model, nodes rewritten). The result computes the same function in float. Nodes named in
+    `exclude` (by name, label or op type, as --int8-exclude) stay as they are."""
+    exclude = set(exclude)
     m = onnx.ModelProto()
     m.CopyFrom(model)
     channels = _channels(m)
@@ -72,6 +74,8 @@ def hard_sigmoid_as_conv(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     tail = _after_last_layer(view)
     for node in m.graph.node:
         if node.op_type not in ("HardSigmoid", "HardSwish") or node.domain not in ("", "ai.onnx"):
+            continue
+        if {node.name, node.op_type, f"{node.op_type}:{node.output[0]}"} & exclude:
             continue
         x = node.input[0]
         c = channels.get(x)

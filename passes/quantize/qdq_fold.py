@@ -96,7 +96,8 @@ def _fold_one(view: ModelView) -> bool:
             # keep the Q's own scale: the int32 bias of a layer reading this tensor was computed with it
             # (shared_ranges gives the Q the affine image of the input's range, so they agree)
             q_scale = view.const(q.input[1]) if len(q.input) > 1 else None
-            if q_scale is None or q_scale.size != 1 or \
+            q_zp = view.const(q.input[2]) if len(q.input) > 2 and q.input[2] else None
+            if q_scale is None or q_scale.size != 1 or q_zp is None or q_zp.dtype != z.dtype or \
                     abs(float(q_scale.reshape(-1)[0]) - float(params[0])) > 1e-5 * float(params[0]):
                 continue
             params = (q_scale.reshape(params[0].shape).astype(np.float32), params[1])

@@ -131,6 +131,7 @@ def test_hard_sigmoid_rewrite_is_float_exact():
         np.testing.assert_allclose(_ort(rewritten).run(None, feed)[0], _ort(model).run(None, feed)[0],
                                    rtol=1e-5, atol=1e-6)
     assert hard_sigmoid_as_conv(rewritten)[1] == 0  # idempotent
+    assert hard_sigmoid_as_conv(model, exclude=["HardSwish"])[1] == 1  # --int8-exclude keeps it as it is
 
 
 def test_hard_sigmoid_before_the_output_stays():
