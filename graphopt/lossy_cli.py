@@ -113,6 +113,11 @@ def apply(args, model: onnx.ModelProto, quiet: bool = False) -> onnx.ModelProto:
     if not requested(args):
         return model
     from . import lossy
+    from .calibrate import iter_feeds
+    for what, data in (("calibration", args.calib), ("evaluation", args.eval)):
+        if data:  # every file checked before any lossy work: a bad last file fails in seconds, not after calibrating
+            for _ in iter_feeds(data, model, what):
+                pass
     say = None if quiet else (lambda msg: print(f"  {msg}", file=sys.stderr, flush=True))
     keep_final = None if not args.int8_include_final else False
     if args.prune is not None:
