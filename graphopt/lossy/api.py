@@ -31,9 +31,12 @@ class LossyReport:
     size_after: int = 0
     agreement: dict = field(default_factory=dict)   # metric -> error vs float, and on which data
     table: str = ""
+    format_choice: str = ""   # what --int8-activations auto chose for this CPU, and why
+    ort_fusion: str = ""      # what ONNX Runtime fuses of the result (integer kernels, float ops left between)
 
     def to_text(self) -> str:
-        lines = [f"{self.mode}: {len(self.quantized)} node(s) quantized, {len(self.kept_float)} kept float; "
+        lines = [self.format_choice] if self.format_choice else []
+        lines += [f"{self.mode}: {len(self.quantized)} node(s) quantized, {len(self.kept_float)} kept float; "
                  f"size {self.size_before / 2**20:.2f} MiB -> {self.size_after / 2**20:.2f} MiB "
                  f"({self.size_before / max(self.size_after, 1):.2f}x smaller)"]
         for name, reason in list(self.kept_float.items())[:20]:
@@ -48,6 +51,8 @@ class LossyReport:
                 lines.append(f"  {db:>18.1f}  {name}")
         for k, v in self.agreement.items():
             lines.append(f"  agreement with float: {k} = {v}")
+        if self.ort_fusion:
+            lines.append(f"  {self.ort_fusion}")
         if self.table:
             lines.append(self.table)
         return "\n".join(lines)
@@ -61,31 +66,86 @@ def _checked(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def int8_static(model: onnx.ModelProto, calib, method: str = "minmax", percentile: float = 99.99,
+def int8_friendly(model: onnx.ModelProto, activations: str, exclude=()) -> tuple[onnx.ModelProto, int]:
+    """The float-exact rewrites that help ORT stay in integer kernels for this activation type:
+    with uint8 (U8S8, where ORT fuses a depthwise Conv) HardSigmoid/HardSwish become a depthwise
+    1x1 Conv + Clip (passes/quantize/int8_friendly.py). Idempotent; (model, nodes rewritten)."""
+    if activations != "uint8":
+        return model, 0
+    from graphopt.passes.quantize.int8_friendly import hard_sigmoid_as_conv
+    return hard_sigmoid_as_conv(model, exclude)
+
+
+def int8_static(model: onnx.ModelProto, calib, method: str = "mse", percentile: float = 99.99,
                 exclude=(), keep_final: bool = True, progress=None, ranges: dict | None = None,
-                fmt: str = "qdq", activations: str = "int8"):
+                fmt: str = "qdq", activations: str = "auto", weight_bits: int | None = None,
+                ort_report: bool = False, bias_correction: bool = False, smooth: float | None = None):
+    """activations: "auto" (the format ONNX Runtime runs fastest on this CPU, see
+    passes/quantize/cpu_format.py), or "int8" (S8S8) / "uint8" (U8S8) forced.
+    ort_report: add what ONNX Runtime fuses of the result to the report (builds one ORT session).
+    bias_correction: fold the mean output shift of each layer's int8 weights into its bias
+    (passes/quantize/bias_correction.py; reads the calibration data once more).
+    smooth: SmoothQuant alpha (0..1): move activation outliers of normalized MatMul inputs into the
+    weights (passes/quantize/smooth.py; reads the calibration data once more)."""
     from graphopt.passes.quantize import apply_static, plan_static
+    from graphopt.passes.quantize.cpu_format import resolve
     from graphopt.passes.quantize.common import ModelView, check_exclude_names
     from graphopt.passes.quantize.static import activation_sqnr
     if calib is None and ranges is None:
         raise UsageError("--int8 static needs calibration data (--calib DATA)")
     check_exclude_names(ModelView(model), exclude)
-    if activations not in ("int8", "uint8"):
-        raise UsageError(f"--int8-activations must be int8 or uint8, got '{activations}'")
+    if activations not in ("auto", "int8", "uint8"):
+        raise UsageError(f"--int8-activations must be auto, int8 or uint8, got '{activations}'")
+    activations, weight_bits, choice = resolve(activations, weight_bits)
     const_operands = activations == "uint8"  # the fast U8S8 path: Add/Mul with constants run int8 too
+    original = model
+    model, rewritten = int8_friendly(model, activations, exclude)
+    rereadable = isinstance(calib, (str, Path, list, tuple))
+    smoothed = 0
+    if smooth is not None:
+        if not 0.0 <= smooth <= 1.0:
+            raise UsageError(f"--smoothquant alpha must be within [0, 1], got {smooth}")
+        if not rereadable:
+            raise UsageError("SmoothQuant reads the calibration data twice: give a folder, an .npz or a list")
+        from graphopt.passes.quantize.smooth import smooth_matmuls
+        model, smoothed = smooth_matmuls(model, iter_feeds(calib, model), smooth)
     plan = plan_static(model, exclude=exclude, keep_final=keep_final, const_operands=const_operands)
+    corrected = 0
+    if bias_correction:
+        if not rereadable:
+            raise UsageError("bias correction reads the calibration data twice: give a folder, an .npz or a list")
+        from graphopt.passes.quantize.bias_correction import correct_biases
+        bits = weight_bits if weight_bits is not None else (7 if activations == "uint8" else 8)
+        model, corrected = correct_biases(model, iter_feeds(calib, model), bits, set(plan.nodes))
     if ranges is None:
         ranges = calibrate(model, plan.tensors, calib, method, percentile, progress)
+    from graphopt.passes.quantize.shared_ranges import share_ranges
+    ranges = share_ranges(model, ranges)  # Reshape/MaxPool/... keep one scale, so ORT runs them on int8
     q, rep = apply_static(model, ranges, exclude=exclude, keep_final=keep_final, activations=activations,
-                          const_operands=const_operands)
+                          const_operands=const_operands, weight_bits=weight_bits)
+    from graphopt.passes.quantize.qdq_fold import fold_scalar_affine
+    q, folded = fold_scalar_affine(q)  # scalar Mul/Add between quantized tensors: new scale/zero point instead
     if fmt == "qoperator":
         from graphopt.passes.quantize.qoperator import to_qoperator
         q, _ = to_qoperator(q)
     elif fmt != "qdq":
         raise UsageError(f"unknown --int8-format '{fmt}' (qdq or qoperator)")
-    form = ("QDQ" if fmt == "qdq" else "QOperator") + (" S8S8" if activations == "int8" else " U8S8")
+    form = ("QDQ" if fmt == "qdq" else "QOperator") + (" S8S8" if activations == "int8" else " U8S8") \
+        + (f", {weight_bits}-bit weights" if weight_bits is not None else "")
     report = LossyReport(f"int8 static ({form})", rep.weights, {}, rep.nodes, rep.kept_float,
-                         model.ByteSize(), q.ByteSize())
+                         original.ByteSize(), q.ByteSize())
+    report.format_choice = "\n".join(filter(None, [
+        choice.to_text() if choice else "",
+        f"  {rewritten} HardSigmoid/HardSwish rewritten as depthwise 1x1 Conv + Clip (integer kernels in ORT)"
+        if rewritten else "",
+        f"  {folded} scalar Mul/Div/Add between quantized tensors folded into scale / zero point" if folded else "",
+        f"  bias correction: {corrected} layer bias(es) absorb the mean shift of their int8 weights"
+        if bias_correction else "",
+        f"  SmoothQuant (alpha {smooth}): {smoothed} normalized MatMul input(s) rescaled" if smooth is not None else ""]))
+    if ort_report:
+        from graphopt.passes.quantize.ort_fusion import fusion_summary
+        fused = fusion_summary(q)
+        report.ort_fusion = fused.to_text() if fused else "ONNX Runtime could not load the model: no fusion summary"
     # activation SQNR on the first calibration feed (when the data can be read twice: not a generator)
     if isinstance(calib, (str, Path, list, tuple)) and plan.tensors:
         from graphopt.lossy.calibrate import tensor_runner
@@ -114,8 +174,8 @@ def agreement(model: onnx.ModelProto, quantized: onnx.ModelProto, feeds: list[di
 
 
 def with_budget(model: onnx.ModelProto, mode: str, eval_data, budget: float, metric: str = "top1",
-                best_effort: bool = False, calib=None, method: str = "minmax", percentile: float = 99.99,
-                exclude=(), keep_final=None, progress=None, fmt: str = "qdq", activations: str = "int8"):
+                best_effort: bool = False, calib=None, method: str = "mse", percentile: float = 99.99,
+                exclude=(), keep_final=None, progress=None, fmt: str = "qdq", activations: str = "auto"):
     """Search fallbacks until the error on eval_data stays within `budget`; returns the fastest
     candidate inside it (BudgetNotMet when none is, unless best_effort)."""
     if eval_data is None:
@@ -130,18 +190,23 @@ def with_budget(model: onnx.ModelProto, mode: str, eval_data, budget: float, met
     say = progress or (lambda msg: None)
     if mode == "static":
         from graphopt.passes.quantize import plan_static
+        from graphopt.passes.quantize.cpu_format import resolve
+        activations, weight_bits, choice = resolve(activations)  # once, so every candidate has one format
+        if choice:
+            say(choice.to_text())
         kf = True if keep_final is None else keep_final
-        plan = plan_static(model, exclude=exclude, keep_final=kf, const_operands=activations == "uint8")
-        ranges = calibrate(model, plan.tensors, calib, method, percentile, progress) if calib is not None else None
+        source, _ = int8_friendly(model, activations, exclude)  # float-exact: refs above stay valid
+        plan = plan_static(source, exclude=exclude, keep_final=kf, const_operands=activations == "uint8")
+        ranges = calibrate(source, plan.tensors, calib, method, percentile, progress) if calib is not None else None
         if ranges is None:
             raise UsageError("--int8 static needs calibration data (--calib DATA)")
-        first, first_report = int8_static(model, calib, exclude=exclude, keep_final=kf, ranges=ranges,
-                                          activations=activations)
+        first, first_report = int8_static(source, calib, exclude=exclude, keep_final=kf, ranges=ranges,
+                                          activations=activations, weight_bits=weight_bits)
         layers = list(first_report.quantized)  # weighted nodes and the int8 Add/Concat/pool islands
 
         def build(fallback):
-            return int8_static(model, None, exclude=list(exclude) + list(fallback), keep_final=kf, ranges=ranges,
-                               fmt=fmt, activations=activations)[0]
+            return int8_static(source, None, exclude=list(exclude) + list(fallback), keep_final=kf, ranges=ranges,
+                               fmt=fmt, activations=activations, weight_bits=weight_bits)[0]
     elif mode == "dynamic":
         kf = False if keep_final is None else keep_final
         first, first_report = int8_dynamic(model, exclude=exclude, keep_final=kf)
@@ -156,11 +221,14 @@ def with_budget(model: onnx.ModelProto, mode: str, eval_data, budget: float, met
     cands = _budget.search(build, layers, feeds, refs, metric_f, budget, say)
     table = _budget.table(cands, _budget.latency_ms(model, feeds[0]), model.ByteSize(), budget)
     chosen = _budget.choose(cands, budget, best_effort)  # raises BudgetNotMet -> nothing written
-    final, report = (int8_static(model, None, exclude=list(exclude) + chosen.float_layers, keep_final=kf,
-                                 ranges=ranges, fmt=fmt, activations=activations) if mode == "static"
+    final, report = (int8_static(source, None, exclude=list(exclude) + chosen.float_layers, keep_final=kf,
+                                 ranges=ranges, fmt=fmt, activations=activations, weight_bits=weight_bits)
+                     if mode == "static"
                      else int8_dynamic(model, exclude=list(exclude) + chosen.float_layers, keep_final=kf))
     report.table = table + f"\nchosen: '{chosen.name}' ({metric} error {chosen.error:.4g} <= {budget:g})" \
         if chosen.error <= budget else table + f"\nbest effort: '{chosen.name}' (error {chosen.error:.4g} > {budget:g})"
     report.agreement = {f"{metric} error (eval, {len(feeds)} feeds)": round(chosen.error, 6)}
+    if mode == "static" and choice:
+        report.format_choice = "\n".join(filter(None, [choice.to_text(), report.format_choice]))
     return final, report
 

@@ -18,7 +18,7 @@ from onnx import helper
 
 from graphopt.errors import GraphoptError, UsageError
 
-METHODS = ("minmax", "percentile", "entropy")
+METHODS = ("minmax", "percentile", "entropy", "mse")
 BINS = 2048  # histogram bins over [-R, R]; R doubles (pairs of bins merge) when data falls outside
 
 
@@ -153,6 +153,9 @@ class TensorStats:
             lo = edges[int(np.searchsorted(cdf, tail, side="left"))]
             hi = edges[min(int(np.searchsorted(cdf, 1.0 - tail, side="left")) + 1, BINS)]
             return max(self.lo, float(lo)), min(self.hi, float(hi))
+        if method == "mse":  # least expected quantization error (calibrate_mse.py)
+            from graphopt.lossy.calibrate_mse import mse_range
+            return mse_range(self.hist, self.radius, min(self.lo, 0.0), max(self.hi, 0.0))
         # a non-negative tensor spends all 256 int8 levels on [0, th]; a signed one about half on |x|
         th = self._entropy_threshold(255 if self.lo >= 0 else 128)
         return max(self.lo, -th), min(self.hi, th)

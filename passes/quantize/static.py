@@ -240,8 +240,33 @@ def apply_static(model: onnx.ModelProto, ranges: dict, ops=DEFAULT_OPS, exclude=
         report.nodes.append(node_label(node))
     report.nodes += [node_label(n) for n in chosen if n.op_type not in WEIGHTED_OPS]
     _splice(model, new_nodes)
+    _outputs_written_by_dq(model)
     drop_unused_initializers(model)
     return model, report
+
+
+def _outputs_written_by_dq(model: onnx.ModelProto) -> None:
+    """A quantized layer writing a graph output: its Q -> DQ hung off the output, which then had two
+    readers (the graph and the Q), and ORT ran the layer in float. Let the DQ write the graph output
+    instead, so ORT fuses the layer (QLinearConv -> DequantizeLinear, as ORT's own quantizer does)."""
+    g = model.graph
+    view = ModelView(model)
+    for out in g.output:
+        prod, readers = view.producer.get(out.name), view.consumers.get(out.name, [])
+        if prod is None or len(readers) != 1 or readers[0].op_type != "QuantizeLinear":
+            continue
+        q = readers[0]
+        dqs = view.consumers.get(q.output[0], [])
+        if len(dqs) != 1 or dqs[0].op_type != "DequantizeLinear" or q.output[0] in view.outputs:
+            continue
+        inner, old = view.fresh(f"{out.name}_before_quantize"), dqs[0].output[0]
+        prod.output[list(prod.output).index(out.name)] = inner
+        q.input[0] = inner
+        dqs[0].output[0] = out.name
+        for node in g.node:
+            for k, i in enumerate(node.input):
+                if i == old:
+                    node.input[k] = out.name
 
 
 # Layers that ONNX Runtime (>= 1.20, WeightBiasQuantization) quantizes by itself, per tensor, when

@@ -83,3 +83,19 @@ def test_cli_static_writes_a_quantized_model(tmp_path, cnn_file, capsys):
     assert "top1 error (eval, 6 feeds)" in captured.out and "weight SQNR dB" in captured.out
     ops = [n.op_type for n in onnx.load(out).graph.node]
     assert ops.count("QuantizeLinear") >= 4
+
+
+def test_every_calibration_file_is_checked_before_any_work(tmp_path, cnn_file, capsys, monkeypatch):
+    # the bad file sorts last: it must stop the run before calibration starts, naming the file
+    feeds = qm.feeds("x", (1, 3, 8, 8), 3, seed=1) + [{"x": np.zeros((1, 3, 8, 9), np.float32)}]
+    calib = _calib_dir(tmp_path, feeds)
+    import graphopt.lossy as lossy_module
+
+    def no_work(*a, **k):
+        raise AssertionError("calibration started before the data was checked")
+    monkeypatch.setattr(lossy_module, "calibrate", no_work)
+    out = tmp_path / "out.onnx"
+    rc = main(["compile", str(cnn_file), "-o", str(out), "--int8", "static", "--calib", str(calib)])
+    err = capsys.readouterr().err
+    assert rc == 1 and not out.exists()
+    assert "003.npz: input 'x' has shape [1, 3, 8, 9]" in err and "Traceback" not in err

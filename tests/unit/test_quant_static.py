@@ -23,7 +23,7 @@ from quant_models import cosine_err as _cosine_err
 @pytest.fixture(scope="module")
 def cnn_int8():
     model = qm.cnn()
-    q, report = lossy.int8_static(model, qm.feeds("x", (4, 3, 8, 8), 8, seed=1))
+    q, report = lossy.int8_static(model, qm.feeds("x", (4, 3, 8, 8), 8, seed=1), activations="int8")
     return model, q, report
 
 
@@ -75,7 +75,7 @@ def test_accuracy_vs_float_model_on_held_out_data(cnn_int8):
 
 def test_transformer_style_mlp_layernorm_stays_float():
     model = qm.mlp()
-    q, report = lossy.int8_static(model, qm.feeds("x", (8, 16), 8, seed=1))
+    q, report = lossy.int8_static(model, qm.feeds("x", (8, 16), 8, seed=1), activations="int8")
     onnx.checker.check_model(q, full_check=True)
     assert "LayerNormalization" in [n.op_type for n in q.graph.node]
     assert set(report.quantized) >= {"MatMul:m1", "MatMul:m2"} and "MatMul:m3" in report.kept_float
@@ -89,9 +89,9 @@ def test_transformer_style_mlp_layernorm_stays_float():
 def test_exclude_by_op_type_and_by_node_name():
     model = qm.cnn()
     data = qm.feeds("x", (2, 3, 8, 8), 2, seed=1)
-    _, rep = lossy.int8_static(model, data, exclude=["Conv"])
+    _, rep = lossy.int8_static(model, data, exclude=["Conv"], activations="int8")
     assert not any(n.startswith("Conv") for n in rep.quantized)
-    _, rep = lossy.int8_static(model, data, exclude=["Conv:c2"])
+    _, rep = lossy.int8_static(model, data, exclude=["Conv:c2"], activations="int8")
     assert "Conv:c2" in rep.kept_float and "Conv:c1" in rep.quantized
     with pytest.raises(graphopt.UsageError, match="'Cnov'"):
         lossy.int8_static(model, data, exclude=["Cnov"])
@@ -136,14 +136,14 @@ def test_calibration_from_a_generator_streams_once():
         for feed in qm.feeds("x", (2, 3, 8, 8), 3, seed=1):
             seen.append(1)
             yield feed
-    q, report = lossy.int8_static(model, feeds())
+    q, report = lossy.int8_static(model, feeds(), activations="int8")
     assert len(seen) == 3 and report.quantized and not report.activation_sqnr
     onnx.checker.check_model(q, full_check=True)
 
 
 def test_qoperator_format_matches_qdq(cnn_int8):
     model, qdq, _ = cnn_int8
-    qop, _ = lossy.int8_static(model, qm.feeds("x", (4, 3, 8, 8), 8, seed=1), fmt="qoperator")
+    qop, _ = lossy.int8_static(model, qm.feeds("x", (4, 3, 8, 8), 8, seed=1), fmt="qoperator", activations="int8")
     onnx.checker.check_model(qop, full_check=True)
     ops = [n.op_type for n in qop.graph.node]
     assert ops.count("QLinearConv") == 3 and "Conv" not in ops
@@ -172,7 +172,7 @@ def test_uint8_activations_u8s8():
 def test_constant_operands_quantized_only_with_uint8_activations():
     model = qm.mlp()
     data = qm.feeds("x", (8, 16), 4, seed=1)
-    _, s8 = lossy.int8_static(model, data)
+    _, s8 = lossy.int8_static(model, data, activations="int8")
     q, u8 = lossy.int8_static(model, data, activations="uint8")
     assert "Add:a1" in s8.kept_float and "Add:a1" in u8.quantized
     add = next(n for n in q.graph.node if n.output[0] == "a1")
@@ -201,7 +201,7 @@ def test_detector_head_conv_before_conv_transpose_is_quantized():
     # the head of a detector is its ConvTranspose (no quantizer here quantizes it); the Conv feeding
     # it is a feature layer and gets int8 per-channel weights like the others
     model = qm.det()
-    q, report = lossy.int8_static(model, qm.feeds("x", (4, 3, 8, 8), 8, seed=1))
+    q, report = lossy.int8_static(model, qm.feeds("x", (4, 3, 8, 8), 8, seed=1), activations="int8")
     onnx.checker.check_model(q, full_check=True)
     assert _weight_dq_dtype(q, "c2") == onnx.TensorProto.INT8 and _weight_dq_dtype(q, "c1") == onnx.TensorProto.INT8
     assert _weight_dq_dtype(q, "t1") is None and _weight_dq_dtype(q, "t2") is None
@@ -235,7 +235,7 @@ def test_float_layers_get_no_q_on_their_output(tmp_path):
 
 
 def test_detector_ort_and_graphopt_agree_bit_exact():
-    q, _ = lossy.int8_static(qm.det(), qm.feeds("x", (4, 3, 8, 8), 8, seed=1))
+    q, _ = lossy.int8_static(qm.det(), qm.feeds("x", (4, 3, 8, 8), 8, seed=1), activations="int8")
     feed = qm.feeds("x", (2, 3, 8, 8), 1, seed=7)[0]
     qouts = [n.output[0] for n in q.graph.node if n.op_type == "QuantizeLinear"]
     probe = onnx.ModelProto()
@@ -257,7 +257,7 @@ def test_uint8_activations_get_7bit_weights():
     model = qm.cnn()
     data = qm.feeds("x", (4, 3, 8, 8), 8, seed=1)
     u8, _ = lossy.int8_static(model, data, activations="uint8")
-    s8, _ = lossy.int8_static(model, data)
+    s8, _ = lossy.int8_static(model, data, activations="int8")
     assert max(int(w.max()) for w in _weight_ints(u8)) == 63 and min(int(w.min()) for w in _weight_ints(u8)) >= -64
     assert max(int(np.abs(w).max()) for w in _weight_ints(s8)) == 127
 
