@@ -63,7 +63,8 @@ def _checked(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def int8_static(model: onnx.ModelProto, calib, method: str = "minmax", percentile: float = 99.99,
                 exclude=(), keep_final: bool = True, progress=None, ranges: dict | None = None,
-                fmt: str = "qdq", activations: str = "int8"):
+                fmt: str = "qdq", activations: str = "int8", executor=None):
+    """executor (graphopt.distributed): calibrate on its workers, shards merged exactly."""
     from graphopt.passes.quantize import apply_static, plan_static
     from graphopt.passes.quantize.common import ModelView, check_exclude_names
     from graphopt.passes.quantize.static import activation_sqnr
@@ -75,7 +76,7 @@ def int8_static(model: onnx.ModelProto, calib, method: str = "minmax", percentil
     const_operands = activations == "uint8"  # the fast U8S8 path: Add/Mul with constants run int8 too
     plan = plan_static(model, exclude=exclude, keep_final=keep_final, const_operands=const_operands)
     if ranges is None:
-        ranges = calibrate(model, plan.tensors, calib, method, percentile, progress)
+        ranges = _ranges(model, plan.tensors, calib, method, percentile, progress, executor)
     q, rep = apply_static(model, ranges, exclude=exclude, keep_final=keep_final, activations=activations,
                           const_operands=const_operands)
     if fmt == "qoperator":
@@ -93,6 +94,13 @@ def int8_static(model: onnx.ModelProto, calib, method: str = "minmax", percentil
         values = dict(zip(plan.tensors, tensor_runner(model, plan.tensors, "ort")(first)))
         report.activation_sqnr = activation_sqnr({t: np.asarray(v) for t, v in values.items()}, ranges, activations)
     return _checked(q), report
+
+
+def _ranges(model, tensors, calib, method, percentile, progress, executor):
+    if executor is None or executor.workers < 2:
+        return calibrate(model, tensors, calib, method, percentile, progress)
+    from graphopt.lossy.calib_shards import calibrate_sharded
+    return calibrate_sharded(model, tensors, calib, method, percentile, executor, progress)
 
 
 def int8_dynamic(model: onnx.ModelProto, exclude=(), keep_final: bool = False, progress=None):
@@ -115,9 +123,11 @@ def agreement(model: onnx.ModelProto, quantized: onnx.ModelProto, feeds: list[di
 
 def with_budget(model: onnx.ModelProto, mode: str, eval_data, budget: float, metric: str = "top1",
                 best_effort: bool = False, calib=None, method: str = "minmax", percentile: float = 99.99,
-                exclude=(), keep_final=None, progress=None, fmt: str = "qdq", activations: str = "int8"):
+                exclude=(), keep_final=None, progress=None, fmt: str = "qdq", activations: str = "int8",
+                executor=None):
     """Search fallbacks until the error on eval_data stays within `budget`; returns the fastest
-    candidate inside it (BudgetNotMet when none is, unless best_effort)."""
+    candidate inside it (BudgetNotMet when none is, unless best_effort). executor (graphopt.distributed):
+    calibration shards and candidate x data-shard evaluations run on its workers, same results."""
     if eval_data is None:
         raise UsageError("--accuracy-budget needs evaluation data (--eval DATA)")
     if budget < 0:
@@ -132,7 +142,8 @@ def with_budget(model: onnx.ModelProto, mode: str, eval_data, budget: float, met
         from graphopt.passes.quantize import plan_static
         kf = True if keep_final is None else keep_final
         plan = plan_static(model, exclude=exclude, keep_final=kf, const_operands=activations == "uint8")
-        ranges = calibrate(model, plan.tensors, calib, method, percentile, progress) if calib is not None else None
+        ranges = _ranges(model, plan.tensors, calib, method, percentile, progress, executor) \
+            if calib is not None else None
         if ranges is None:
             raise UsageError("--int8 static needs calibration data (--calib DATA)")
         first, first_report = int8_static(model, calib, exclude=exclude, keep_final=kf, ranges=ranges,
@@ -153,7 +164,11 @@ def with_budget(model: onnx.ModelProto, mode: str, eval_data, budget: float, met
         raise UsageError(f"unknown --int8 mode '{mode}'")
     if not layers:
         raise UsageError("nothing to quantize: no Conv/MatMul/Gemm with constant weights outside the exclusions")
-    cands = _budget.search(build, layers, feeds, refs, metric_f, budget, say)
+    evaluate = None
+    if executor is not None and executor.workers > 1:
+        from graphopt.lossy.parallel_eval import evaluator
+        evaluate = evaluator(executor, metric, progress)
+    cands = _budget.search(build, layers, feeds, refs, metric_f, budget, say, evaluate=evaluate)
     table = _budget.table(cands, _budget.latency_ms(model, feeds[0]), model.ByteSize(), budget)
     chosen = _budget.choose(cands, budget, best_effort)  # raises BudgetNotMet -> nothing written
     final, report = (int8_static(model, None, exclude=list(exclude) + chosen.float_layers, keep_final=kf,

@@ -75,6 +75,9 @@ def _session(model: onnx.ModelProto, threads: int = 1):
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
+ort_session = _session  # public: lossy/parallel_eval.py's workers open their sessions the same way
+
+
 def reference_outputs(model: onnx.ModelProto, feeds: list[dict]) -> list[list[np.ndarray]]:
     sess = _session(model)
     return [sess.run(None, f) for f in feeds]
@@ -125,33 +128,38 @@ class Candidate:
     report: object = None  # the PruneReport of a pruning candidate
 
 
+EVAL_BATCH = 16  # candidate models built and evaluated together (bounded memory, a batch fills the workers)
+
+
 def search(build: Callable[[list[str]], onnx.ModelProto], layers: list[str], feeds: list[dict], refs: list,
-           metric, budget: float, progress=None, sensitivity_feeds: int = 8) -> list[Candidate]:
+           metric, budget: float, progress=None, sensitivity_feeds: int = 8, evaluate=None) -> list[Candidate]:
     """Rank `layers` by sensitivity (error when only that layer is quantized), then build candidates
     with the 0, 1, 2, 4, ... most sensitive layers back in float. Returns every candidate, Pareto
-    flags set; the caller picks."""
+    flags set; the caller picks. evaluate(models, feeds, refs) -> their errors (default: one after the
+    other here; graphopt/lossy/parallel_eval.py runs them on an executor with the same results)."""
     say = progress or (lambda msg: None)
+    evaluate = evaluate or (lambda models, f, r: [error(m, f, r, metric) for m in models])
     sample, sample_refs = feeds[:sensitivity_feeds], refs[:sensitivity_feeds]
     sens = {}
-    for i, layer in enumerate(layers):
-        others = [x for x in layers if x != layer]
-        sens[layer] = error(build(others), sample, sample_refs, metric)
-        if (i + 1) % 10 == 0 or i + 1 == len(layers):
-            say(f"sensitivity: {i + 1}/{len(layers)} layers")
+    for start in range(0, len(layers), EVAL_BATCH):
+        batch = layers[start:start + EVAL_BATCH]
+        models = [build([x for x in layers if x != layer]) for layer in batch]
+        sens.update(zip(batch, evaluate(models, sample, sample_refs)))
+        say(f"sensitivity: {start + len(batch)}/{len(layers)} layers")
     ranked = sorted(layers, key=lambda x: -sens[x])
     counts, k = [0], 1
     while k < len(layers):
         counts.append(k)
         k *= 2
     candidates = []
-    for k in counts:
-        fallback = ranked[:k]
-        model = build(fallback)
-        err = error(model, feeds, refs, metric)
-        cand = Candidate(f"int8, {k} layer(s) float" if k else "int8, all layers", fallback, err,
-                         latency_ms(model, feeds[0]), model.ByteSize(), model)
-        candidates.append(cand)
-        say(f"candidate '{cand.name}': error {err:.4g}, {cand.latency_ms:.2f} ms")
+    for start in range(0, len(counts), EVAL_BATCH):
+        batch = counts[start:start + EVAL_BATCH]
+        models = [build(ranked[:k]) for k in batch]
+        for k, model, err in zip(batch, models, evaluate(models, feeds, refs)):
+            cand = Candidate(f"int8, {k} layer(s) float" if k else "int8, all layers", ranked[:k], err,
+                             latency_ms(model, feeds[0]), model.ByteSize(), model)
+            candidates.append(cand)
+            say(f"candidate '{cand.name}': error {err:.4g}, {cand.latency_ms:.2f} ms")
     _mark_pareto(candidates)
     return candidates
 
