@@ -21,6 +21,7 @@ EPILOG = """examples:
   graphopt passes                                           # list passes and their levels
   graphopt kernels --op Conv                                # which kernel runs an op, and where it is
   graphopt inspect model.onnx
+  graphopt compile-many fleet.json --out-dir out/ --workers 4   # or --ray auto|HOST:PORT
 """
 
 
@@ -84,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("input")
     i.add_argument("--json", action="store_true", help="print JSON")
 
+    from graphopt.cli.fleet import add_fleet_command  # compile-many MANIFEST
+    add_fleet_command(sub)
     try:
         from graphopt.cli.runtime import add_runtime_commands
     except ImportError:

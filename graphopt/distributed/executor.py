@@ -66,7 +66,9 @@ class Executor:
     workers = 1
 
     def map(self, tasks: list[Task], retries: int = DEFAULT_RETRIES, progress: Callable[[str], None] | None = None,
-            label: str = "tasks") -> list[Outcome]:
+            label: str = "tasks", on_done: Callable[[int, Outcome], None] | None = None) -> list[Outcome]:
+        """on_done(index, outcome) runs here, in this process, as each task settles (a resumable job
+        writes its results as they come, not at the end)."""
         raise NotImplementedError
 
     def run(self, tasks: list[Task], retries: int = DEFAULT_RETRIES, progress=None, label: str = "tasks") -> list:
@@ -96,10 +98,10 @@ class InProcessExecutor(Executor):
     """Runs tasks one after the other in this process (the default for one small job)."""
     kind = "in-process"
 
-    def map(self, tasks, retries=DEFAULT_RETRIES, progress=None, label="tasks"):
+    def map(self, tasks, retries=DEFAULT_RETRIES, progress=None, label="tasks", on_done=None):
         line = ProgressLine(label, len(tasks), progress)
         outcomes = []
-        for task in tasks:
+        for index, task in enumerate(tasks):
             out = Outcome(task.name)
             while True:
                 out.attempts += 1
@@ -115,6 +117,8 @@ class InProcessExecutor(Executor):
                     line.update(failed=1)
                     break
             outcomes.append(out)
+            if on_done:
+                on_done(index, out)
         return outcomes
 
 
@@ -133,7 +137,7 @@ class PoolExecutor(Executor):
         self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
         return self._pool
 
-    def map(self, tasks, retries=DEFAULT_RETRIES, progress=None, label="tasks"):
+    def map(self, tasks, retries=DEFAULT_RETRIES, progress=None, label="tasks", on_done=None):
         line = ProgressLine(label, len(tasks), progress)
         outcomes = [Outcome(t.name) for t in tasks]
         pending, suspects = deque(range(len(tasks))), deque()
@@ -149,9 +153,12 @@ class PoolExecutor(Executor):
             elif (exc is BrokenProcessPool or retryable(exc)) and out.attempts <= retries:
                 pending.append(i)
                 line.update(retried=1)
+                return
             else:
                 out.error = cause or describe(exc)
                 line.update(failed=1)
+            if on_done:
+                on_done(i, out)
 
         while pending or suspects or running:
             if suspects:  # after a worker died: rerun the tasks it may have held, one at a time

@@ -100,7 +100,7 @@ class RayExecutor(Executor):
     def describe(self) -> str:
         return f"ray ({self.address}), {self.workers} worker(s)"
 
-    def map(self, tasks, retries=DEFAULT_RETRIES, progress=None, label="tasks"):
+    def map(self, tasks, retries=DEFAULT_RETRIES, progress=None, label="tasks", on_done=None):
         ray = _import_ray()
         line = ProgressLine(label, len(tasks), progress)
         outcomes = [Outcome(t.name) for t in tasks]
@@ -135,9 +135,11 @@ class RayExecutor(Executor):
                     if retryable(cause) and out.attempts <= retries:
                         queue.append(i)
                         line.update(retried=1)
-                    else:
-                        out.error = describe(cause)
-                        line.update(failed=1)
+                        continue
+                    out.error = describe(cause)
+                    line.update(failed=1)
+                if on_done:
+                    on_done(i, out)
         return outcomes
 
     def close(self) -> None:

@@ -21,7 +21,7 @@ RANKS = {
     "graphopt.compiler": 3, "graphopt.runtime": 3,
     "graphopt.passes": 4,
     "graphopt.pipeline": 5, "graphopt.lossy": 5,
-    "graphopt.golden": 6,
+    "graphopt.golden": 6, "graphopt.fleet": 6,
     "graphopt.cli": 7,
     "graphopt.rewrite": 8, "graphopt.pass_manager": 8, "graphopt.session": 8,  # old paths, one release
     "graphopt": 9, "graphopt.__main__": 9,
