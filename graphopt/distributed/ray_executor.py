@@ -53,21 +53,21 @@ def _timeout() -> float:
 def connect(address: str, workers: int | None) -> bool:
     """Initialise Ray for this process; returns True when this call started it (so close() stops it)."""
     ray = _import_ray()
-    if ray.is_initialized():
+    if address != "auto":
+        host, port = _host_port(address)
+        wait_s = _timeout()
+        try:  # a quick TCP probe: a wrong host or a firewalled port fails here in seconds
+            socket.create_connection((host, port), timeout=wait_s).close()
+        except OSError as e:
+            raise RayUnreachable(f"Ray cluster at {address} is unreachable: {e} (waited up to {wait_s:g} s)") from None
+    if ray.is_initialized():  # a driver already connected (a notebook, the test suite): use its cluster
         return False
-    quiet = dict(include_dashboard=False, log_to_driver=False, logging_level="error")
     if address == "auto":
         try:
             ray.init(address="auto", log_to_driver=False, logging_level="error")
         except (ConnectionError, RuntimeError):  # no Ray running here: start a local one
-            ray.init(num_cpus=workers, **quiet)
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, logging_level="error")
         return True
-    host, port = _host_port(address)
-    wait_s = _timeout()
-    try:  # a quick TCP probe: a wrong host or a firewalled port fails here in seconds
-        socket.create_connection((host, port), timeout=wait_s).close()
-    except OSError as e:
-        raise RayUnreachable(f"Ray cluster at {address} is unreachable: {e} (waited up to {wait_s:g} s)") from None
     failure: list[BaseException] = []
 
     def init():
