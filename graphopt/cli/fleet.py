@@ -7,14 +7,15 @@ import sys
 
 
 
-def add_executor_arguments(parser: argparse.ArgumentParser, default_help: str) -> None:
+def add_executor_arguments(parser: argparse.ArgumentParser, default_help: str, retries: bool = True) -> None:
     g = parser.add_argument_group("scale-out (graphopt/distributed)")
     g.add_argument("--workers", type=int, metavar="N", help=f"worker processes ({default_help})")
     g.add_argument("--ray", metavar="auto|ADDRESS",
                    help="run the tasks on Ray: auto (the Ray instance on this machine, else a local one) or the "
                         "cluster head's HOST:PORT / ray://HOST:PORT (also $GRAPHOPT_RAY_ADDRESS); needs graphopt[ray]")
-    g.add_argument("--retries", type=int, default=2, metavar="N",
-                   help="reruns of a task that raised or whose worker died (default 2)")
+    if retries:
+        g.add_argument("--retries", type=int, default=2, metavar="N",
+                       help="reruns of a task that raised or whose worker died (default 2)")
 
 
 def progress_printer(quiet: bool):

@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     from graphopt.cli.lossy import add_arguments as add_lossy_arguments  # --int8, --calib, --accuracy-budget, ...
     add_lossy_arguments(c)
+    from graphopt.cli.fleet import add_executor_arguments  # --workers N / --ray: int8 static calibration, budget search
+    add_executor_arguments(c, "int8 static calibration and the --accuracy-budget search; default 1", retries=False)
     add_limit_options(c)
     targets.add_target_arguments(c)  # --target, --opset
 

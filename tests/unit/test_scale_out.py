@@ -100,3 +100,18 @@ def test_budget_search_on_workers_chooses_the_same_candidate(pool, monkeypatch):
     assert "chosen: 'int8, all layers'" not in one_report.table
     assert many.SerializeToString() == one.SerializeToString()
     onnx.checker.check_model(many)
+
+
+def test_compile_int8_static_with_workers_writes_the_same_file(tmp_path, capsys):
+    from graphopt.cli.main import main
+    onnx.save(qm.cnn(), tmp_path / "m.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.stack([f["x"] for f in CALIB]))
+    base = ["compile", str(tmp_path / "m.onnx"), "--int8", "static", "--calib", str(tmp_path / "calib.npz"),
+            "--calib-method", "percentile", "-q"]
+    assert main(base + ["-o", str(tmp_path / "one.onnx")]) == 0
+    assert main(base + ["-o", str(tmp_path / "two.onnx"), "--workers", "2"]) == 0
+    assert (tmp_path / "one.onnx").read_bytes() == (tmp_path / "two.onnx").read_bytes()
+    capsys.readouterr()
+    assert main(["compile", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "x.onnx"), "--workers", "2"]) == 2
+    assert "--workers/--ray spread int8 static calibration" in capsys.readouterr().err
+    assert not (tmp_path / "x.onnx").exists()
