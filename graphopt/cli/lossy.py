@@ -76,9 +76,9 @@ def validate(args) -> None:
     workers, ray = getattr(args, "workers", None), getattr(args, "ray", None)
     if workers is not None and workers < 1:
         raise UsageError(f"--workers must be >= 1, got {workers}")
-    if (workers is not None or ray) and args.int8 != "static" and not (args.int8 and args.accuracy_budget is not None):
+    if (workers is not None or ray) and args.int8 != "static" and args.accuracy_budget is None:
         raise UsageError("--workers/--ray spread int8 static calibration and the --accuracy-budget search: "
-                         "use them with --int8 (or compile-many for a fleet)")
+                         "use them with --int8 static or --accuracy-budget (or compile-many for a fleet)")
     if args.prune is not None and not 0.0 <= args.prune < 1.0:
         raise UsageError(f"--prune must be in [0, 1), got {args.prune}")
     if args.prune is not None and args.accuracy_budget is not None and (args.int8 or args.fp16 or args.int4_weights):
@@ -181,8 +181,13 @@ def _prune(args, model: onnx.ModelProto, quiet: bool) -> onnx.ModelProto:
     if args.accuracy_budget is not None:  # lower the ratio until the budget holds (graphopt/lossy/budget.py)
         from graphopt.lossy.budget import prune_with_budget
         say = None if quiet else (lambda msg: print(f"  {msg}", file=sys.stderr, flush=True))
-        out, report, table = prune_with_budget(model, args.prune, args.prune_mode, feeds, args.accuracy_budget,
-                                               args.metric, args.best_effort, args.prune_scope, say)
+        with _executor(args) as executor:
+            evaluate = None
+            if executor is not None:
+                from graphopt.lossy.parallel_eval import evaluator
+                evaluate = evaluator(executor, args.metric)
+            out, report, table = prune_with_budget(model, args.prune, args.prune_mode, feeds, args.accuracy_budget,
+                                                   args.metric, args.best_effort, args.prune_scope, say, evaluate)
         if not quiet:
             print(report.to_text() + "\n" + table)
         return out

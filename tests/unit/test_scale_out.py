@@ -115,3 +115,13 @@ def test_compile_int8_static_with_workers_writes_the_same_file(tmp_path, capsys)
     assert main(["compile", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "x.onnx"), "--workers", "2"]) == 2
     assert "--workers/--ray spread int8 static calibration" in capsys.readouterr().err
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_prune_search_on_workers_gives_the_same_candidates(pool):
+    from graphopt.lossy.parallel_eval import evaluator
+    model = qm.cnn()
+    refs = budget.reference_outputs(model, EVAL)
+    cosine = budget.metric_fn("cosine")
+    one, _ = budget.prune_search(model, 0.5, "channel", EVAL, refs, cosine)
+    many, _ = budget.prune_search(model, 0.5, "channel", EVAL, refs, cosine, evaluate=evaluator(pool, "cosine"))
+    assert len(one) > 2 and [(c.name, c.error) for c in many] == [(c.name, c.error) for c in one]
