@@ -14,7 +14,7 @@ import os
 import socket
 import threading
 
-from graphopt.distributed.executor import DEFAULT_RETRIES, Executor, Outcome, describe, retryable, run_task
+from graphopt.distributed.executor import DEFAULT_RETRIES, Executor, Outcome, describe, retryable
 from graphopt.distributed.progress import ProgressLine
 from graphopt.errors import GraphoptError, UsageError
 
@@ -87,6 +87,11 @@ def connect(address: str, workers: int | None) -> bool:
     return True
 
 
+def call(fn, *args):
+    """The remote function: arguments one by one, so Ray resolves the object refs among them."""
+    return fn(*args)
+
+
 class RayExecutor(Executor):
     kind = "ray"
 
@@ -95,7 +100,7 @@ class RayExecutor(Executor):
         self._owns = connect(address, workers)
         ray = _import_ray()
         self.workers = workers or int(ray.cluster_resources().get("CPU", 1))
-        self._remote = ray.remote(num_cpus=1, max_retries=0)(run_task)  # retries are ours: same rules as local
+        self._remote = ray.remote(num_cpus=1, max_retries=0)(call)  # retries are ours: same rules as local
 
     def describe(self) -> str:
         return f"ray ({self.address}), {self.workers} worker(s)"
@@ -114,7 +119,7 @@ class RayExecutor(Executor):
             return a
 
         def submit(i):
-            return self._remote.remote(tasks[i].fn, tuple(arg(a) for a in tasks[i].args))
+            return self._remote.remote(tasks[i].fn, *(arg(a) for a in tasks[i].args))
 
         running = {}
         queue = list(range(len(tasks)))[::-1]

@@ -37,3 +37,8 @@ def die_once(marker: str, x: int) -> int:
 
 def always_die(x: int) -> int:
     os._exit(3)
+
+
+def length(blob: bytes, x: int) -> int:
+    assert isinstance(blob, bytes), type(blob)
+    return len(blob) + x

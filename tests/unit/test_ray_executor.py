@@ -45,6 +45,11 @@ def test_results_retries_and_a_named_failure(on_ray, tmp_path):
     assert lines[-1].startswith("fleet: 5/5 tasks (1 failed, 2 retried)")
 
 
+def test_a_large_bytes_argument_is_stored_once_and_arrives_as_bytes(on_ray):
+    blob = bytes(200_000)  # above BIG_ARG: goes through Ray's object store, shared by the tasks
+    assert [o.value for o in on_ray.map([Task(f"t{i}", t.length, (blob, i)) for i in range(3)])] == [200_000, 200_001, 200_002]
+
+
 def test_a_killed_ray_worker_is_survived(on_ray, tmp_path):
     out = on_ray.map([Task("dies once", t.die_once, (str(tmp_path / "m"), 4)), Task("fine", t.square, (2,))])
     assert [o.value for o in out] == [16, 4] and out[0].attempts == 2
