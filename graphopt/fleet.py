@@ -8,8 +8,9 @@ paths are relative to the manifest.
 
 Each entry is one task: a pure function of (model path in shared storage, options) -> the compiled
 model's bytes and a few numbers; this process writes the output atomically (temp file + rename) and
-then `<output>.done.json` (the entry's options and the output's SHA-256). A rerun skips an entry whose
-record matches its options and whose output file still has that hash; anything else is redone.
+then `<output>.done.json` (the entry's options, graphopt's version, the input's and the output's
+SHA-256). A rerun skips an entry whose record matches all of these; anything else is redone.
+(Calibration data is named by path only: changed data under the same path goes unnoticed; --fresh.)
 """
 from __future__ import annotations
 
@@ -131,7 +132,17 @@ def finished(entry: Entry) -> bool:
         record = json.loads(done.read_text())
     except (OSError, ValueError):
         return False
-    return record.get("entry") == entry.record() and out.is_file() and record.get("sha256") == _sha256(out)
+    model = Path(entry.model)
+    return (record.get("entry") == entry.record() and record.get("graphopt") == _version() and out.is_file()
+            and model.is_file() and record.get("input_sha256") == _sha256(model) and record.get("sha256") == _sha256(out))
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("graphopt")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 def compile_entry(model_path: str, options: dict) -> dict:
@@ -156,7 +167,8 @@ def compile_entry(model_path: str, options: dict) -> dict:
         else:
             model, rep = lossy.int8_dynamic(model)
         note += f"; int8 {options['int8']}: {len(rep.quantized)} quantized"
-    return {"bytes": model.SerializeToString(), "nodes_before": result.report.before.nodes,
+    return {"bytes": model.SerializeToString(), "input_sha256": _sha256(Path(model_path)),
+            "nodes_before": result.report.before.nodes,
             "nodes_after": len(onnx.load_from_string(model.SerializeToString()).graph.node),
             "seconds": time.perf_counter() - start, "note": note}
 
@@ -168,7 +180,8 @@ def write_result(entry: Entry, value: dict) -> None:
     from graphopt import ir
     out = Path(entry.output)
     ir.save(onnx.load_from_string(value["bytes"]), out, protect=() if entry.output == entry.model else {entry.model})
-    record = {"entry": entry.record(), "sha256": _sha256(out), "nodes_before": value["nodes_before"],
+    record = {"entry": entry.record(), "graphopt": _version(), "input_sha256": value["input_sha256"],
+              "sha256": _sha256(out), "nodes_before": value["nodes_before"],
               "nodes_after": value["nodes_after"]}
     fd, tmp = tempfile.mkstemp(prefix=".graphopt-", dir=out.parent)
     try:
