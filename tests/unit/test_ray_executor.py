@@ -85,3 +85,15 @@ def test_an_unreachable_cluster_is_a_one_line_error(monkeypatch, tmp_path, capsy
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Ray cluster at 127.0.0.1:1 is unreachable" in err
     assert not list((tmp_path / "out").iterdir())
+
+
+def test_budget_search_on_ray_chooses_the_single_process_candidate(on_ray, monkeypatch):
+    from graphopt import lossy
+    from graphopt.lossy import budget
+    monkeypatch.setattr(budget, "latency_ms", lambda m, feed, runs=10: m.ByteSize() / 1e4)  # timing aside
+    model = qm.cnn()
+    calib, evals = qm.feeds("x", (2, 3, 8, 8), 5, seed=1), qm.feeds("x", (2, 3, 8, 8), 4, seed=2)
+    args = (model, "static", evals, 1e-9, "max-rel-error", True)  # best effort: the most accurate one
+    one, one_report = lossy.with_budget(*args, calib=calib)
+    many, many_report = lossy.with_budget(*args, calib=calib, executor=on_ray)
+    assert many_report.table == one_report.table and many.SerializeToString() == one.SerializeToString()
