@@ -160,17 +160,24 @@ class PoolExecutor(Executor):
             if on_done:
                 on_done(i, out)
 
+        def submit(i: int, queue: deque) -> bool:
+            try:
+                running[pool.submit(run_task, tasks[i].fn, tasks[i].args)] = i
+                return True
+            except BrokenProcessPool:  # a worker died since the last wait: try again after the rebuild
+                queue.appendleft(i)
+                return False
+
         while pending or suspects or running:
+            ok = True
             if suspects:  # after a worker died: rerun the tasks it may have held, one at a time
                 if not running:
-                    i = suspects.popleft()
-                    running[pool.submit(run_task, tasks[i].fn, tasks[i].args)] = i
+                    ok = submit(suspects.popleft(), suspects)
             else:
-                while pending and len(running) < self.workers:
-                    i = pending.popleft()
-                    running[pool.submit(run_task, tasks[i].fn, tasks[i].args)] = i
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            broken = False
+                while ok and pending and len(running) < self.workers:
+                    ok = submit(pending.popleft(), pending)
+            broken = not ok
+            done = wait(running, return_when=FIRST_COMPLETED)[0] if ok else ()
             for f in done:
                 try:
                     value = f.result()

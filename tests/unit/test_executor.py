@@ -62,6 +62,19 @@ def test_a_task_that_always_kills_its_worker_is_charged_alone(pool):
     assert pool.map([Task("after", t.square, (5,))])[0].value == 25  # the pool still works
 
 
+def test_a_worker_killed_between_jobs_is_survived():
+    import os
+    import signal
+    import time
+    with PoolExecutor(2) as pool:
+        pids = {o.value for o in pool.map([Task(f"t{i}", t.pid, (i,)) for i in range(4)])}
+        for p in pids:
+            os.kill(p, signal.SIGKILL)  # idle workers die, as under the OOM killer
+        time.sleep(0.5)  # let the pool notice (or not: both paths must work)
+        out = pool.map([Task(f"t{i}", t.square, (i,)) for i in range(3)])
+    assert [o.value for o in out] == [0, 1, 4]
+
+
 def test_one_progress_line_for_the_job(tmp_path):
     lines = []
     tasks = [Task(f"t{i}", t.square, (i,)) for i in range(4)] + [Task("bad", t.always_raise, (9,))]
