@@ -97,3 +97,25 @@ def test_budget_search_on_ray_chooses_the_single_process_candidate(on_ray, monke
     one, one_report = lossy.with_budget(*args, calib=calib)
     many, many_report = lossy.with_budget(*args, calib=calib, executor=on_ray)
     assert many_report.table == one_report.table and many.SerializeToString() == one.SerializeToString()
+
+
+def test_a_port_that_is_not_ray_times_out_instead_of_hanging(tmp_path):
+    """Something listens but never speaks Ray: the driver gives up after GRAPHOPT_RAY_TIMEOUT seconds.
+    In a fresh process (this one is already connected to the test's Ray); subprocess's own timeout
+    would fail the test on a hang."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(4)
+        port = server.getsockname()[1]
+        m = tmp_path / "fleet.json"
+        m.write_text(json.dumps([{"model": str(MODELS / "convnet/model.onnx")}]))
+        run = subprocess.run([sys.executable, "-m", "graphopt", "compile-many", str(m), "--out-dir", str(tmp_path / "o"),
+                              "--ray", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=180,
+                             env={**os.environ, "GRAPHOPT_RAY_TIMEOUT": "2"})
+    assert run.returncode == 1, run.stderr
+    assert run.stderr == (f"graphopt: error: Ray cluster at 127.0.0.1:{port} answered on the port but did not "
+                          "accept a driver within 2 s\n")
