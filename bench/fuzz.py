@@ -315,13 +315,24 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, help="write the summary here")
     ap.add_argument("--no-session", action="store_true", help="skip the graphopt runtime checks (b)")
     ap.add_argument("--progress", type=int, default=0, metavar="N", help="print a status line every N graphs")
+    ap.add_argument("--workers", type=int, metavar="N", help="check graphs on N worker processes (bench/fuzz_parallel.py)")
+    ap.add_argument("--ray", metavar="auto|ADDRESS", help="check graphs on Ray (needs graphopt[ray])")
     args = ap.parse_args(argv)
     try:
-        stats = run(args.n, args.seed, args.save, args.max_ops, log=lambda m: print(m, flush=True),
-                    session=not args.no_session, progress=args.progress)
+        if args.workers is not None or args.ray:
+            from bench.fuzz_parallel import run_parallel
+            stats = run_parallel(args.n, args.seed, args.save, args.max_ops, log=lambda m: print(m, flush=True),
+                                 session=not args.no_session, workers=args.workers, ray=args.ray)
+        else:
+            stats = run(args.n, args.seed, args.save, args.max_ops, log=lambda m: print(m, flush=True),
+                        session=not args.no_session, progress=args.progress)
     except KeyboardInterrupt:
         return 130
-    except Exception:
+    except Exception as e:
+        from graphopt.errors import GraphoptError
+        if isinstance(e, GraphoptError):  # --workers 0, --ray without Ray, an unreachable cluster: one line
+            print(f"fuzz: error: {e}", file=sys.stderr)
+            return 2
         traceback.print_exc()
         return 1
     print(f"graphs: {stats['graphs']} (plus {stats['invalid_originals']} originals ORT rejects, skipped)  "

@@ -55,6 +55,7 @@ def compile_model(model_or_path, level: int = 2, passes=None, disable=(), verify
     load_builtin_passes()
     for plugin in plugins:
         load_plugin(plugin)
+    ir.graph.reset_fresh_names()  # names of new nodes: the same in every process, for every rerun
     start = time.perf_counter()
     target = targets.check_target(target, verify_each)
     limits = (limits or DEFAULT_LIMITS).with_(fold_bytes=None if fold_limit == DEFAULT_FOLD_LIMIT else fold_limit)

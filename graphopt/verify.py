@@ -63,9 +63,9 @@ def random_feed(model: onnx.ModelProto, seed: int = 0, dims: dict | None = None,
         if np.issubdtype(dtype, np.floating):
             feed[inp.name] = rng.standard_normal(shape).astype(dtype)
         elif dtype == np.bool_:
-            feed[inp.name] = rng.random(shape) < 0.5
+            feed[inp.name] = np.asarray(rng.random(shape) < 0.5)  # rank 0: an array, not a numpy.bool ORT refuses
         elif np.issubdtype(dtype, np.integer):
-            feed[inp.name] = rng.integers(0, 3, shape).astype(dtype)
+            feed[inp.name] = np.asarray(rng.integers(0, 3, shape).astype(dtype))
         else:
             raise Unsupported(f"cannot make random data for input '{inp.name}' of type {dtype}")
     return feed

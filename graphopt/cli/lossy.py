@@ -84,6 +84,12 @@ def validate(args) -> None:
         raise UsageError("--bias-correction needs --int8 static")
     if getattr(args, "smoothquant", None) is not None and args.int8 != "static":
         raise UsageError("--smoothquant needs --int8 static")
+    workers, ray = getattr(args, "workers", None), getattr(args, "ray", None)
+    if workers is not None and workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {workers}")
+    if (workers is not None or ray) and args.int8 != "static" and args.accuracy_budget is None:
+        raise UsageError("--workers/--ray spread int8 static calibration and the --accuracy-budget search: "
+                         "use them with --int8 static or --accuracy-budget (or compile-many for a fleet)")
     if args.prune is not None and not 0.0 <= args.prune < 1.0:
         raise UsageError(f"--prune must be in [0, 1), got {args.prune}")
     if args.prune is not None and args.accuracy_budget is not None and (args.int8 or args.fp16 or args.int4_weights):
@@ -138,9 +144,11 @@ def apply(args, model: onnx.ModelProto, quiet: bool = False) -> onnx.ModelProto:
             print(report.to_text())
         return out
     if args.accuracy_budget is not None:
-        out, report = lossy.with_budget(model, args.int8, args.eval, args.accuracy_budget, args.metric,
-                                        args.best_effort, args.calib, args.calib_method, args.percentile,
-                                        args.int8_exclude, keep_final, say, args.int8_format, args.int8_activations)
+        with _executor(args) as executor:
+            out, report = lossy.with_budget(model, args.int8, args.eval, args.accuracy_budget, args.metric,
+                                            args.best_effort, args.calib, args.calib_method, args.percentile,
+                                            args.int8_exclude, keep_final, say, args.int8_format,
+                                            args.int8_activations, executor=executor)
     elif args.fp16:
         from graphopt.passes.precision import DEFAULT_BLOCK, convert_fp16
         block = DEFAULT_BLOCK if args.fp16_block is None else set(args.fp16_block)
@@ -152,10 +160,12 @@ def apply(args, model: onnx.ModelProto, quiet: bool = False) -> onnx.ModelProto:
             print(report.to_text())
         return out
     elif args.int8 == "static":
-        out, report = lossy.int8_static(model, args.calib, args.calib_method, args.percentile, args.int8_exclude,
-                                        keep_final is None, say, fmt=args.int8_format,
-                                        activations=args.int8_activations, ort_report=True,
-                                        bias_correction=args.bias_correction, smooth=args.smoothquant)
+        with _executor(args) as executor:
+            out, report = lossy.int8_static(model, args.calib, args.calib_method, args.percentile, args.int8_exclude,
+                                            keep_final is None, say, fmt=args.int8_format,
+                                            activations=args.int8_activations, ort_report=True,
+                                            bias_correction=args.bias_correction, smooth=args.smoothquant,
+                                            executor=executor)
     else:
         out, report = lossy.int8_dynamic(model, args.int8_exclude, keep_final=False)
     if args.eval and args.accuracy_budget is None:
@@ -164,6 +174,19 @@ def apply(args, model: onnx.ModelProto, quiet: bool = False) -> onnx.ModelProto:
     if not quiet:
         print(report.to_text())
     return out
+
+
+def _executor(args):
+    """--workers N (N > 1) or --ray / $GRAPHOPT_RAY_ADDRESS: calibration shards and budget candidates run
+    on an executor (graphopt/distributed); otherwise in this process, as before."""
+    import contextlib
+    import os
+
+    from graphopt.distributed import RAY_ENV, make_executor
+    workers, ray = getattr(args, "workers", None), getattr(args, "ray", None)
+    if (workers or 1) < 2 and not ray and not os.environ.get(RAY_ENV):
+        return contextlib.nullcontext(None)
+    return make_executor(workers, ray)
 
 
 def _prune(args, model: onnx.ModelProto, quiet: bool) -> onnx.ModelProto:
@@ -176,8 +199,13 @@ def _prune(args, model: onnx.ModelProto, quiet: bool) -> onnx.ModelProto:
     if args.accuracy_budget is not None:  # lower the ratio until the budget holds (graphopt/lossy/budget.py)
         from graphopt.lossy.budget import prune_with_budget
         say = None if quiet else (lambda msg: print(f"  {msg}", file=sys.stderr, flush=True))
-        out, report, table = prune_with_budget(model, args.prune, args.prune_mode, feeds, args.accuracy_budget,
-                                               args.metric, args.best_effort, args.prune_scope, say)
+        with _executor(args) as executor:
+            evaluate = None
+            if executor is not None:
+                from graphopt.lossy.parallel_eval import evaluator
+                evaluate = evaluator(executor, args.metric)
+            out, report, table = prune_with_budget(model, args.prune, args.prune_mode, feeds, args.accuracy_budget,
+                                                   args.metric, args.best_effort, args.prune_scope, say, evaluate)
         if not quiet:
             print(report.to_text() + "\n" + table)
         return out

@@ -21,6 +21,7 @@ EPILOG = """examples:
   graphopt passes                                           # list passes and their levels
   graphopt kernels --op Conv                                # which kernel runs an op, and where it is
   graphopt inspect model.onnx
+  graphopt compile-many fleet.json --out-dir out/ --workers 4   # or --ray auto|HOST:PORT
 """
 
 
@@ -70,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     from graphopt.cli.lossy import add_arguments as add_lossy_arguments  # --int8, --calib, --accuracy-budget, ...
     add_lossy_arguments(c)
+    from graphopt.cli.fleet import add_executor_arguments  # --workers N / --ray: int8 static calibration, budget search
+    add_executor_arguments(c, "int8 static calibration and the --accuracy-budget search; default 1", retries=False)
     add_limit_options(c)
     targets.add_target_arguments(c)  # --target, --opset
 
@@ -84,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("input")
     i.add_argument("--json", action="store_true", help="print JSON")
 
+    from graphopt.cli.fleet import add_fleet_command  # compile-many MANIFEST
+    add_fleet_command(sub)
     try:
         from graphopt.cli.runtime import add_runtime_commands
     except ImportError:

@@ -55,6 +55,13 @@ def fresh_name(base: str) -> str:
     return f"{base}__g{next(_names)}"
 
 
+def reset_fresh_names() -> None:
+    """Restart the counter behind fresh_name. compile_model calls it first, so a model compiles to
+    the same bytes whatever this process compiled before (compile-many compares workers' outputs)."""
+    global _names
+    _names = itertools.count()
+
+
 def subgraphs(node: gs.Node) -> list[gs.Graph]:
     if node.op not in CONTROL_FLOW_OPS and not node.domain:
         return []

@@ -79,14 +79,16 @@ def int8_friendly(model: onnx.ModelProto, activations: str, exclude=()) -> tuple
 def int8_static(model: onnx.ModelProto, calib, method: str = "mse", percentile: float = 99.99,
                 exclude=(), keep_final: bool = True, progress=None, ranges: dict | None = None,
                 fmt: str = "qdq", activations: str = "auto", weight_bits: int | None = None,
-                ort_report: bool = False, bias_correction: bool = False, smooth: float | None = None):
+                ort_report: bool = False, bias_correction: bool = False, smooth: float | None = None,
+                executor=None):
     """activations: "auto" (the format ONNX Runtime runs fastest on this CPU, see
     passes/quantize/cpu_format.py), or "int8" (S8S8) / "uint8" (U8S8) forced.
     ort_report: add what ONNX Runtime fuses of the result to the report (builds one ORT session).
     bias_correction: fold the mean output shift of each layer's int8 weights into its bias
     (passes/quantize/bias_correction.py; reads the calibration data once more).
     smooth: SmoothQuant alpha (0..1): move activation outliers of normalized MatMul inputs into the
-    weights (passes/quantize/smooth.py; reads the calibration data once more)."""
+    weights (passes/quantize/smooth.py; reads the calibration data once more).
+    executor (graphopt.distributed): calibrate on its workers, shards merged exactly."""
     from graphopt.passes.quantize import apply_static, plan_static
     from graphopt.passes.quantize.cpu_format import resolve
     from graphopt.passes.quantize.common import ModelView, check_exclude_names
@@ -118,7 +120,7 @@ def int8_static(model: onnx.ModelProto, calib, method: str = "mse", percentile: 
         bits = weight_bits if weight_bits is not None else (7 if activations == "uint8" else 8)
         model, corrected = correct_biases(model, iter_feeds(calib, model), bits, set(plan.nodes))
     if ranges is None:
-        ranges = calibrate(model, plan.tensors, calib, method, percentile, progress)
+        ranges = _ranges(model, plan.tensors, calib, method, percentile, progress, executor)
     from graphopt.passes.quantize.shared_ranges import share_ranges
     ranges = share_ranges(model, ranges)  # Reshape/MaxPool/... keep one scale, so ORT runs them on int8
     q, rep = apply_static(model, ranges, exclude=exclude, keep_final=keep_final, activations=activations,
@@ -155,6 +157,13 @@ def int8_static(model: onnx.ModelProto, calib, method: str = "mse", percentile: 
     return _checked(q), report
 
 
+def _ranges(model, tensors, calib, method, percentile, progress, executor):
+    if executor is None or executor.workers < 2:
+        return calibrate(model, tensors, calib, method, percentile, progress)
+    from graphopt.lossy.calib_shards import calibrate_sharded
+    return calibrate_sharded(model, tensors, calib, method, percentile, executor, progress)
+
+
 def int8_dynamic(model: onnx.ModelProto, exclude=(), keep_final: bool = False, progress=None):
     from graphopt.passes.quantize import apply_dynamic
     from graphopt.passes.quantize.common import ModelView, check_exclude_names
@@ -175,9 +184,11 @@ def agreement(model: onnx.ModelProto, quantized: onnx.ModelProto, feeds: list[di
 
 def with_budget(model: onnx.ModelProto, mode: str, eval_data, budget: float, metric: str = "top1",
                 best_effort: bool = False, calib=None, method: str = "mse", percentile: float = 99.99,
-                exclude=(), keep_final=None, progress=None, fmt: str = "qdq", activations: str = "auto"):
+                exclude=(), keep_final=None, progress=None, fmt: str = "qdq", activations: str = "auto",
+                executor=None):
     """Search fallbacks until the error on eval_data stays within `budget`; returns the fastest
-    candidate inside it (BudgetNotMet when none is, unless best_effort)."""
+    candidate inside it (BudgetNotMet when none is, unless best_effort). executor (graphopt.distributed):
+    calibration shards and candidate x data-shard evaluations run on its workers, same results."""
     if eval_data is None:
         raise UsageError("--accuracy-budget needs evaluation data (--eval DATA)")
     if budget < 0:
@@ -197,7 +208,8 @@ def with_budget(model: onnx.ModelProto, mode: str, eval_data, budget: float, met
         kf = True if keep_final is None else keep_final
         source, _ = int8_friendly(model, activations, exclude)  # float-exact: refs above stay valid
         plan = plan_static(source, exclude=exclude, keep_final=kf, const_operands=activations == "uint8")
-        ranges = calibrate(source, plan.tensors, calib, method, percentile, progress) if calib is not None else None
+        ranges = _ranges(source, plan.tensors, calib, method, percentile, progress, executor) \
+            if calib is not None else None
         if ranges is None:
             raise UsageError("--int8 static needs calibration data (--calib DATA)")
         first, first_report = int8_static(source, calib, exclude=exclude, keep_final=kf, ranges=ranges,
@@ -218,7 +230,11 @@ def with_budget(model: onnx.ModelProto, mode: str, eval_data, budget: float, met
         raise UsageError(f"unknown --int8 mode '{mode}'")
     if not layers:
         raise UsageError("nothing to quantize: no Conv/MatMul/Gemm with constant weights outside the exclusions")
-    cands = _budget.search(build, layers, feeds, refs, metric_f, budget, say)
+    evaluate = None
+    if executor is not None and executor.workers > 1:
+        from graphopt.lossy.parallel_eval import evaluator
+        evaluate = evaluator(executor, metric, progress)
+    cands = _budget.search(build, layers, feeds, refs, metric_f, budget, say, evaluate=evaluate)
     table = _budget.table(cands, _budget.latency_ms(model, feeds[0]), model.ByteSize(), budget)
     chosen = _budget.choose(cands, budget, best_effort)  # raises BudgetNotMet -> nothing written
     final, report = (int8_static(source, None, exclude=list(exclude) + chosen.float_layers, keep_final=kf,

@@ -75,6 +75,9 @@ def _session(model: onnx.ModelProto, threads: int = 1):
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
+ort_session = _session  # public: lossy/parallel_eval.py's workers open their sessions the same way
+
+
 def reference_outputs(model: onnx.ModelProto, feeds: list[dict]) -> list[list[np.ndarray]]:
     sess = _session(model)
     return [sess.run(None, f) for f in feeds]
@@ -125,33 +128,38 @@ class Candidate:
     report: object = None  # the PruneReport of a pruning candidate
 
 
+EVAL_BATCH = 16  # candidate models built and evaluated together (bounded memory, a batch fills the workers)
+
+
 def search(build: Callable[[list[str]], onnx.ModelProto], layers: list[str], feeds: list[dict], refs: list,
-           metric, budget: float, progress=None, sensitivity_feeds: int = 8) -> list[Candidate]:
+           metric, budget: float, progress=None, sensitivity_feeds: int = 8, evaluate=None) -> list[Candidate]:
     """Rank `layers` by sensitivity (error when only that layer is quantized), then build candidates
     with the 0, 1, 2, 4, ... most sensitive layers back in float. Returns every candidate, Pareto
-    flags set; the caller picks."""
+    flags set; the caller picks. evaluate(models, feeds, refs) -> their errors (default: one after the
+    other here; graphopt/lossy/parallel_eval.py runs them on an executor with the same results)."""
     say = progress or (lambda msg: None)
+    evaluate = evaluate or (lambda models, f, r: [error(m, f, r, metric) for m in models])
     sample, sample_refs = feeds[:sensitivity_feeds], refs[:sensitivity_feeds]
     sens = {}
-    for i, layer in enumerate(layers):
-        others = [x for x in layers if x != layer]
-        sens[layer] = error(build(others), sample, sample_refs, metric)
-        if (i + 1) % 10 == 0 or i + 1 == len(layers):
-            say(f"sensitivity: {i + 1}/{len(layers)} layers")
+    for start in range(0, len(layers), EVAL_BATCH):
+        batch = layers[start:start + EVAL_BATCH]
+        models = [build([x for x in layers if x != layer]) for layer in batch]
+        sens.update(zip(batch, evaluate(models, sample, sample_refs)))
+        say(f"sensitivity: {start + len(batch)}/{len(layers)} layers")
     ranked = sorted(layers, key=lambda x: -sens[x])
     counts, k = [0], 1
     while k < len(layers):
         counts.append(k)
         k *= 2
     candidates = []
-    for k in counts:
-        fallback = ranked[:k]
-        model = build(fallback)
-        err = error(model, feeds, refs, metric)
-        cand = Candidate(f"int8, {k} layer(s) float" if k else "int8, all layers", fallback, err,
-                         latency_ms(model, feeds[0]), model.ByteSize(), model)
-        candidates.append(cand)
-        say(f"candidate '{cand.name}': error {err:.4g}, {cand.latency_ms:.2f} ms")
+    for start in range(0, len(counts), EVAL_BATCH):
+        batch = counts[start:start + EVAL_BATCH]
+        models = [build(ranked[:k]) for k in batch]
+        for k, model, err in zip(batch, models, evaluate(models, feeds, refs)):
+            cand = Candidate(f"int8, {k} layer(s) float" if k else "int8, all layers", ranked[:k], err,
+                             latency_ms(model, feeds[0]), model.ByteSize(), model)
+            candidates.append(cand)
+            say(f"candidate '{cand.name}': error {err:.4g}, {cand.latency_ms:.2f} ms")
     _mark_pareto(candidates)
     return candidates
 
@@ -199,10 +207,13 @@ def table(candidates: list[Candidate], float_latency: float, float_size: int, bu
 # evaluation feeds); R/2 and R/4 on every layer (not for 2:4, always half). The one written is the
 # cheapest inside the budget by multiply-accumulates (_prune_cost), measured latency breaking ties.
 def prune_search(model: onnx.ModelProto, ratio: float, mode: str, feeds: list[dict], refs: list, metric,
-                 scope: str = "layer", progress=None, sensitivity_feeds: int = 8) -> tuple[list[Candidate], float]:
-    """Returns the candidates (Pareto flags set) and the float model's latency, measured with them."""
+                 scope: str = "layer", progress=None, sensitivity_feeds: int = 8,
+                 evaluate=None) -> tuple[list[Candidate], float]:
+    """Returns the candidates (Pareto flags set) and the float model's latency, measured with them.
+    evaluate: as for search() (one model at a time here: its data shards spread over the workers)."""
     from graphopt.passes.prune import prune
     say = progress or (lambda msg: None)
+    evaluate = evaluate or (lambda models, f, r: [error(m, f, r, metric) for m in models])
     sample = {k: np.shape(v) for k, v in feeds[0].items()}
 
     def build(r: float, unpruned=()):
@@ -223,7 +234,7 @@ def prune_search(model: onnx.ModelProto, ratio: float, mode: str, feeds: list[di
         sens = {}
         for i, layer in enumerate(ranked_layers):
             alone, _ = build(ratio, [x for x in ranked_layers if x != layer])
-            sens[layer] = error(alone, feeds[:sensitivity_feeds], refs[:sensitivity_feeds], metric)
+            sens[layer] = evaluate([alone], feeds[:sensitivity_feeds], refs[:sensitivity_feeds])[0]
             if (i + 1) % 10 == 0 or i + 1 == len(ranked_layers):
                 say(f"prune sensitivity: {i + 1}/{len(ranked_layers)} layers")
         ranked = sorted(ranked_layers, key=lambda x: -sens[x])
@@ -238,7 +249,7 @@ def prune_search(model: onnx.ModelProto, ratio: float, mode: str, feeds: list[di
         model_r, report = (full, full_report) if (r, unpruned) == (ratio, []) else build(r, unpruned)
         if not report.pruned:
             continue  # a ratio this low removes nothing: the float model itself, not a candidate
-        err = error(model_r, feeds, refs, metric)
+        err = evaluate([model_r], feeds, refs)[0]
         candidates.append(Candidate(name, list(unpruned), err, 0.0, model_r.ByteSize(), model_r, report=report))
         say(f"candidate '{name}': error {err:.4g}")
     times = latencies_ms([model] + [c.model for c in candidates], feeds[0])
@@ -256,7 +267,8 @@ def _prune_cost(c: Candidate):
 
 
 def prune_with_budget(model: onnx.ModelProto, ratio: float, mode: str, eval_data, budget: float,
-                      metric: str = "top1", best_effort: bool = False, scope: str = "layer", progress=None):
+                      metric: str = "top1", best_effort: bool = False, scope: str = "layer", progress=None,
+                      evaluate=None):
     """Returns (model, PruneReport of the chosen candidate, table text). Raises BudgetNotMet when no
     candidate's error on eval_data is within `budget` (unless best_effort)."""
     from graphopt.lossy.calibrate import feeds_list
@@ -267,7 +279,7 @@ def prune_with_budget(model: onnx.ModelProto, ratio: float, mode: str, eval_data
     metric_f = metric_fn(metric)
     feeds = feeds_list(eval_data, model, "evaluation")
     refs = reference_outputs(model, feeds)
-    cands, float_ms = prune_search(model, ratio, mode, feeds, refs, metric_f, scope, progress)
+    cands, float_ms = prune_search(model, ratio, mode, feeds, refs, metric_f, scope, progress, evaluate=evaluate)
     text = table(cands, float_ms, model.ByteSize(), budget)
     chosen = choose(cands, budget, best_effort, _prune_cost)  # raises BudgetNotMet -> nothing written
     if chosen.error <= budget:

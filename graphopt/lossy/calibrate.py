@@ -127,16 +127,37 @@ class TensorStats:
         self.lo, self.hi, self.count = min(self.lo, lo), max(self.hi, hi), self.count + x.size
         if self.hist is None:
             return
-        need = max(abs(lo), abs(hi), 1e-12)
+        # R is the smallest power of two strictly above every |x| (frexp is exact), so no value sits on
+        # the closed last edge and each count is that of a fixed dyadic bin: the histogram depends on
+        # the values only, not on the batch order, and shards merge exactly (merge below)
+        self.grow_to(math.ldexp(1.0, math.frexp(max(abs(lo), abs(hi), 1e-12))[1]))
+        h, _ = np.histogram(x, bins=BINS, range=(-self.radius, self.radius))
+        self.hist += h
+
+    def grow_to(self, radius: float) -> None:
+        """Widen the histogram to `radius` (a power of two): R doubles, each pair of bins merges and
+        the old range fills the middle half."""
         if self.radius == 0.0:
-            self.radius = 2.0 ** math.ceil(math.log2(need))
-        while need > self.radius:  # double R: each pair of bins merges, the old range fills the middle
+            self.radius = radius
+        while radius > self.radius:
             merged = self.hist.reshape(-1, 2).sum(axis=1)
             self.hist = np.zeros(BINS, np.int64)
             self.hist[BINS // 4: BINS // 4 + BINS // 2] = merged
             self.radius *= 2
-        h, _ = np.histogram(x, bins=BINS, range=(-self.radius, self.radius))
-        self.hist += h
+
+    def merge(self, other: "TensorStats") -> None:
+        """Add another shard's statistics: exactly what one process streaming both shards' data keeps."""
+        if other.count == 0:
+            return
+        self.lo, self.hi, self.count = min(self.lo, other.lo), max(self.hi, other.hi), self.count + other.count
+        if self.hist is None or other.hist is None:
+            return
+        theirs = TensorStats(True)
+        theirs.hist, theirs.radius = other.hist.copy(), other.radius
+        radius = max(self.radius, other.radius)
+        self.grow_to(radius)
+        theirs.grow_to(radius)
+        self.hist += theirs.hist
 
     def _edges(self):
         return np.linspace(-self.radius, self.radius, BINS + 1)
@@ -239,3 +260,6 @@ def tensor_runner(model: onnx.ModelProto, tensors: list[str], kind: str):
 def feeds_list(data, model: onnx.ModelProto, what: str) -> list[dict]:
     """All feeds of an evaluation set, checked (evaluation sets are reused across candidates)."""
     return list(iter_feeds(data, model, what))
+
+
+input_specs = _input_specs  # public: lossy/calib_shards.py checks shard feeds in the workers

@@ -16,12 +16,12 @@ SOURCE = {"graphopt": ROOT / "graphopt", "graphopt.passes": ROOT / "passes", "gr
 # package facade sit on top: nothing inside graphopt imports them.
 RANKS = {
     "graphopt.errors": 0,
-    "graphopt.ir": 1,
+    "graphopt.ir": 1, "graphopt.distributed": 1,  # executors: import only errors
     "graphopt.kernels": 2, "graphopt.verify": 2,
     "graphopt.compiler": 3, "graphopt.runtime": 3,
     "graphopt.passes": 4,
     "graphopt.pipeline": 5, "graphopt.lossy": 5,
-    "graphopt.golden": 6,
+    "graphopt.golden": 6, "graphopt.fleet": 6,
     "graphopt.cli": 7,
     "graphopt.rewrite": 8, "graphopt.pass_manager": 8, "graphopt.session": 8,  # old paths, one release
     "graphopt": 9, "graphopt.__main__": 9,
