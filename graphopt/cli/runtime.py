@@ -11,32 +11,14 @@ import time
 
 import numpy as np
 
-from graphopt.errors import UsageError
-
-
-def _pair(text: str) -> tuple[str, str]:
-    name, sep, value = text.partition("=")
-    if not sep or not name:
-        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got '{text}'")
-    return name, value
-
-
-def _dims(pairs) -> dict:
-    dims = {}
-    for name, value in pairs or []:
-        try:
-            dims[name] = int(value)
-        except ValueError:
-            raise UsageError(f"--dim {name}={value}: the value must be an integer") from None
-    return dims
+from graphopt.cli import feeds
+from graphopt.errors import GraphoptError, UsageError
 
 
 def add_runtime_commands(sub) -> None:
     r = sub.add_parser("run", help="run a model with graphopt's runtime and summarize its outputs")
     r.add_argument("model")
-    r.add_argument("--input", action="append", type=_pair, default=[], metavar="NAME=FILE.npy",
-                   help="feed input NAME from a .npy file (repeatable)")
-    r.add_argument("--random", action="store_true", help="fill inputs not given by --input with random data")
+    r.add_argument("--random", action="store_true", help=argparse.SUPPRESS)  # random data is the default now
     _common(r)
     r.add_argument("--output-dir", metavar="DIR", help="also save every output as DIR/<name>.npy")
     r.set_defaults(handler=cmd_run)
@@ -66,9 +48,7 @@ def _common(p) -> None:
                    help="cpu: NumPy runtime (default); gpu: CuPy runtime (needs graphopt[gpu] and a GPU)")
     p.add_argument("--gpu-fallback", action="store_true",
                    help="with --device gpu: run ops that have no GPU kernel on the CPU instead of failing")
-    p.add_argument("--seed", type=int, default=0, help="seed for random inputs (default 0)")
-    p.add_argument("--dim", action="append", type=_pair, default=[], metavar="NAME=VALUE",
-                   help="value of a symbolic dimension for random inputs (default 1)")
+    feeds.add_arguments(p)  # --input, --inputs, --dim, --input-shape, --seed
 
 
 def _device(args) -> dict:
@@ -80,49 +60,34 @@ def _device(args) -> dict:
 
 def _load(path: str):
     from graphopt.runtime.session import load_model
+    if not os.path.exists(path):  # exit 1 like every command (a UsageError in the API, as in onnxruntime)
+        raise GraphoptError(f"model file not found: {path}")
     return load_model(path)
 
 
-def _random_feed(model, seed: int, dims: dict) -> dict:
-    from graphopt.verify import random_feed
-    return random_feed(model, seed=seed, dims=dims, default_dim=1)
-
-
 @contextlib.contextmanager
-def _dims_hint(model, dims: dict):
-    """A kernel failure on random inputs whose symbolic dims defaulted to 1 names those dims: an
-    image model given a 1x1 image fails deep inside (a Concat of mismatched feature maps), and
-    the fix is a --dim, not a bug report."""
+def _random_hint(feed_options_given: bool):
+    """A kernel failure on made-up inputs may be the inputs' fault (a guessed dim): say how to give real ones."""
     from graphopt.errors import KernelFailed
     try:
         yield
     except KernelFailed as e:
-        defaulted = sorted({d.dim_param for vi in model.graph.input if vi.type.HasField("tensor_type")
-                            for d in vi.type.tensor_type.shape.dim
-                            if d.dim_param and d.dim_param not in dims} - set(dims))
-        if not defaulted:
+        if feed_options_given:
             raise
-        raise KernelFailed(f"{e} (the random inputs set the symbolic dims {', '.join(defaulted)} to 1; "
-                           f"a real size may be needed: --dim {defaulted[-1]}=VALUE)") from e
+        raise KernelFailed(f"{e} (on random inputs with the dims noted above: set real sizes with --dim NAME=V / "
+                           f"--input-shape INPUT=D0,D1,... or give real data with --input / --inputs)") from e
+
+
+def _given(args) -> bool:
+    return bool(args.inputs or args.input_files or args.dim or args.input_shape)
 
 
 def cmd_run(args) -> int:
     from graphopt.runtime.session import Session
     model = _load(args.model)
     sess = Session(model, **_device(args))
-    feed = {}
-    for name, file in args.input:
-        if not os.path.exists(file):
-            raise UsageError(f"--input {name}: file not found: {file}")
-        feed[name] = np.load(file, allow_pickle=False)
-    missing = [a.name for a in sess.get_inputs() if a.name not in feed]
-    dims = _dims(args.dim) if missing else {}
-    if missing:
-        if not args.random:
-            raise UsageError(f"no data for input(s) {missing}: pass --input NAME=FILE.npy or --random")
-        rnd = _random_feed(model, args.seed, dims)
-        feed.update({k: rnd[k] for k in missing})
-    with _dims_hint(model, dims) if missing else contextlib.nullcontext():
+    feed = feeds.feeds_for(args, model)[0]
+    with _random_hint(_given(args)):
         outputs = sess.run(None, feed)
     if args.output_dir:
         os.makedirs(args.output_dir, exist_ok=True)
@@ -164,9 +129,8 @@ def cmd_bench(args) -> int:
         raise UsageError("--runs must be >= 1 and --warmup >= 0")
     model = _load(args.model)
     sess = Session(model, threads=args.threads, **_device(args))
-    dims = _dims(args.dim)
-    feed = _random_feed(model, args.seed, dims)
-    with _dims_hint(model, dims):
+    feed = feeds.feeds_for(args, model)[0]
+    with _random_hint(_given(args)):
         ours = _time(lambda: sess.run(None, feed), args.runs, args.warmup)
     print(_timing("graphopt", ours))
     sess.run(None, feed, profile=True)  # one instrumented run: peak memory, time per op
@@ -206,7 +170,7 @@ def cmd_verify(args) -> int:
     from graphopt.runtime.session import Session
     from graphopt.verify import compare_arrays, ort_session
     a = _load(args.model)
-    dims = _dims(args.dim)
+    feed_list = feeds.feeds_for(args, a, count=max(args.runs, 1))
     ref = ort_session(a)
     if args.other and _has_graphopt_ops(b := _load(args.other)):  # `compile --target graphopt` output
         sess = Session(b, **_device(args))
@@ -222,8 +186,7 @@ def cmd_verify(args) -> int:
         label = f"graphopt runtime vs onnxruntime on {args.model}"
     names = [o.name for o in ref.get_outputs()]
     worst: dict = {}
-    for i in range(max(args.runs, 1)):
-        feed = _random_feed(a, args.seed + i, dims)
+    for feed in feed_list:
         for name, want, got in zip(names, ref.run(names, feed), run_cand(feed)):
             err = compare_arrays(name, want, got, rtol=args.rtol, atol=args.atol)
             prev = worst.get(name)

@@ -1,0 +1,97 @@
+"""One way to give a model its inputs, for run, bench, verify and compile (--verify-each and the
+verification after compiling):
+
+  --input NAME=FILE.npy        one input from a file (repeatable; a name the model lacks is refused)
+  --inputs DATA                whole feeds: a folder of .npz files or one .npz of stacked arrays
+                               (the --calib format, graphopt/lossy/calibrate.py)
+  --dim NAME=VALUE             a symbolic dim, for the inputs made up at random
+  --input-shape NAME=D0,D1,..  an input's full shape (unnamed dims too)
+
+Inputs not given are random data shaped after the model (graphopt/ir/sample_inputs.py), and a note
+on stderr says what was assumed.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from graphopt.errors import GraphoptError, UsageError
+from graphopt.ir.sample_inputs import plan_inputs
+
+
+def _pair(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got '{text}'")
+    return name, value
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("inputs (default: random data shaped after the model; a note says what was assumed)")
+    g.add_argument("--input", dest="input_files", action="append", type=_pair, default=[], metavar="NAME=FILE.npy",
+                   help="feed input NAME from a .npy file (repeatable)")
+    g.add_argument("--inputs", metavar="DATA", help="feeds from a folder of .npz files or one .npz of stacked "
+                   "arrays (input name -> array; the --calib format)")
+    g.add_argument("--dim", action="append", type=_pair, default=[], metavar="NAME=VALUE",
+                   help="size of a symbolic dimension for random inputs")
+    g.add_argument("--input-shape", action="append", type=_pair, default=[], metavar="NAME=D0,D1,...",
+                   help="full shape of input NAME for random inputs (sets unnamed dims too)")
+    g.add_argument("--seed", type=int, default=0, help="seed for random inputs (default 0)")
+
+
+def _ints(option: str, name: str, text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or any(v < 0 for v in values) or (option == "--dim" and len(values) != 1):
+        raise UsageError(f"{option} {name}={text}: expected "
+                         f"{'a size >= 0' if option == '--dim' else 'sizes >= 0 as D0,D1,...'}")
+    return values
+
+
+def _load_npy(name: str, file: str) -> np.ndarray:
+    path = Path(file)
+    if not path.is_file():
+        raise UsageError(f"--input {name}: file not found: {file}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise GraphoptError(f"--input {name}: '{file}' is not a readable .npy file ({e})") from None
+
+
+def feeds_for(args, model: onnx.ModelProto, count: int = 1, quiet: bool = False) -> list[dict]:
+    """The feeds the options describe: those of --inputs (with --input files replacing arrays), else
+    `count` feeds of --input files plus random data for the other inputs."""
+    inits = {t.name for t in model.graph.initializer}
+    inputs = {vi.name: vi for vi in model.graph.input if vi.name not in inits}
+    files = {}
+    for name, file in getattr(args, "input_files", []):
+        if name not in inputs:
+            raise UsageError(f"--input {name}: the model has no input '{name}' (inputs: {', '.join(inputs)})")
+        files[name] = _load_npy(name, file)
+    if getattr(args, "inputs", None):
+        from graphopt.lossy.calibrate import iter_feeds
+        feeds = [{**feed, **files} for feed in iter_feeds(args.inputs, model, "input")]
+        return feeds
+    dims = {name: _ints("--dim", name, v)[0] for name, v in getattr(args, "dim", [])}
+    shapes = {name: _ints("--input-shape", name, v) for name, v in getattr(args, "input_shape", [])}
+    for name, array in files.items():  # a given array fixes its input's dims for the random ones
+        declared = inputs[name].type.tensor_type.shape.dim
+        if inputs[name].type.HasField("tensor_type") and len(declared) and len(declared) != array.ndim:
+            raise UsageError(f"--input {name}: the array has shape {list(array.shape)}, the input has rank "
+                             f"{len(declared)}")
+        for d, size in zip(declared, array.shape):
+            if d.dim_param and dims.setdefault(d.dim_param, size) != size:
+                raise UsageError(f"--input {name}: dim '{d.dim_param}' is {dims[d.dim_param]} elsewhere, "
+                                 f"the array has {size}")
+    plan = plan_inputs(model, dims, shapes, skip=set(files))
+    if plan.specs and not quiet:
+        print(plan.note(), file=sys.stderr)
+    seed = getattr(args, "seed", 0)
+    return [{**plan.feed(seed + i), **files} for i in range(count if plan.specs else 1)]
