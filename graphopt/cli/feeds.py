@@ -66,8 +66,17 @@ def _load_npy(name: str, file: str) -> np.ndarray:
 
 
 def feeds_for(args, model: onnx.ModelProto, count: int = 1, quiet: bool = False) -> list[dict]:
+    """feeds_and_note, the note printed on stderr unless quiet."""
+    feeds, note = feeds_and_note(args, model, count)
+    if note and not quiet:
+        print(note, file=sys.stderr)
+    return feeds
+
+
+def feeds_and_note(args, model: onnx.ModelProto, count: int = 1) -> tuple[list[dict], str]:
     """The feeds the options describe: those of --inputs (with --input files replacing arrays), else
-    `count` feeds of --input files plus random data for the other inputs."""
+    `count` feeds of --input files plus random data for the other inputs; and the note saying what
+    the random data assumed ('' when there is none)."""
     inits = {t.name for t in model.graph.initializer}
     inputs = {vi.name: vi for vi in model.graph.input if vi.name not in inits}
     files = {}
@@ -77,8 +86,7 @@ def feeds_for(args, model: onnx.ModelProto, count: int = 1, quiet: bool = False)
         files[name] = _load_npy(name, file)
     if getattr(args, "inputs", None):
         from graphopt.lossy.calibrate import iter_feeds
-        feeds = [{**feed, **files} for feed in iter_feeds(args.inputs, model, "input")]
-        return feeds
+        return [{**feed, **files} for feed in iter_feeds(args.inputs, model, "input")], ""
     dims = {name: _ints("--dim", name, v)[0] for name, v in getattr(args, "dim", [])}
     shapes = {name: _ints("--input-shape", name, v) for name, v in getattr(args, "input_shape", [])}
     for name, array in files.items():  # a given array fixes its input's dims for the random ones
@@ -91,7 +99,6 @@ def feeds_for(args, model: onnx.ModelProto, count: int = 1, quiet: bool = False)
                 raise UsageError(f"--input {name}: dim '{d.dim_param}' is {dims[d.dim_param]} elsewhere, "
                                  f"the array has {size}")
     plan = plan_inputs(model, dims, shapes, skip=set(files))
-    if plan.specs and not quiet:
-        print(plan.note(), file=sys.stderr)
     seed = getattr(args, "seed", 0)
-    return [{**plan.feed(seed + i), **files} for i in range(count if plan.specs else 1)]
+    feeds = [{**plan.feed(seed + i), **files} for i in range(count if plan.specs else 1)]
+    return feeds, plan.note() if plan.specs else ""

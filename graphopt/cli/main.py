@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_lossy_arguments(c)
     add_limit_options(c)
     targets.add_target_arguments(c)  # --target, --opset
+    from graphopt.cli import compile_check, feeds
+    compile_check.add_arguments(c)  # --no-verify, --rtol, --atol
+    feeds.add_arguments(c)  # the inputs verification runs on: --input, --inputs, --dim, --input-shape
 
     p = sub.add_parser("passes", help="list registered passes")
     p.add_argument("--plugin", action="append", default=[], metavar="FILE.py", help="also load these plugin passes")
@@ -105,12 +108,18 @@ def cmd_compile(args) -> int:
     from graphopt.cli import lossy as lossy_cli
     lossy_cli.validate(args)  # lossy option mistakes fail before any work
     progress = None if args.quiet else (lambda msg: print(f"  {msg}", file=sys.stderr, flush=True))
+    from graphopt.cli import compile_check, feeds
+    verify = not args.no_verify and not lossy_cli.requested(args)  # lossy outputs differ by design
+    original = ir.load_model(src, limits=limits_from_args(args)) if verify or args.verify_each else None
+    inputs, note = feeds.feeds_and_note(args, original, count=2) if original is not None else (None, "")
     result = compile_model(src, level=args.level, passes=args.passes, disable=args.disable,
-                           verify_each=args.verify_each, print_after=args.print_after,
+                           verify_each=args.verify_each, verify_options={"feeds": inputs} if inputs else None, print_after=args.print_after,
                            bisect_limit=args.bisect_limit, trace=args.trace, fold_limit=args.fold_limit,
                            plugins=args.plugin, progress=progress if sys.stderr.isatty() or args.verify_each else None,
                            limits=limits_from_args(args), **targets.target_options(args))
     result.model = lossy_cli.apply(args, result.model, quiet=args.quiet)  # opt-in, after the lossless pipeline
+    checked = compile_check.verify_compiled(original, result.model, inputs, args.rtol, args.atol) if verify \
+        else "not verified: " + ("--no-verify" if args.no_verify else "lossy output (compare it with --eval DATA)")
     external = {"auto": None, "always": True, "never": False}[args.external_data]
     ir.save(result.model, out, external_data=external, protect=() if args.force else ir.input_files(src))
     if args.report:
@@ -123,6 +132,9 @@ def cmd_compile(args) -> int:
             print(f"trace: {line}")
         for rule, (_, node, reason) in result.report.near_misses.items():
             print(f"trace: {rule}: best near-miss at '{node}': {reason}")
+        if note:  # printed once the compile succeeded: an error stays one line
+            print(note, file=sys.stderr)
+        print(checked)
         print(f"wrote {out}")
     return 0
 
