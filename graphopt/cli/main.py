@@ -5,11 +5,13 @@ Errors a user can cause print one line and exit 1 (usage errors 2); --debug show
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from pathlib import Path
 
 from graphopt.errors import GraphoptError, UsageError
+from graphopt.version import __version__
 from graphopt.compiler import targets
 from graphopt.ir.limits import add_limit_options, limits_from_args
 
@@ -21,6 +23,10 @@ EPILOG = """examples:
   graphopt passes                                           # list passes and their levels
   graphopt kernels --op Conv                                # which kernel runs an op, and where it is
   graphopt inspect model.onnx
+
+exit status: 0 ok; 1 a problem with the model or data (missing/invalid file, outputs that changed,
+a failed run); 2 a usage error (bad option, unknown input/dim/pass name). --debug (anywhere on the
+line) shows the traceback.
 """
 
 
@@ -40,7 +46,8 @@ def _csv(text: str) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="graphopt", description="Optimize ONNX models and run them.",
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
-    ap.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    ap.add_argument("--debug", action="store_true", help="show full tracebacks on errors (accepted anywhere)")
+    ap.add_argument("--version", action="version", version=f"graphopt {__version__}")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -60,8 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--bisect-limit", type=int, metavar="N", help="skip every pass run after the Nth")
     c.add_argument("--print-after", type=_csv, default=[], metavar="PASS", help="print the graph after PASS")
     c.add_argument("--trace", type=_csv, default=[], metavar="RULE",
-                   help="say where RULE fired and why its best near-miss failed ('all' for every rule)")
-    c.add_argument("--report", metavar="FILE.json", help="write the compile report as JSON")
+                   help="say where RULE fired and why its best near-miss failed (a pass name: all its rules; "
+                        "'all' for every rule; names: graphopt passes --rules)")
+    c.add_argument("--report", metavar="FILE.json", help="write the compile report as JSON ('-': to stdout)")
     c.add_argument("--fold-limit", type=_size, default=64 << 20, metavar="BYTES",
                    help="largest tensor constant folding may create (default 64M)")
     c.add_argument("--external-data", choices=["auto", "always", "never"], default="auto",
@@ -78,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("passes", help="list registered passes")
     p.add_argument("--plugin", action="append", default=[], metavar="FILE.py", help="also load these plugin passes")
+    p.add_argument("--rules", action="store_true", help="also list each rule-based pass's rules (names for --trace)")
 
     k = sub.add_parser("kernels", help="list runtime kernels: domain/op, since opset, device -> file:line")
     k.add_argument("--op", help="only this op (case-insensitive; 'Conv' matches Conv, not ConvTranspose)")
@@ -122,7 +131,9 @@ def cmd_compile(args) -> int:
         else "not verified: " + ("--no-verify" if args.no_verify else "lossy output (compare it with --eval DATA)")
     external = {"auto": None, "always": True, "never": False}[args.external_data]
     ir.save(result.model, out, external_data=external, protect=() if args.force else ir.input_files(src))
-    if args.report:
+    if args.report == "-":
+        print(result.report.to_json())
+    elif args.report:
         Path(args.report).write_text(result.report.to_json())
     if not args.quiet:
         for block in result.report.printed:
@@ -152,6 +163,8 @@ def cmd_passes(args) -> int:
         origin = "built-in" if info.origin.startswith("graphopt") and not from_plugin \
             else info.origin.removeprefix("graphopt_plugin_")
         print(f"{info.name:24}{level:>6}  {origin:22}{info.doc}")
+        if args.rules and getattr(info, "rules", None):
+            print(f"{'':32}rules: {', '.join(dict.fromkeys(r.name for r in info.rules))}")
     return 0
 
 
@@ -210,11 +223,19 @@ COMMANDS = {"compile": cmd_compile, "passes": cmd_passes, "kernels": cmd_kernels
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted before or after the subcommand
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
+    args.debug = debug
     handler = COMMANDS.get(args.command) or getattr(args, "handler", None)
     try:
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below, not at interpreter exit
+        return code
+    except BrokenPipeError:  # `graphopt inspect m.onnx | head -3`: the reader left, nothing to say
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's flush at exit would fail on the closed pipe again
+        return 0
     except UsageError as e:
         if args.debug:
             traceback.print_exc()
