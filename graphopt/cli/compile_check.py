@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import onnx
 
+from graphopt.cli.common import has_graphopt_ops
 from graphopt.errors import Unsupported, VerificationFailed
 from graphopt.verify import compare_arrays, ort_session
 
@@ -21,11 +22,6 @@ def add_arguments(parser) -> None:
     g.add_argument("--no-verify", action="store_true", help="do not compare the compiled model's outputs with the input's")
     g.add_argument("--rtol", type=float, default=RTOL, help=f"relative tolerance (default {RTOL})")
     g.add_argument("--atol", type=float, default=ATOL, help=f"absolute tolerance (default {ATOL})")
-
-
-def _has_graphopt_ops(model: onnx.ModelProto) -> bool:
-    from graphopt.compiler.report import walk_nodes
-    return any(n.domain == "ai.graphopt" for n in walk_nodes(model.graph))
 
 
 def verify_compiled(original: onnx.ModelProto, compiled: onnx.ModelProto, feeds: list, rtol: float = RTOL,
@@ -40,7 +36,7 @@ def verify_compiled(original: onnx.ModelProto, compiled: onnx.ModelProto, feeds:
     except Exception as e:  # ORT lacks an op of the input model, or the inputs do not suit it
         return (f"not verified: ONNX Runtime cannot run the input model on these inputs "
                 f"({str(e).splitlines()[0]}); give real inputs with --input/--inputs, or --no-verify")
-    if _has_graphopt_ops(compiled):
+    if has_graphopt_ops(compiled):
         from graphopt.runtime.session import Session
         where = "graphopt runtime"
         try:

@@ -13,6 +13,7 @@ on stderr says what was assumed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import zipfile
 from pathlib import Path
@@ -102,3 +103,16 @@ def feeds_and_note(args, model: onnx.ModelProto, count: int = 1) -> tuple[list[d
     seed = getattr(args, "seed", 0)
     feeds = [{**plan.feed(seed + i), **files} for i in range(count if plan.specs else 1)]
     return feeds, plan.note() if plan.specs else ""
+
+
+@contextlib.contextmanager
+def blame_random_inputs(args):
+    """A kernel failure on made-up inputs may be the inputs' fault (a guessed dim): say how to give real ones."""
+    from graphopt.errors import KernelFailed
+    try:
+        yield
+    except KernelFailed as e:
+        if getattr(args, "inputs", None):  # whole feeds came from files: nothing was made up
+            raise
+        raise KernelFailed(f"{e} (on random inputs with the dims noted above: set real sizes with --dim NAME=V / "
+                           f"--input-shape INPUT=D0,D1,... or give real data with --input / --inputs)") from e

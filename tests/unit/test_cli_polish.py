@@ -87,3 +87,29 @@ def test_session_has_a_real_signature():
     params = inspect.signature(graphopt.Session).parameters
     assert list(params)[:3] == ["model_or_path", "device", "threads"]
     assert "output_names" in graphopt.Session.run.__doc__
+
+
+# --- graphopt bench A.onnx B.onnx ----------------------------------------------------------------
+def test_bench_models_side_by_side(tmp_path, capsys):
+    """The original and its compiled forms: interleaved, ratios against the first; ORT cannot load the
+    ai.graphopt one and the table says so instead of failing."""
+    src = str(MODELS / "transformer_block" / "model.onnx")
+    onnx.save(graphopt.compile(src), tmp_path / "o.onnx")
+    onnx.save(graphopt.compile(src, target="graphopt"), tmp_path / "g.onnx")
+    argv = ["bench", src, str(tmp_path / "o.onnx"), str(tmp_path / "g.onnx"), "--runs", "2", "--warmup", "0",
+            "--dim", "seq=8"]
+    assert main(argv + ["--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "g.onnx [onnxruntime, 1 thread]: n/a: ai.graphopt ops run only in graphopt's runtime" in out
+    assert "o.onnx [onnxruntime, 1 thread]: median" in out and "x the first model" in out
+    assert main(argv + ["--json", "--runtime", "graphopt"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [(Path(r["model"]).name, r["runtime"]) for r in rows] == [
+        ("model.onnx", "graphopt"), ("o.onnx", "graphopt"), ("g.onnx", "graphopt")]
+    assert rows[0]["ratio_vs_first"] == 1.0 and all(r["runs"] == 2 for r in rows)
+
+
+def test_bench_refuses_models_with_other_inputs(tmp_path, capsys):
+    a, b = str(MODELS / "convnet" / "model.onnx"), str(MODELS / "bert_encoder" / "model.onnx")
+    assert main(["bench", a, b, "--runs", "1"]) == 2
+    assert "input 'input_ids' is not an input of" in capsys.readouterr().err
