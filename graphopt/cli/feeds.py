@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 
 from graphopt.errors import GraphoptError, UsageError
-from graphopt.ir.sample_inputs import plan_inputs
+from graphopt.ir.sample_inputs import dim_name, plan_inputs
 
 
 def _pair(text: str) -> tuple[str, str]:
@@ -96,8 +96,8 @@ def feeds_and_note(args, model: onnx.ModelProto, count: int = 1) -> tuple[list[d
             raise UsageError(f"--input {name}: the array has shape {list(array.shape)}, the input has rank "
                              f"{len(declared)}")
         for d, size in zip(declared, array.shape):
-            if d.dim_param and dims.setdefault(d.dim_param, size) != size:
-                raise UsageError(f"--input {name}: dim '{d.dim_param}' is {dims[d.dim_param]} elsewhere, "
+            if dim_name(d) and dims.setdefault(dim_name(d), size) != size:
+                raise UsageError(f"--input {name}: dim '{dim_name(d)}' is {dims[dim_name(d)]} elsewhere, "
                                  f"the array has {size}")
     plan = plan_inputs(model, dims, shapes, skip=set(files))
     seed = getattr(args, "seed", 0)

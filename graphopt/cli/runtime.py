@@ -9,6 +9,7 @@ import re
 import numpy as np
 
 from graphopt.cli import common, feeds
+from graphopt.errors import GraphoptError
 
 
 def add_runtime_commands(sub) -> None:
@@ -96,7 +97,12 @@ def cmd_verify(args) -> int:
     names = [o.name for o in ref.get_outputs()]
     worst: dict = {}
     for feed in feed_list:
-        for name, want, got in zip(names, ref.run(names, feed), run_cand(feed)):
+        try:
+            expected = ref.run(names, feed)
+        except Exception as e:  # ORT refuses these inputs: the data's problem, not graphopt's
+            raise GraphoptError(f"ONNX Runtime fails on {args.model} with these inputs: {str(e).splitlines()[0]}"
+                                f" (give real inputs with --input/--inputs or sizes with --dim/--input-shape)") from None
+        for name, want, got in zip(names, expected, run_cand(feed)):
             err = compare_arrays(name, want, got, rtol=args.rtol, atol=args.atol)
             prev = worst.get(name)
             if prev is None or (prev.ok and not err.ok) or err.max_abs > prev.max_abs:

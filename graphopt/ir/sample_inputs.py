@@ -85,7 +85,7 @@ def plan_inputs(model: onnx.ModelProto, dims: dict | None = None, shapes: dict |
     facts = _Facts(model)
     inputs = facts.inputs
     dims, shapes = dict(dims or {}), dict(shapes or {})
-    known_dims = {d.dim_param for vi in inputs for d in _dims_of(vi) if d.dim_param}
+    known_dims = {dim_name(d) for vi in inputs for d in _dims_of(vi) if dim_name(d)}
     for name in dims:
         if name not in known_dims:
             raise UsageError(f"--dim {name}: the model has no symbolic dim '{name}' "
@@ -100,9 +100,9 @@ def plan_inputs(model: onnx.ModelProto, dims: dict | None = None, shapes: dict |
         for axis, (d, size) in enumerate(zip(declared, shape)):
             if d.HasField("dim_value") and d.dim_value != size:
                 raise UsageError(f"--input-shape {name}: axis {axis} is fixed at {d.dim_value} in the model, got {size}")
-            if d.dim_param:
-                if dims.setdefault(d.dim_param, size) != size:
-                    raise UsageError(f"--input-shape {name}: dim '{d.dim_param}' is {dims[d.dim_param]} elsewhere, "
+            if dim_name(d):
+                if dims.setdefault(dim_name(d), size) != size:
+                    raise UsageError(f"--input-shape {name}: dim '{dim_name(d)}' is {dims[dim_name(d)]} elsewhere, "
                                      f"got {size}")
     plan = InputPlan([])
     for vi in inputs:
@@ -118,17 +118,23 @@ def plan_inputs(model: onnx.ModelProto, dims: dict | None = None, shapes: dict |
                 shape.append(shapes[vi.name][axis])
             elif d.HasField("dim_value"):
                 shape.append(d.dim_value)
-            elif d.dim_param and d.dim_param in dims:
-                shape.append(dims[d.dim_param])
+            elif dim_name(d) and dim_name(d) in dims:
+                shape.append(dims[dim_name(d)])
             else:
                 size, why = facts.guess_dim(vi, axis, dtype)
-                label = d.dim_param or f"{vi.name}[{axis}]"
+                label = dim_name(d) or f"{vi.name}[{axis}]"
                 plan.assumed.append(f"{label}={size} ({why})")
-                if d.dim_param:
-                    dims[d.dim_param] = size
+                if dim_name(d):
+                    dims[dim_name(d)] = size
                 shape.append(size)
         plan.specs.append(facts.value_spec(vi.name, dtype, shape))
     return plan
+
+
+def dim_name(d) -> str:
+    """A symbolic dim's name, or '' for an unnamed one ('?' and '-1', as some exporters write, name nothing:
+    two inputs' '?' dims need not be equal)."""
+    return "" if d.dim_param in ("?", "-1") else d.dim_param
 
 
 def _dims_of(vi) -> list:
@@ -207,7 +213,7 @@ class _Facts:
 
     def guess_dim(self, vi, axis: int, dtype: np.dtype) -> tuple[int, str]:
         d = _dims_of(vi)[axis]
-        rank, label = len(_dims_of(vi)), d.dim_param or ""
+        rank, label = len(_dims_of(vi)), dim_name(d)
         weight = self.weight_dim(vi.name, axis, rank)
         if weight:
             return weight
