@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compile", help="optimize a model", formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Apply graph rewrites and write the optimized model. Levels: O0 nothing, "
                                    "O1 cleanup + folding (constants, shapes, BatchNorm/scale/bias/zero-Pad into Conv weights), "
-                                   "O2 + fusions (default), O3 + aggressive/layout.")
+                                   "O2 + fusions (default), O3 + level-3 passes (none is built in today: O3 = O2 unless a "
+                                   "plugin registers one; `graphopt passes` lists levels).")
     c.add_argument("input", help="model.onnx to optimize")
     c.add_argument("-o", "--output", help="where to write the result (default: <input>.opt.onnx)")
     c.add_argument("-O", dest="level", type=int, choices=range(4), default=2, help="optimization level (default 2)")
