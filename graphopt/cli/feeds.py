@@ -66,6 +66,24 @@ def _load_npy(name: str, file: str) -> np.ndarray:
         raise GraphoptError(f"--input {name}: '{file}' is not a readable .npy file ({e})") from None
 
 
+def _check_array(name: str, array: np.ndarray, vi) -> None:
+    """A file's array must have the input's dtype, rank and fixed dims: said here, naming the input,
+    rather than deep inside a runtime."""
+    tt = vi.type.tensor_type
+    if not vi.type.HasField("tensor_type"):
+        return
+    want = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)) if tt.elem_type else None
+    if want is not None and array.dtype != want:
+        raise UsageError(f"--input {name}: the file holds {array.dtype}, the model expects {want} "
+                         f"(save it with .astype(np.{want.name}))")
+    dims = list(tt.shape.dim) if tt.HasField("shape") else None
+    if dims is None:
+        return
+    declared = [d.dim_value if d.HasField("dim_value") else "?" for d in dims]
+    if len(dims) != array.ndim or any(d != "?" and d != n for d, n in zip(declared, array.shape)):
+        raise UsageError(f"--input {name}: the array has shape {list(array.shape)}, the model expects {declared}")
+
+
 def feeds_for(args, model: onnx.ModelProto, count: int = 1, quiet: bool = False) -> list[dict]:
     """feeds_and_note, the note printed on stderr unless quiet."""
     feeds, note = feeds_and_note(args, model, count)
@@ -85,6 +103,7 @@ def feeds_and_note(args, model: onnx.ModelProto, count: int = 1) -> tuple[list[d
         if name not in inputs:
             raise UsageError(f"--input {name}: the model has no input '{name}' (inputs: {', '.join(inputs)})")
         files[name] = _load_npy(name, file)
+        _check_array(name, files[name], inputs[name])
     if getattr(args, "inputs", None):
         from graphopt.lossy.calibrate import iter_feeds
         return [{**feed, **files} for feed in iter_feeds(args.inputs, model, "input")], ""
@@ -92,9 +111,6 @@ def feeds_and_note(args, model: onnx.ModelProto, count: int = 1) -> tuple[list[d
     shapes = {name: _ints("--input-shape", name, v) for name, v in getattr(args, "input_shape", [])}
     for name, array in files.items():  # a given array fixes its input's dims for the random ones
         declared = inputs[name].type.tensor_type.shape.dim
-        if inputs[name].type.HasField("tensor_type") and len(declared) and len(declared) != array.ndim:
-            raise UsageError(f"--input {name}: the array has shape {list(array.shape)}, the input has rank "
-                             f"{len(declared)}")
         for d, size in zip(declared, array.shape):
             if dim_name(d) and dims.setdefault(dim_name(d), size) != size:
                 raise UsageError(f"--input {name}: dim '{dim_name(d)}' is {dims[dim_name(d)]} elsewhere, "

@@ -144,6 +144,8 @@ def test_inputs_npz_feeds_every_command(saved, tmp_path, capsys):
     (["bench", "{m}", "--input-shape", "input_ids=1,2,3"], 2, "--input-shape input_ids: 3 dims given"),
     (["run", "{m}", "--input", "input_ids={d}/missing.npy"], 2, "file not found"),
     (["run", "{m}", "--input", "input_ids={d}/bad.npy"], 1, "bad.npy' is not a readable .npy file"),
+    (["run", "{m}", "--input", "input_ids={d}/f64.npy"], 2, "--input input_ids: the file holds float64, the model expects int64"),
+    (["run", "{m}", "--input", "input_ids={d}/rank3.npy"], 2, "the array has shape [1, 2, 3], the model expects ['?', '?']"),
     (["compile", "{m}", "--inputs", "{d}/bad.npz"], 1, "bad.npz"),
     (["compile", "{m}", "--int8", "static", "--calib", "{d}/cal"], 1, "cal/bad.npz: not a readable .npz file"),
     (["run", "{d}/absent.onnx"], 1, "model file not found"),
@@ -153,6 +155,8 @@ def test_input_mistakes_are_one_line(argv, code, message, saved, tmp_path, capsy
     path = saved(token_type_model())
     (tmp_path / "bad.npy").write_bytes(b"not numpy")
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    np.save(tmp_path / "f64.npy", np.zeros((1, 4)))
+    np.save(tmp_path / "rank3.npy", np.zeros((1, 2, 3), np.int64))
     (tmp_path / "cal").mkdir()
     (tmp_path / "cal" / "bad.npz").write_bytes(b"PK\x03\x04 truncated")
     assert main([a.format(m=path, d=tmp_path) for a in argv]) == code
