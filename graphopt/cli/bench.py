@@ -15,7 +15,7 @@ import statistics
 import time
 
 from graphopt.cli import common, feeds
-from graphopt.errors import UsageError
+from graphopt.errors import GraphoptError, Unsupported, UsageError
 
 NO_ORT = "n/a: ai.graphopt ops run only in graphopt's runtime"
 
@@ -69,8 +69,14 @@ def _cases(args, models: dict) -> tuple[list, list]:
                 if rt == "onnxruntime" and common.has_graphopt_ops(model):
                     skipped.append((path, rt, threads, NO_ORT))
                     continue
-                sess = Session(model, threads=threads, **common.session_options(args)) if rt == "graphopt" \
-                    else _ort_session(model, threads)
+                try:
+                    sess = Session(model, threads=threads, **common.session_options(args)) if rt == "graphopt" \
+                        else _ort_session(model, threads)
+                except Exception as e:  # noqa: BLE001  a runtime that cannot load this model gets a row saying so
+                    if rt == "graphopt" and not isinstance(e, Unsupported):
+                        raise
+                    skipped.append((path, rt, threads, f"n/a: {rt} cannot load it: {str(e).splitlines()[0]}"))
+                    continue
                 run = (lambda s, f: lambda: s.run(None, f))(sess, feed)
                 cases.append((path, rt, threads, run, sess if rt == "graphopt" else None, feed))
     return cases, skipped
@@ -98,13 +104,21 @@ def cmd_bench(args) -> int:
         raise UsageError("--runs must be >= 1 and --warmup >= 0")
     models = _feeds(args, args.models)
     cases, skipped = _cases(args, models)
+    if not cases:
+        raise GraphoptError("nothing to time: " + "; ".join(f"{p} [{rt}] {why}" for p, rt, _, why in skipped))
     times = [[] for _ in cases]
     with feeds.blame_random_inputs(args):
         for round_ in range(args.warmup + args.runs):
             for k in range(len(cases)):
                 i = (k + round_) % len(cases)  # rotate the starting case
                 t0 = time.perf_counter()
-                cases[i][3]()
+                try:
+                    cases[i][3]()
+                except GraphoptError:
+                    raise
+                except Exception as e:  # ORT refusing the inputs: one line naming the model, not a traceback
+                    raise GraphoptError(f"{cases[i][0]} [{cases[i][1]}] fails on these inputs: "
+                                        f"{str(e).splitlines()[0]}") from None
                 if round_ >= args.warmup:
                     times[i].append(time.perf_counter() - t0)
     rows = []

@@ -113,3 +113,16 @@ def test_bench_refuses_models_with_other_inputs(tmp_path, capsys):
     a, b = str(MODELS / "convnet" / "model.onnx"), str(MODELS / "bert_encoder" / "model.onnx")
     assert main(["bench", a, b, "--runs", "1"]) == 2
     assert "input 'input_ids' is not an input of" in capsys.readouterr().err
+
+
+def test_bench_says_which_runtime_cannot_load_a_model(tmp_path, capsys):
+    """An op no runtime has: each row says why, and with nothing timed the command fails in one line."""
+    node = helper.make_node("Frobnicate", ["x"], ["y"], domain="custom.ops")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("custom.ops", 1)])
+    onnx.save(model, tmp_path / "custom.onnx")
+    assert main(["bench", str(tmp_path / "custom.onnx"), "--runtime", "both", "--runs", "1"]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("graphopt: ")]  # after the inputs note
+    assert len(err) == 1 and "nothing to time" in err[0]
+    assert "[graphopt] n/a: graphopt cannot load it" in err[0] and "[onnxruntime] n/a: onnxruntime cannot load it" in err[0]
