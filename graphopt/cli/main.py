@@ -123,7 +123,8 @@ def cmd_compile(args) -> int:
     original = ir.load_model(src, limits=limits_from_args(args)) if verify or args.verify_each else None
     inputs, note = feeds.feeds_and_note(args, original, count=2) if original is not None else (None, "")
     result = compile_model(src, level=args.level, passes=args.passes, disable=args.disable,
-                           verify_each=args.verify_each, verify_options={"feeds": inputs} if inputs else None, print_after=args.print_after,
+                           verify_each=args.verify_each, verify_options={"feeds": inputs} if inputs else None,
+                           print_after=args.print_after,
                            bisect_limit=args.bisect_limit, trace=args.trace, fold_limit=args.fold_limit,
                            plugins=args.plugin, progress=progress if sys.stderr.isatty() or args.verify_each else None,
                            limits=limits_from_args(args), **targets.target_options(args))
