@@ -222,6 +222,9 @@ class _Facts:
         floating = np.issubdtype(dtype, np.floating)
         if floating and rank == 4 and axis in (2, 3):
             return self.image_size(axis - 2)
+        last = _dims_of(vi)[-1]
+        if floating and rank == 4 and axis in (1, 2) and last.HasField("dim_value") and last.dim_value in (1, 3, 4):
+            return self.image_size(axis - 1)  # NHWC: channels last
         if _SEQUENCE_NAMES.search(label) or (np.issubdtype(dtype, np.integer) and axis >= 1):
             return self.sequence_length()
         return OTHER, "no better guess"

@@ -94,6 +94,10 @@ def test_plan_follows_the_model():
     assert plan_inputs(detector_model()).specs[0].shape == [1, 3, 224, 224]  # 224: a multiple of stride 4
     assert plan_inputs(detector_model({"imgsz": "[64, 96]"})).specs[0].shape == [1, 3, 64, 96]
     assert plan_inputs(unnamed_dims_model()).specs[0].shape == [1, 16]  # K of the MatMul weight
+    nhwc = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                             [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", "h", "w", 3])],
+                             [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    assert plan_inputs(helper.make_model(nhwc)).specs[0].shape == [1, 224, 224, 3]
     assert plan_inputs(unnamed_dims_model(), shapes={"x": [3, 16]}).specs[0].shape == [3, 16]
 
 
