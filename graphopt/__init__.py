@@ -16,13 +16,14 @@ from graphopt.errors import (GraphoptError, InvalidModel, LimitExceeded, Unsuppo
 from graphopt.ir import load, save
 from graphopt.ir.limits import Limits
 from graphopt.pipeline import CompileResult, compile, compile_model, load_plugin
+from graphopt.version import __version__
 
 __all__ = [
     "compile", "compile_model", "CompileResult", "load", "save", "load_plugin",
     "register_pass", "register_rules", "PassResult", "PassContext", "PassManager",
     "Rule", "Op", "Var", "Const", "Match", "apply_rules",
     "GraphoptError", "InvalidModel", "Unsupported", "LimitExceeded", "UnsafePath", "UsageError",
-    "VerificationFailed", "Session", "Limits",
+    "VerificationFailed", "Session", "Limits", "__version__",
 ]
 
 

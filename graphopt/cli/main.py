@@ -5,11 +5,13 @@ Errors a user can cause print one line and exit 1 (usage errors 2); --debug show
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from pathlib import Path
 
 from graphopt.errors import GraphoptError, UsageError
+from graphopt.version import __version__
 from graphopt.compiler import targets
 from graphopt.ir.limits import add_limit_options, limits_from_args
 
@@ -22,6 +24,10 @@ EPILOG = """examples:
   graphopt kernels --op Conv                                # which kernel runs an op, and where it is
   graphopt inspect model.onnx
   graphopt compile-many fleet.json --out-dir out/ --workers 4   # or --ray auto|HOST:PORT
+
+exit status: 0 ok; 1 a problem with the model or data (missing/invalid file, outputs that changed,
+a failed run); 2 a usage error (bad option, unknown input/dim/pass name). --debug (anywhere on the
+line) shows the traceback.
 """
 
 
@@ -41,14 +47,16 @@ def _csv(text: str) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="graphopt", description="Optimize ONNX models and run them.",
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
-    ap.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    ap.add_argument("--debug", action="store_true", help="show full tracebacks on errors (accepted anywhere)")
+    ap.add_argument("--version", action="version", version=f"graphopt {__version__}")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
     c = sub.add_parser("compile", help="optimize a model", formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Apply graph rewrites and write the optimized model. Levels: O0 nothing, "
                                    "O1 cleanup + folding (constants, shapes, BatchNorm/scale/bias/zero-Pad into Conv weights), "
-                                   "O2 + fusions (default), O3 + aggressive/layout.")
+                                   "O2 + fusions (default), O3 + level-3 passes (none is built in today: O3 = O2 unless a "
+                                   "plugin registers one; `graphopt passes` lists levels).")
     c.add_argument("input", help="model.onnx to optimize")
     c.add_argument("-o", "--output", help="where to write the result (default: <input>.opt.onnx)")
     c.add_argument("-O", dest="level", type=int, choices=range(4), default=2, help="optimization level (default 2)")
@@ -61,8 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--bisect-limit", type=int, metavar="N", help="skip every pass run after the Nth")
     c.add_argument("--print-after", type=_csv, default=[], metavar="PASS", help="print the graph after PASS")
     c.add_argument("--trace", type=_csv, default=[], metavar="RULE",
-                   help="say where RULE fired and why its best near-miss failed ('all' for every rule)")
-    c.add_argument("--report", metavar="FILE.json", help="write the compile report as JSON")
+                   help="say where RULE fired and why its best near-miss failed (a pass name: all its rules; "
+                        "'all' for every rule; names: graphopt passes --rules)")
+    c.add_argument("--report", metavar="FILE.json", help="write the compile report as JSON ('-': to stdout)")
     c.add_argument("--fold-limit", type=_size, default=64 << 20, metavar="BYTES",
                    help="largest tensor constant folding may create (default 64M)")
     c.add_argument("--external-data", choices=["auto", "always", "never"], default="auto",
@@ -75,9 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_executor_arguments(c, "int8 static calibration and the --accuracy-budget search; default 1", retries=False)
     add_limit_options(c)
     targets.add_target_arguments(c)  # --target, --opset
+    from graphopt.cli import compile_check, feeds
+    compile_check.add_arguments(c)  # --no-verify, --rtol, --atol
+    feeds.add_arguments(c)  # the inputs verification runs on: --input, --inputs, --dim, --input-shape
 
     p = sub.add_parser("passes", help="list registered passes")
     p.add_argument("--plugin", action="append", default=[], metavar="FILE.py", help="also load these plugin passes")
+    p.add_argument("--rules", action="store_true", help="also list each rule-based pass's rules (names for --trace)")
 
     k = sub.add_parser("kernels", help="list runtime kernels: domain/op, since opset, device -> file:line")
     k.add_argument("--op", help="only this op (case-insensitive; 'Conv' matches Conv, not ConvTranspose)")
@@ -110,15 +123,24 @@ def cmd_compile(args) -> int:
     from graphopt.cli import lossy as lossy_cli
     lossy_cli.validate(args)  # lossy option mistakes fail before any work
     progress = None if args.quiet else (lambda msg: print(f"  {msg}", file=sys.stderr, flush=True))
+    from graphopt.cli import compile_check, feeds
+    verify = not args.no_verify and not lossy_cli.requested(args)  # lossy outputs differ by design
+    original = ir.load_model(src, limits=limits_from_args(args)) if verify or args.verify_each else None
+    inputs, note = feeds.feeds_and_note(args, original, count=2) if original is not None else (None, "")
     result = compile_model(src, level=args.level, passes=args.passes, disable=args.disable,
-                           verify_each=args.verify_each, print_after=args.print_after,
+                           verify_each=args.verify_each, verify_options={"feeds": inputs} if inputs else None,
+                           print_after=args.print_after,
                            bisect_limit=args.bisect_limit, trace=args.trace, fold_limit=args.fold_limit,
                            plugins=args.plugin, progress=progress if sys.stderr.isatty() or args.verify_each else None,
                            limits=limits_from_args(args), **targets.target_options(args))
     result.model = lossy_cli.apply(args, result.model, quiet=args.quiet)  # opt-in, after the lossless pipeline
+    checked = compile_check.verify_compiled(original, result.model, inputs, args.rtol, args.atol) if verify \
+        else "not verified: " + ("--no-verify" if args.no_verify else "lossy output (compare it with --eval DATA)")
     external = {"auto": None, "always": True, "never": False}[args.external_data]
     ir.save(result.model, out, external_data=external, protect=() if args.force else ir.input_files(src))
-    if args.report:
+    if args.report == "-":
+        print(result.report.to_json())
+    elif args.report:
         Path(args.report).write_text(result.report.to_json())
     if not args.quiet:
         for block in result.report.printed:
@@ -128,6 +150,9 @@ def cmd_compile(args) -> int:
             print(f"trace: {line}")
         for rule, (_, node, reason) in result.report.near_misses.items():
             print(f"trace: {rule}: best near-miss at '{node}': {reason}")
+        if note:  # printed once the compile succeeded: an error stays one line
+            print(note, file=sys.stderr)
+        print(checked)
         print(f"wrote {out}")
     return 0
 
@@ -145,6 +170,8 @@ def cmd_passes(args) -> int:
         origin = "built-in" if info.origin.startswith("graphopt") and not from_plugin \
             else info.origin.removeprefix("graphopt_plugin_")
         print(f"{info.name:24}{level:>6}  {origin:22}{info.doc}")
+        if args.rules and getattr(info, "rules", None):
+            print(f"{'':32}rules: {', '.join(dict.fromkeys(r.name for r in info.rules))}")
     return 0
 
 
@@ -203,11 +230,19 @@ COMMANDS = {"compile": cmd_compile, "passes": cmd_passes, "kernels": cmd_kernels
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted before or after the subcommand
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
+    args.debug = debug
     handler = COMMANDS.get(args.command) or getattr(args, "handler", None)
     try:
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below, not at interpreter exit
+        return code
+    except BrokenPipeError:  # `graphopt inspect m.onnx | head -3`: the reader left, nothing to say
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's flush at exit would fail on the closed pipe again
+        return 0
     except UsageError as e:
         if args.debug:
             traceback.print_exc()

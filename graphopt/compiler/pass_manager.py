@@ -95,6 +95,23 @@ def register_rules(name: str, rules: list[Rule], level: int = 1, doc: str = "",
     REGISTRY[name].rules = rules  # type: ignore[attr-defined]
 
 
+def expand_trace(names) -> tuple:
+    """--trace takes rule names, 'all', or pass names (standing for all the pass's rules); anything
+    else is a usage error rather than a trace that silently prints nothing."""
+    rules = {r.name for info in REGISTRY.values() for r in getattr(info, "rules", ())}
+    out = []
+    for name in names:
+        info = REGISTRY.get(name)
+        if name == "all" or name in rules:
+            out.append(name)
+        elif info is not None and getattr(info, "rules", None):
+            out += [r.name for r in info.rules]
+        else:
+            why = "applies no rules" if info is not None else "is neither a rule nor a pass"
+            raise UsageError(f"--trace {name}: '{name}' {why} (rule names: graphopt passes --rules)")
+    return tuple(out)
+
+
 @dataclass
 class PassContext:
     """What a pass may read: options, the model's opset, and where to leave trace lines."""
@@ -137,7 +154,7 @@ class PassManager:
         self.level, self.requested, self.disabled = level, requested, disabled
         self.verify_each, self.print_after = verify_each, set(print_after or ())
         self.bisect_limit, self.max_iterations = bisect_limit, max_iterations
-        self.fold_limit, self.trace, self.progress = fold_limit, tuple(trace or ()), progress
+        self.fold_limit, self.trace, self.progress = fold_limit, expand_trace(trace or ()), progress
         self.verify_options = verify_options or {}
         self.options = dict(options or {})  # ctx.options for every pass (e.g. target, opset)
         self.records: list[PassRecord] = []

@@ -51,8 +51,12 @@ def summarize(model: onnx.ModelProto) -> ModelSummary:
     for node in walk_nodes(model.graph):
         ops[f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type] += 1
     params = nbytes = inits = 0
-    for t in _walk_initializers(model.graph):
-        inits += 1
+    # weights held in Constant nodes (as some exporters write them) are parameters too
+    constants = [a.t for n in walk_nodes(model.graph) if n.op_type == "Constant" and n.domain in ("", "ai.onnx")
+                 for a in n.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR]
+    initializers = list(_walk_initializers(model.graph))
+    inits = len(initializers)
+    for t in initializers + constants:
         count = int(np.prod(t.dims, dtype=np.int64)) if len(t.dims) else 1
         params += count
         try:

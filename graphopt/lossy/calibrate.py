@@ -9,6 +9,7 @@ per tensor (re-binned when the range grows), so memory does not grow with the da
 from __future__ import annotations
 
 import math
+import zipfile
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -69,9 +70,17 @@ def check_feed(model_specs: dict, feed: dict, where: str) -> dict:
     return out
 
 
+def load_npz(path: Path) -> dict:
+    """All arrays of one .npz; a file that is not one is an error naming it (not a zipfile traceback)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, AttributeError) as e:
+        raise CalibrationError(f"{path}: not a readable .npz file ({str(e).splitlines()[0]})") from None
+
+
 def _stacked(path: Path, specs: dict) -> Iterator[tuple[str, dict]]:
-    with np.load(path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
+    arrays = load_npz(path)
     if not arrays:
         return
     n = {len(a) if a.ndim else 0 for a in arrays.values()}
@@ -95,7 +104,7 @@ def iter_feeds(data, model: onnx.ModelProto, what: str = "calibration") -> Itera
             files = sorted(path.glob("*.npz"))
             if not files:
                 raise CalibrationError(f"{what} data '{path}' holds no .npz files")
-            source = ((str(f), dict(np.load(f, allow_pickle=False))) for f in files)
+            source = ((str(f), load_npz(f)) for f in files)
         elif path.is_file():
             source = _stacked(path, specs)
         else:

@@ -8,6 +8,8 @@ shape signature where the model computes shapes at run time (runtime/plan/specia
 """
 from __future__ import annotations
 
+import inspect
+
 from graphopt.errors import InvalidModel, Unsupported, UsageError
 from graphopt.runtime.host.blas_threads import thread_limiter
 from graphopt.runtime.host.memory import keep_freed_memory
@@ -82,6 +84,14 @@ class Session:
         return list(self._overridable)
 
     def run(self, output_names, input_feed: dict, run_options=None, *, profile: bool = False) -> list:
+        """Run the model; returns the outputs as a list of NumPy arrays, in the order asked.
+
+        output_names: the outputs to return, or None for all, in the model's order.
+        input_feed: input name -> array (or anything np.asarray takes); dtypes and fixed dims are
+        checked, a wrong one raises UsageError naming the input.
+        run_options: accepted and ignored, as onnxruntime's call sites pass it.
+        profile: time every node and measure peak activation memory (`last_profile`,
+        `peak_activation_bytes`). A kernel that fails raises KernelFailed naming the node."""
         if output_names is None and not profile and type(input_feed) is dict:
             fast = self._fast_run if self._fast_run is not None else self._build_fast_run()
             outputs = fast(input_feed) if fast else None
@@ -143,6 +153,11 @@ class Session:
                 value = check_value(known.get(name) or overridable[name], value)  # converts, or says what is wrong
             checked[name] = value
         return checked
+
+
+# __new__ takes (*args, **kwargs) to pick the device's class: show __init__'s signature instead
+Session.__signature__ = inspect.signature(Session.__init__).replace(
+    parameters=list(inspect.signature(Session.__init__).parameters.values())[1:])
 
 
 def _import_kernels(device: str):

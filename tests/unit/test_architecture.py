@@ -15,7 +15,7 @@ SOURCE = {"graphopt": ROOT / "graphopt", "graphopt.passes": ROOT / "passes", "gr
 # Each subsystem imports only subsystems of a lower rank (and itself). The old-path shims and the
 # package facade sit on top: nothing inside graphopt imports them.
 RANKS = {
-    "graphopt.errors": 0,
+    "graphopt.errors": 0, "graphopt.version": 0,
     "graphopt.ir": 1, "graphopt.distributed": 1,  # executors: import only errors
     "graphopt.kernels": 2, "graphopt.verify": 2,
     "graphopt.compiler": 3, "graphopt.runtime": 3,

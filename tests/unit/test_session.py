@@ -338,24 +338,25 @@ def test_cli_run_random_and_from_files(tmp_path, capsys):
     assert _cli(["run", str(path), "--input", f"x={tmp_path / 'x.npy'}", "--input", f"s={tmp_path / 's.npy'}",
                  "--output-dir", str(tmp_path / "out2")]) == 0
     np.testing.assert_array_equal(np.load(tmp_path / "out2" / "t.npy"), ort_run(SMALL, {"x": x, "s": np.zeros(2, np.int64)})[1])
-    with pytest.raises(UsageError, match="--random"):
-        _cli(["run", str(path)])
+    assert _cli(["run", str(path)]) == 0  # inputs not given are random data (the note on stderr says so)
+    assert "y: shape [1, 3] float32" in capsys.readouterr().out
 
 
-def test_cli_run_names_the_dims_random_inputs_set_to_one(tmp_path):
-    """A model that needs a real size (here: an even width) fails on 1-sized random inputs; the
-    error says which symbolic dims were defaulted and how to set them."""
+def test_cli_run_failure_on_random_inputs_says_how_to_give_real_ones(tmp_path, capsys):
+    """A model that needs a real size (here: a width divisible by 5) can fail on made-up inputs; the
+    error says the inputs were random with the noted dims, and how to set them."""
     node = helper.make_node("Reshape", ["x", "shape"], ["y"])
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "width"])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                              [numpy_helper.from_array(np.array([-1, 2], np.int64), "shape")])
-    path = tmp_path / "pairs.onnx"
+                              [numpy_helper.from_array(np.array([-1, 5], np.int64), "shape")])
+    path = tmp_path / "fives.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    with pytest.raises(KernelFailed, match=r"symbolic dims batch, width to 1.*--dim width=VALUE"):
-        _cli(["run", str(path), "--random"])
-    with pytest.raises(KernelFailed, match=r"symbolic dims width to 1"):  # the one given is not named
+    with pytest.raises(KernelFailed, match=r"on random inputs with the dims noted above.*--dim NAME=V"):
+        _cli(["run", str(path)])
+    assert "width=64 (no better guess)" in capsys.readouterr().err
+    with pytest.raises(KernelFailed, match=r"on random inputs"):  # the width is still a guess
         _cli(["bench", str(path), "--dim", "batch=3", "--runs", "1"])
-    assert _cli(["run", str(path), "--random", "--dim", "width=4"]) == 0
+    assert _cli(["run", str(path), "--dim", "width=10"]) == 0
 
 
 def test_cli_bench_and_verify(tmp_path, capsys):
