@@ -31,6 +31,7 @@ class PruneReport:
     pruned: dict = field(default_factory=dict)     # layer -> "kept/total channels" or sparsity
     refused: dict = field(default_factory=dict)    # layer -> reason
     coupled: dict = field(default_factory=dict)    # gate producer -> the layer it was pruned along with
+    kept: dict = field(default_factory=dict)       # channel mode: layer -> surviving output channel indices
     params_before: int = 0
     params_after: int = 0
     nonzero_after: int = 0

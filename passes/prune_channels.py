@@ -75,7 +75,8 @@ def prune_channels(model: onnx.ModelProto, view: ModelView, ratio: float, report
             continue
         if planned is None:  # the ratio removes no channel of this width
             continue
-        edits, kept, total = planned
+        edits, keep, total = planned
+        kept = keep.size
         _apply(view, edits)
         view.refresh()
         shapes.stale = True
@@ -84,10 +85,14 @@ def prune_channels(model: onnx.ModelProto, view: ModelView, ratio: float, report
             report.refused.pop(node_label(member), None)
             report.pruned[node_label(member)] = f"{kept}/{total} channels" + (
                 "" if member is node else f" (with {label})")
+            report.kept[node_label(member)] = keep
             if member is not node:
                 report.coupled[node_label(member)] = label
         for kind, target, count, keep in edits:  # gate producers pruned along with this layer
+            if kind == "group":  # a depthwise conv losing the same channels (recovery refits it)
+                report.kept[node_label(target)] = keep
             if kind == "coupled":
+                report.kept[node_label(target)] = keep
                 done.add(node_label(target))
                 report.pruned[node_label(target)] = f"{keep.size}/{count} channels (with {label})"
                 report.coupled[node_label(target)] = label
@@ -137,7 +142,7 @@ def _plan_group(view: ModelView, shapes: Shapes, group: list, ratio: float, capt
             (w.ndim if node.op_type in ("Conv", "ConvTranspose") else 2 if node.op_type == "Gemm" else None)
         starts.append((node, Carried(out_axis, rank, keep, gone, lost)))
     _plan(view, shapes, starts, edits, captured)
-    return edits, keep.size, total
+    return edits, keep, total
 
 
 def _apply(view: ModelView, edits: list) -> None:
@@ -308,7 +313,7 @@ def _visit_conv(view, node, ins, edits, carry) -> None:
             raise Refuse(f"'{label}' has a non-constant bias")
         if len(node.input) > 2 and node.input[2]:
             edits.append(("input", node, 2, b[first.keep]))
-        edits.append(("group", node, int(first.keep.size), None))
+        edits.append(("group", node, int(first.keep.size), first.keep))
         lost = None if first.lost is None else \
             first.lost * w[first.drop].reshape(first.drop.size, -1).sum(1) + b[first.drop]
         carry(node.output[0], first.like(1, lost=lost))

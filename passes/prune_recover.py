@@ -1,0 +1,403 @@
+"""Teacher-guided recovery after channel pruning: a least-squares refit of each layer (layer-wise
+distillation, no training framework).
+
+For each Conv (any group) / Gemm / MatMul of the pruned model whose weights pruning changed (and,
+with scope "downstream", every such layer after one), the new weights W and bias b minimise
+
+    || X W + b - Y ||^2 + lam * || [W; b] - [W0; b0] ||^2
+
+where X is the layer's input in the pruned model (already refit upstream: layers are solved in
+topological order, a wave at a time: the layers of one wave do not feed each other), Y is the
+teacher's (original model's) output of the same node on the kept output channels, and W0, b0 are
+the pruned weights (the ridge pulls towards them, not towards zero, so a layer the data barely
+constrains stays what pruning made it). X^T X and X^T Y are accumulated in float64 feed by feed,
+so memory does not grow with the data; Conv inputs become im2col patches at a random subset of
+output positions (rows_per_feed bounds the cost). A grouped/depthwise Conv is one small solve per
+group. lam = damp * mean(diag(X^T X)); a system that is still singular or gives non-finite
+weights is retried with 100x the damping (noted in the report); one that never solves keeps its
+pruned weights. Because the ridge is centred on W0, the calibration error never increases.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from .prune_base import attr
+from .quantize.common import ModelView, node_label
+
+LAYERS = ("Conv", "Gemm", "MatMul")
+
+
+@dataclass
+class LayerFit:
+    rows: int
+    unknowns: int
+    error_before: float  # relative squared error vs the teacher on the calibration rows
+    error_after: float
+    note: str = ""
+
+
+@dataclass
+class RecoverReport:
+    layers: dict = field(default_factory=dict)    # label -> LayerFit
+    skipped: dict = field(default_factory=dict)   # label -> reason
+    waves: int = 0
+    feeds: int = 0
+    seconds: float = 0.0
+
+    def to_text(self) -> str:
+        lines = [f"recover (least-squares refit to the teacher): {len(self.layers)} layer(s) refit in {self.waves} "
+                 f"wave(s) over {self.feeds} calibration feed(s), {self.seconds:.1f} s; relative error before -> after"]
+        for label, f in self.layers.items():
+            lines.append(f"  refit   {label}: {f.error_before:.4g} -> {f.error_after:.4g} ({f.rows} rows, "
+                         f"{f.unknowns} unknowns/output){'; ' + f.note if f.note else ''}")
+        lines += [f"  skipped {k}: {v}" for k, v in self.skipped.items()]
+        return "\n".join(lines)
+
+
+@dataclass
+class _Layer:
+    node: onnx.NodeProto
+    label: str
+    keep: np.ndarray          # teacher output channels that the pruned layer still produces
+    groups: int
+    w0: list                  # per group: [unknowns, outputs] current weights (bias row last if fitted)
+    has_bias: bool
+    kernel: tuple = (1, 1)    # Conv: (kh, kw); a 1-D conv is a 2-D one of height 1
+    xtx: list = None
+    xty: list = None
+    yy: float = 0.0
+    rows: int = 0
+
+
+def recover(teacher: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict, feeds: list, scope: str = "changed",
+            damp: float = 1e-3, rows_per_feed: int = 1024, sequential: bool = True, progress=None, seed: int = 0):
+    """Returns (refit model, RecoverReport). `kept`: label -> kept output channel indices (PruneReport.kept);
+    `feeds`: a list of checked feed dicts; scope "changed" refits the layers pruning edited, "downstream"
+    also every layer after them."""
+    if scope not in ("changed", "downstream"):
+        raise ValueError(f"recover scope must be changed or downstream, got {scope}")
+    if not feeds:
+        raise ValueError("recovery needs calibration feeds")
+    start = time.perf_counter()
+    say = progress or (lambda msg: None)
+    model = onnx.ModelProto()
+    model.CopyFrom(pruned)
+    view, tview = ModelView(model), ModelView(teacher)
+    report = RecoverReport(feeds=len(feeds))
+    layers = _select(view, tview, kept, scope, report)
+    pending = list(layers)
+    done = 0
+    while pending:
+        wave = _next_wave(view, pending) if sequential else list(pending)
+        pending = [x for x in pending if all(x is not w for w in wave)]
+        _accumulate(teacher, model, wave, feeds, rows_per_feed, seed + report.waves)
+        for layer in wave:
+            _solve_and_write(view, layer, damp, report)
+        view.refresh()
+        report.waves += 1
+        done += len(wave)
+        elapsed = time.perf_counter() - start
+        say(f"recover: {done}/{len(layers)} layers refit, {elapsed:.0f} s, "
+            f"ETA {elapsed / done * (len(layers) - done):.0f} s")
+    _drop_unread_initializers(model)
+    onnx.checker.check_model(model)
+    report.seconds = time.perf_counter() - start
+    return model, report
+
+
+# ------------------------------------------------------------------------------------ selection
+def _select(view: ModelView, tview: ModelView, kept: dict, scope: str, report: RecoverReport) -> list:
+    changed_tensors: set[str] = set()
+    out = []
+    for node in view.model.graph.node:
+        reads_changed = any(i in changed_tensors for i in node.input)
+        if node.op_type not in LAYERS or len(node.input) < 2:
+            if reads_changed:
+                changed_tensors.update(o for o in node.output if o)
+            continue
+        label = node_label(node)
+        teacher_node = tview.producer.get(node.output[0])
+        w, tw = view.const(node.input[1]), (None if teacher_node is None else tview.const(teacher_node.input[1]))
+        edited = teacher_node is None or tw is None or w is None or w.shape != tw.shape or label in kept
+        if not (edited or (scope == "downstream" and reads_changed)):
+            continue
+        changed_tensors.update(o for o in node.output if o)
+        layer, why = _make_layer(view, node, teacher_node, w, tw, kept.get(label))
+        if layer is None:
+            report.skipped[label] = why
+        else:
+            out.append(layer)
+    return out
+
+
+def _make_layer(view, node, teacher_node, w, tw, keep):
+    label = node_label(node)
+    if teacher_node is None or teacher_node.op_type != node.op_type or tw is None:
+        return None, "no matching layer in the original model"
+    if w is None or w.dtype != np.float32:
+        return None, "weight is not a constant float32 tensor"
+    bias = None
+    if len(node.input) > 2 and node.input[2]:
+        bias = view.const(node.input[2])
+        if bias is None:
+            return None, "bias is not constant"
+    if node.op_type == "Conv":
+        if w.ndim not in (3, 4):
+            return None, f"{w.ndim - 2}-D convolution (only 1-D and 2-D are refit)"
+        out_ch, groups = w.shape[0], attr(node, "group", 1)
+        keep = np.arange(tw.shape[0]) if keep is None else np.asarray(keep)
+        b = np.zeros(out_ch, np.float64) if bias is None else bias.astype(np.float64).reshape(-1)
+        per = out_ch // groups
+        w0 = [np.concatenate([w[g * per:(g + 1) * per].reshape(per, -1).T, b[None, g * per:(g + 1) * per]])
+              .astype(np.float64) for g in range(groups)]
+        has_bias = True
+    else:
+        if w.ndim != 2:
+            return None, "weight is not 2-D"
+        if node.op_type == "Gemm":
+            if attr(node, "transA", 0) or attr(node, "beta", 1.0) == 0:
+                return None, "Gemm with transA or beta 0"
+            if bias is not None and bias.size not in (1, w.shape[0 if attr(node, "transB", 0) else 1]):
+                return None, "Gemm C is not a per-output vector"
+        wk = (w.T if node.op_type == "Gemm" and attr(node, "transB", 0) else w).astype(np.float64)
+        alpha = attr(node, "alpha", 1.0) if node.op_type == "Gemm" else 1.0
+        wk = wk * alpha
+        out_ch, groups = wk.shape[1], 1
+        t_out = tw.shape[0] if node.op_type == "Gemm" and attr(node, "transB", 0) else tw.shape[1]
+        keep = np.arange(t_out) if keep is None else np.asarray(keep)
+        has_bias = node.op_type == "Gemm"
+        if has_bias:
+            beta = attr(node, "beta", 1.0)
+            b = np.zeros(out_ch) if bias is None else np.broadcast_to(bias.astype(np.float64).reshape(-1), (out_ch,))
+            wk = np.concatenate([wk, beta * b[None]])
+        w0 = [wk]
+    if keep.size != out_ch:
+        return None, f"kept channels ({keep.size}) do not match the layer's {out_ch} outputs"
+    kernel = (tuple(w.shape[2:]) if w.ndim == 4 else (1, w.shape[2])) if node.op_type == "Conv" else (1, 1)
+    return _Layer(node, label, keep, groups, w0, has_bias, kernel), ""
+
+
+def _next_wave(view: ModelView, pending: list) -> list:
+    """The pending layers that no other pending layer feeds (their inputs are final)."""
+    pending_out = {layer.node.output[0]: layer for layer in pending}
+    wave = []
+    for layer in pending:
+        seen, stack, blocked = set(), [layer.node.input[0]], False
+        while stack and not blocked:
+            t = stack.pop()
+            if t in seen:
+                continue
+            seen.add(t)
+            if t in pending_out and pending_out[t] is not layer:
+                blocked = True
+            p = view.producer.get(t)
+            if p is not None:
+                stack.extend(i for i in p.input if i)
+        if not blocked:
+            wave.append(layer)
+    return wave
+
+
+# ------------------------------------------------------------------------------- accumulation
+def _prefix_session(model: onnx.ModelProto, outputs: list[str]):
+    """An ORT session computing just `outputs` (the nodes they need; graph inputs kept)."""
+    import onnxruntime as ort
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    producer = {o: n for n in g.node for o in n.output if o}
+    need, stack, keep_nodes = set(), list(outputs), set()
+    while stack:
+        t = stack.pop()
+        if t in need:
+            continue
+        need.add(t)
+        n = producer.get(t)
+        if n is not None and id(n) not in keep_nodes:
+            keep_nodes.add(id(n))
+            stack.extend(i for i in n.input if i)
+            stack.extend(_subgraph_reads(n))
+    nodes = [n for n in g.node if id(n) in keep_nodes]
+    del g.node[:]
+    g.node.extend(nodes)
+    del g.output[:]
+    g.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in outputs)
+    inits = [t for t in g.initializer if t.name in need]
+    del g.initializer[:]
+    g.initializer.extend(inits)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def _subgraph_reads(node) -> list[str]:
+    names = []
+    for a in node.attribute:
+        for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+            names += [i for n in sub.node for i in n.input if i]
+            for n in sub.node:
+                names += _subgraph_reads(n)
+    return names
+
+
+def _accumulate(teacher, model, wave: list, feeds: list, rows_per_feed: int, seed: int) -> None:
+    ins = list(dict.fromkeys(layer.node.input[0] for layer in wave))
+    outs = list(dict.fromkeys(layer.node.output[0] for layer in wave))
+    student, teach = _prefix_session(model, ins), _prefix_session(teacher, outs)
+    for layer in wave:
+        size = layer.w0[0].shape[0]
+        layer.xtx = [np.zeros((size, size)) for _ in range(layer.groups)]
+        layer.xty = [np.zeros_like(w) for w in layer.w0]
+        layer.yy, layer.rows = 0.0, 0
+    rng = np.random.default_rng(seed)
+    for feed in feeds:
+        xs = dict(zip(ins, student.run(ins, feed)))
+        ys = dict(zip(outs, teach.run(outs, feed)))
+        for layer in wave:
+            x, y = xs[layer.node.input[0]], ys[layer.node.output[0]]
+            rows_x, rows_y = (_conv_rows if layer.node.op_type == "Conv" else _dense_rows)(
+                layer, np.asarray(x, np.float32), np.asarray(y, np.float32), rows_per_feed, rng)
+            if layer.has_bias:
+                rows_x = np.concatenate([rows_x, np.ones(rows_x.shape[:-1] + (1,))], axis=-1)
+            for g in range(layer.groups):
+                xg = rows_x[:, g] if rows_x.ndim == 3 else rows_x
+                yg = rows_y[:, g] if rows_y.ndim == 3 else rows_y
+                layer.xtx[g] += xg.T @ xg
+                layer.xty[g] += xg.T @ yg
+            layer.yy += float(np.sum(rows_y ** 2))
+            layer.rows += rows_x.shape[0]
+
+
+def _dense_rows(layer, x, y, limit, rng):
+    k = x.shape[-1]
+    x2, y2 = x.reshape(-1, k), y.reshape(-1, y.shape[-1])[:, layer.keep]
+    if x2.shape[0] > limit:
+        pick = rng.choice(x2.shape[0], limit, replace=False)
+        x2, y2 = x2[pick], y2[pick]
+    return x2.astype(np.float64), y2.astype(np.float64)
+
+
+def _conv_rows(layer, x, y, limit, rng):
+    """im2col patches [rows, groups, C/g * k] at sampled output positions, and the teacher's outputs
+    there [rows, groups, out/g] (kept channels only)."""
+    node = layer.node
+    if x.ndim == 3:  # 1-D conv: a 2-D one of height 1
+        x, y = x[:, :, None], y[:, :, None]
+    n, c, h, wd = x.shape
+    kh, kw = layer.kernel
+    strides = list(attr(node, "strides", [])) or [1, 1]
+    dil = list(attr(node, "dilations", [])) or [1, 1]
+    strides, dil = ([1] * (2 - len(strides)) + strides, [1] * (2 - len(dil)) + dil)
+    ho, wo = y.shape[2], y.shape[3]
+    pads = _pads(node, (h, wd), (ho, wo), (kh, kw), strides, dil)
+    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    total = n * ho * wo
+    pick = rng.choice(total, limit, replace=False) if total > limit else np.arange(total)
+    bi, oh, ow = np.unravel_index(pick, (n, ho, wo))
+    rh = oh[:, None] * strides[0] + np.arange(kh) * dil[0]
+    rw = ow[:, None] * strides[1] + np.arange(kw) * dil[1]
+    patches = xp[bi[:, None, None, None], np.arange(c)[None, :, None, None], rh[:, None, :, None], rw[:, None, None, :]]
+    g = layer.groups
+    rows_x = patches.reshape(len(pick), g, -1).astype(np.float64)
+    rows_y = y[bi, :, oh, ow][:, layer.keep].reshape(len(pick), g, -1).astype(np.float64)
+    return (rows_x[:, 0], rows_y[:, 0]) if g == 1 else (rows_x, rows_y)
+
+
+def _pads(node, size, out, kernel, strides, dil):
+    """(top, left, bottom, right), from pads or auto_pad (SAME_*: from the output size)."""
+    auto = attr(node, "auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        pads = []
+        for i in range(2):
+            total = max(0, (out[i] - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1 - size[i])
+            small = total // 2
+            pads.append((total - small, small) if auto == "SAME_LOWER" else (small, total - small))
+        return [pads[0][0], pads[1][0], pads[0][1], pads[1][1]]
+    p = list(attr(node, "pads", [])) or [0, 0, 0, 0]
+    if len(p) == 2:  # 1-D: [begin, end]
+        return [0, p[0], 0, p[1]]
+    return p
+
+
+# ------------------------------------------------------------------------------------ solving
+def _solve_and_write(view: ModelView, layer: _Layer, damp: float, report: RecoverReport) -> None:
+    notes, new, err0, err1 = [], [], 0.0, 0.0
+    for g in range(layer.groups):
+        a, b, w0 = layer.xtx[g], layer.xty[g], layer.w0[g]
+        lam = damp * max(float(np.mean(np.diag(a))), 1e-12)
+        w = None
+        for attempt in range(3):
+            try:
+                chol = np.linalg.cholesky(a + lam * np.eye(a.shape[0]))
+                w = np.linalg.solve(chol.T, np.linalg.solve(chol, b + lam * w0))
+            except np.linalg.LinAlgError:
+                w = None
+            if w is not None and np.all(np.isfinite(w)):
+                break
+            lam *= 100
+            w = None
+            if attempt < 2:
+                notes.append(f"ill-conditioned: damping raised to {lam:.3g}")
+        if w is None:
+            notes.append("no stable solution: pruned weights kept")
+            w = w0
+        err0 += _sq_error(a, b, w0)
+        err1 += _sq_error(a, b, w)
+        new.append(w)
+    yy = max(layer.yy, 1e-30)
+    before, after = err0 + layer.yy, err1 + layer.yy
+    if after > before:  # cannot happen in exact arithmetic (the ridge is centred on W0); rounding guard
+        new, after = layer.w0, before
+        notes.append("refit did not lower the error: pruned weights kept")
+    _write(view, layer, new)
+    unknowns = layer.w0[0].shape[0]
+    if layer.rows < unknowns:
+        notes.append(f"fewer rows than unknowns ({layer.rows} < {unknowns}): the damping decides")
+    report.layers[layer.label] = LayerFit(layer.rows, unknowns, max(before, 0.0) / yy, max(after, 0.0) / yy,
+                                          "; ".join(dict.fromkeys(notes)))
+
+
+def _sq_error(a, b, w) -> float:
+    """||X W - Y||^2 - ||Y||^2 from the accumulated X^T X and X^T Y."""
+    return float(np.sum(w * (a @ w)) - 2 * np.sum(w * b))
+
+
+def _write(view: ModelView, layer: _Layer, new: list) -> None:
+    node = layer.node
+    if node.op_type == "Conv":
+        old = view.const(node.input[1])
+        w = np.concatenate([m[:-1].T for m in new]).reshape(old.shape).astype(np.float32)
+        b = np.concatenate([m[-1] for m in new]).astype(np.float32)
+        _set(view, node, 1, w)
+        _set(view, node, 2, b)
+        return
+    m = new[0]
+    if node.op_type == "Gemm":
+        wk, c = m[:-1] / attr(node, "alpha", 1.0), m[-1] / attr(node, "beta", 1.0)
+        _set(view, node, 1, (wk.T if attr(node, "transB", 0) else wk).astype(np.float32))
+        _set(view, node, 2, c.astype(np.float32))
+    else:
+        _set(view, node, 1, m.astype(np.float32))
+
+
+def _set(view: ModelView, node, index: int, value: np.ndarray) -> None:
+    while len(node.input) <= index:
+        node.input.append("")
+    node.input[index] = view.add_init(f"{node.input[index] or node_label(node) + '_bias'}_refit", value)
+
+
+
+def _drop_unread_initializers(model: onnx.ModelProto) -> None:
+    """The pruned weights each refit replaced are read by no node now."""
+    read = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output} \
+        | {i for n in model.graph.node for i in _subgraph_reads(n)}
+    kept = [t for t in model.graph.initializer if t.name in read]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
