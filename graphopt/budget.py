@@ -199,8 +199,10 @@ def table(candidates: list[Candidate], float_latency: float, float_size: int, bu
 # evaluation feeds); R/2 and R/4 on every layer (not for 2:4, always half). The one written is the
 # cheapest inside the budget by multiply-accumulates (_prune_cost), measured latency breaking ties.
 def prune_search(model: onnx.ModelProto, ratio: float, mode: str, feeds: list[dict], refs: list, metric,
-                 scope: str = "layer", progress=None, sensitivity_feeds: int = 8) -> tuple[list[Candidate], float]:
-    """Returns the candidates (Pareto flags set) and the float model's latency, measured with them."""
+                 scope: str = "layer", progress=None, sensitivity_feeds: int = 8,
+                 refine=None) -> tuple[list[Candidate], float]:
+    """Returns the candidates (Pareto flags set) and the float model's latency, measured with them.
+    refine(model, report) -> (model, _) post-processes each candidate (recovery), not the sensitivity probes."""
     from .passes.prune import prune
     say = progress or (lambda msg: None)
     sample = {k: np.shape(v) for k, v in feeds[0].items()}
@@ -238,6 +240,8 @@ def prune_search(model: onnx.ModelProto, ratio: float, mode: str, feeds: list[di
         model_r, report = (full, full_report) if (r, unpruned) == (ratio, []) else build(r, unpruned)
         if not report.pruned:
             continue  # a ratio this low removes nothing: the float model itself, not a candidate
+        if refine is not None:
+            model_r = refine(model_r, report)[0]
         err = error(model_r, feeds, refs, metric)
         candidates.append(Candidate(name, list(unpruned), err, 0.0, model_r.ByteSize(), model_r, report=report))
         say(f"candidate '{name}': error {err:.4g}")
@@ -256,7 +260,8 @@ def _prune_cost(c: Candidate):
 
 
 def prune_with_budget(model: onnx.ModelProto, ratio: float, mode: str, eval_data, budget: float,
-                      metric: str = "top1", best_effort: bool = False, scope: str = "layer", progress=None):
+                      metric: str = "top1", best_effort: bool = False, scope: str = "layer", progress=None,
+                      refine=None):
     """Returns (model, PruneReport of the chosen candidate, table text). Raises BudgetNotMet when no
     candidate's error on eval_data is within `budget` (unless best_effort)."""
     from .calibrate import feeds_list
@@ -267,7 +272,7 @@ def prune_with_budget(model: onnx.ModelProto, ratio: float, mode: str, eval_data
     metric_f = metric_fn(metric)
     feeds = feeds_list(eval_data, model, "evaluation")
     refs = reference_outputs(model, feeds)
-    cands, float_ms = prune_search(model, ratio, mode, feeds, refs, metric_f, scope, progress)
+    cands, float_ms = prune_search(model, ratio, mode, feeds, refs, metric_f, scope, progress, refine=refine)
     text = table(cands, float_ms, model.ByteSize(), budget)
     chosen = choose(cands, budget, best_effort, _prune_cost)  # raises BudgetNotMet -> nothing written
     if chosen.error <= budget:

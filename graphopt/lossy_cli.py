@@ -46,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--prune-mode", choices=["channel", "unstructured", "2:4"], default="channel",
                    help="channel: drop lowest-norm output channels (shapes shrink); unstructured: zero the smallest "
                         "weights; 2:4: keep 2 of every 4 along the input channels")
+    g.add_argument("--recover", action=argparse.BooleanOptionalAction, default=None,
+                   help="after channel pruning, refit each pruned layer to the original model's activations on the "
+                        "--calib data (least squares); default on when --calib is given with --prune")
     g.add_argument("--prune-scope", choices=["layer", "global"], default="layer",
                    help="unstructured: one magnitude threshold per layer (default) or one over all layers")
     g.add_argument("--int4-weights", action="store_true",
@@ -65,9 +68,16 @@ def requested(args) -> bool:
 
 def validate(args) -> None:
     """Usage checks that need no model: run before compiling so a mistake costs nothing."""
+    if args.recover and args.prune is None:
+        raise UsageError("--recover needs --prune (it refits pruned layers)")
+    if args.recover and not args.calib:
+        raise UsageError("--recover needs calibration data (--calib DATA)")
+    if not args.int8 and args.prune is not None and args.calib and args.prune_mode != "channel":
+        raise UsageError("--calib with --prune needs --prune-mode channel (recovery refits pruned channels)")
     if not args.int8:
         budget = args.accuracy_budget if args.prune is None else None  # --prune alone: a prune-ratio search
-        for opt, val in (("--calib", args.calib), ("--accuracy-budget", budget)):
+        calib = args.calib if args.prune is None else None  # --prune: calibration data for recovery
+        for opt, val in (("--calib", calib), ("--accuracy-budget", budget)):
             if val is not None:
                 raise UsageError(f"{opt} needs an int8 mode (--int8 static|dynamic)" +
                                  (" or --prune" if opt == "--accuracy-budget" else ""))
@@ -150,25 +160,38 @@ def apply(args, model: onnx.ModelProto, quiet: bool = False) -> onnx.ModelProto:
 
 
 def _prune(args, model: onnx.ModelProto, quiet: bool) -> onnx.ModelProto:
+    from .calibrate import feeds_list
     from .passes.prune import prune
+    say = None if quiet else (lambda msg: print(f"  {msg}", file=sys.stderr, flush=True))
     sample = None
     if args.eval:
-        from .calibrate import feeds_list
         feeds = feeds_list(args.eval, model, "evaluation")
         sample = {k: v.shape for k, v in feeds[0].items()}
+    refine = None
+    if args.prune_mode == "channel" and args.calib and args.recover is not False:
+        calib = feeds_list(args.calib, model, "calibration")  # checked before any work
+
+        def refine(pruned, report):  # least-squares refit to the original model (prune_recover.py)
+            from .passes.prune_recover import recover
+            if not report.pruned:
+                return pruned, None
+            return recover(model, pruned, report.kept, calib, progress=say)
     if args.accuracy_budget is not None:  # lower the ratio until the budget holds (graphopt/budget.py)
         from .budget import prune_with_budget
-        say = None if quiet else (lambda msg: print(f"  {msg}", file=sys.stderr, flush=True))
         out, report, table = prune_with_budget(model, args.prune, args.prune_mode, feeds, args.accuracy_budget,
-                                               args.metric, args.best_effort, args.prune_scope, say)
+                                               args.metric, args.best_effort, args.prune_scope, say, refine)
         if not quiet:
             print(report.to_text() + "\n" + table)
         return out
     out, report = prune(model, args.prune, args.prune_mode, sample, args.prune_scope)
     if not quiet:
         print(report.to_text())
-        if args.eval:
-            from . import lossy
-            for k, v in lossy.agreement(model, out, feeds, "eval").items():
-                print(f"  agreement with float: {k} = {v}")
+    if refine is not None:
+        out, recovered = refine(out, report)
+        if recovered is not None and not quiet:
+            print(recovered.to_text())
+    if not quiet and args.eval:
+        from . import lossy
+        for k, v in lossy.agreement(model, out, feeds, "eval").items():
+            print(f"  agreement with float: {k} = {v}")
     return out

@@ -77,8 +77,9 @@ class _Layer:
 def recover(teacher: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict, feeds: list, scope: str = "changed",
             damp: float = 1e-3, rows_per_feed: int = 1024, sequential: bool = True, progress=None, seed: int = 0):
     """Returns (refit model, RecoverReport). `kept`: label -> kept output channel indices (PruneReport.kept);
-    `feeds`: a list of checked feed dicts; scope "changed" refits the layers pruning edited, "downstream"
-    also every layer after them."""
+    `feeds`: a list of checked feed dicts. Only layers whose input differs from the teacher's are refit
+    (a pruned layer reading the model input keeps its rows); scope "changed": those pruning edited,
+    "downstream": every layer after a change."""
     if scope not in ("changed", "downstream"):
         raise ValueError(f"recover scope must be changed or downstream, got {scope}")
     if not feeds:
@@ -124,9 +125,10 @@ def _select(view: ModelView, tview: ModelView, kept: dict, scope: str, report: R
         teacher_node = tview.producer.get(node.output[0])
         w, tw = view.const(node.input[1]), (None if teacher_node is None else tview.const(teacher_node.input[1]))
         edited = teacher_node is None or tw is None or w is None or w.shape != tw.shape or label in kept
-        if not (edited or (scope == "downstream" and reads_changed)):
-            continue
-        changed_tensors.update(o for o in node.output if o)
+        if edited or reads_changed:
+            changed_tensors.update(o for o in node.output if o)
+        if not reads_changed or not (edited or scope == "downstream"):
+            continue  # its input is the teacher's: the pruned rows are already the best fit
         layer, why = _make_layer(view, node, teacher_node, w, tw, kept.get(label))
         if layer is None:
             report.skipped[label] = why
