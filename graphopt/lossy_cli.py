@@ -54,6 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--int4-weights", action="store_true",
                    help="int4 weight-only MatMul/Gemm: blocked DequantizeLinear (opset 21) for --target onnx, "
                         "MatMulNBits for --target ort")
+    g.add_argument("--int4-method", choices=["rtn", "gptq"], default=None,
+                   help="int4 rounding: gptq (error feedback on the --calib activations; the default with --calib) "
+                        "or rtn (round to nearest; the default without data)")
+    g.add_argument("--act-order", action="store_true", help="GPTQ: quantize the inputs of largest activation first")
     g.add_argument("--block-size", type=int, default=32, help="int4 block size along K (power of two >= 16; default 32)")
     g.add_argument("--fp16", action="store_true", help="weights and compute in float16 (sensitive ops stay float32)")
     g.add_argument("--fp16-block", type=_csv, metavar="OP,...",
@@ -68,6 +72,10 @@ def requested(args) -> bool:
 
 def validate(args) -> None:
     """Usage checks that need no model: run before compiling so a mistake costs nothing."""
+    if (args.int4_method or args.act_order) and not args.int4_weights:
+        raise UsageError("--int4-method/--act-order need --int4-weights")
+    if args.int4_method == "gptq" and not args.calib:
+        raise UsageError("--int4-method gptq needs calibration data (--calib DATA)")
     if args.recover and args.prune is None:
         raise UsageError("--recover needs --prune (it refits pruned layers)")
     if args.recover and not args.calib:
@@ -76,7 +84,8 @@ def validate(args) -> None:
         raise UsageError("--calib with --prune needs --prune-mode channel (recovery refits pruned channels)")
     if not args.int8:
         budget = args.accuracy_budget if args.prune is None else None  # --prune alone: a prune-ratio search
-        calib = args.calib if args.prune is None else None  # --prune: calibration data for recovery
+        # --prune: calibration data for recovery; --int4-weights: for GPTQ
+        calib = args.calib if args.prune is None and not args.int4_weights else None
         for opt, val in (("--calib", calib), ("--accuracy-budget", budget)):
             if val is not None:
                 raise UsageError(f"{opt} needs an int8 mode (--int8 static|dynamic)" +
@@ -121,9 +130,18 @@ def apply(args, model: onnx.ModelProto, quiet: bool = False) -> onnx.ModelProto:
     if args.int4_weights:
         from .passes.quantize.int4 import apply_int4
         target = getattr(args, "target", None) or "onnx"
-        out, rep = apply_int4(model, args.block_size, "ort" if target == "ort" else "onnx", args.int8_exclude)
+        hessians, method = None, args.int4_method or ("gptq" if args.calib else "rtn")
+        if method == "gptq":
+            from .calibrate import feeds_list
+            from .passes.quantize.common import ModelView, select_nodes
+            from .passes.quantize.gptq import collect_hessians
+            calib = feeds_list(args.calib, model, "calibration")
+            nodes = select_nodes(ModelView(model), {"MatMul", "Gemm"}, args.int8_exclude, False).quantize
+            hessians = collect_hessians(model, nodes, calib, progress=say)
+        out, rep = apply_int4(model, args.block_size, "ort" if target == "ort" else "onnx", args.int8_exclude,
+                              hessians=hessians, act_order=args.act_order)
         report = lossy.LossyReport(f"int4 weight-only ({'MatMulNBits' if target == 'ort' else 'blocked DequantizeLinear'}"
-                                   f", block {args.block_size})", rep.weights, {}, rep.nodes, rep.kept_float,
+                                   f", block {args.block_size}, {method}{', act-order' if args.act_order else ''})", rep.weights, {}, rep.nodes, rep.kept_float,
                                    model.ByteSize(), out.ByteSize())
         if args.eval:
             from .calibrate import feeds_list

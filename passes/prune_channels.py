@@ -36,11 +36,13 @@ MAX_GROUP = 64  # layers pruned together on shared channels (a long residual sta
 
 
 def prune_channels(model: onnx.ModelProto, view: ModelView, ratio: float, report, exclude=(),
-                   align: int = 4) -> None:
+                   align: int = 4, scores: dict | None = None) -> None:
     """Prune every producer not named in `exclude` (node labels); fills report.pruned / refused.
     Layers of 16 channels or more keep a multiple of `align` (rounding the cut down).
     Layers whose outputs meet at a join (a residual Add, an FPN merge) are pruned as one group,
-    keeping the same channels; a gate's producer goes along with the layer it gates."""
+    keeping the same channels; a gate's producer goes along with the layer it gates.
+    scores (layer label -> per-output-channel importance, prune_select.py) replace the weight
+    norms for the layers it covers (a group uses them only when every member has them)."""
     shapes = Shapes(model)
     captured = subgraph_reads(model.graph)
     excluded = set(exclude)
@@ -52,7 +54,7 @@ def prune_channels(model: onnx.ModelProto, view: ModelView, ratio: float, report
         group, planned, reason = [node], None, ""
         for _ in range(MAX_GROUP):
             try:
-                plan = _plan_group(view, shapes, group, ratio, captured, align)
+                plan = _plan_group(view, shapes, group, ratio, captured, align, scores or {})
                 gates = [node_label(t) for kind, t, _, _ in (plan[0] if plan else []) if kind == "coupled"]
                 if any(g in excluded for g in gates):
                     raise Refuse(f"its gate's producer '{next(g for g in gates if g in excluded)}' is excluded")
@@ -110,7 +112,8 @@ def _axes(node, w):
     return 1, -1
 
 
-def _plan_group(view: ModelView, shapes: Shapes, group: list, ratio: float, captured: set, align: int):
+def _plan_group(view: ModelView, shapes: Shapes, group: list, ratio: float, captured: set, align: int,
+                scores: dict):
     """Edits pruning the same lowest-norm channels (norms summed over the group) from every layer
     of the group and following them; None when the ratio drops nothing; raises Refuse / Join."""
     weights = [view.const(n.input[1]) for n in group]  # read again: earlier cuts may have sliced inputs
@@ -126,6 +129,8 @@ def _plan_group(view: ModelView, shapes: Shapes, group: list, ratio: float, capt
         return None
     norms = sum((np.moveaxis(w, a, 0).reshape(total, -1).astype(np.float64) ** 2).sum(1)
                 for w, (a, _) in zip(weights, axes))
+    if all(node_label(n) in scores and scores[node_label(n)].size == total for n in group):
+        norms = sum(scores[node_label(n)].astype(np.float64) for n in group)
     order = np.argsort(norms, kind="stable")
     keep, gone = np.sort(order[drop:]), np.sort(order[:drop])
     edits, starts = [], []

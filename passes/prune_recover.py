@@ -13,9 +13,12 @@ the pruned weights (the ridge pulls towards them, not towards zero, so a layer t
 constrains stays what pruning made it). X^T X and X^T Y are accumulated in float64 feed by feed,
 so memory does not grow with the data; Conv inputs become im2col patches at a random subset of
 output positions (rows_per_feed bounds the cost). A grouped/depthwise Conv is one small solve per
-group. lam = damp * mean(diag(X^T X)); a system that is still singular or gives non-finite
-weights is retried with 100x the damping (noted in the report); one that never solves keeps its
-pruned weights. Because the ridge is centred on W0, the calibration error never increases.
+group. lam = damp * mean(diag(X^T X)), damp chosen per layer by two-fold cross-validation over
+the even and odd feeds (a layer seen on few rows, like one on a 1x1 pooled map, gets strong
+damping or keeps its pruned weights when no refit predicts the other half better). A system that
+is still singular or gives non-finite weights is retried with 100x the damping (noted in the
+report); one that never solves keeps its pruned weights. The ridge is centred on W0, so the
+calibration error never increases.
 """
 from __future__ import annotations
 
@@ -68,14 +71,14 @@ class _Layer:
     w0: list                  # per group: [unknowns, outputs] current weights (bias row last if fitted)
     has_bias: bool
     kernel: tuple = (1, 1)    # Conv: (kh, kw); a 1-D conv is a 2-D one of height 1
-    xtx: list = None
-    xty: list = None
-    yy: float = 0.0
+    xtx: np.ndarray = None    # [2 halves of the feeds, groups, n, n]
+    xty: np.ndarray = None    # [2, groups, n, outputs per group]
+    yy: np.ndarray = None     # [2]: sum of squared targets
     rows: int = 0
 
 
 def recover(teacher: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict, feeds: list, scope: str = "changed",
-            damp: float = 1e-3, rows_per_feed: int = 1024, sequential: bool = True, progress=None, seed: int = 0):
+            damp: float | None = None, rows_per_feed: int = 1024, sequential: bool = True, progress=None, seed: int = 0):
     """Returns (refit model, RecoverReport). `kept`: label -> kept output channel indices (PruneReport.kept);
     `feeds`: a list of checked feed dicts. Only layers whose input differs from the teacher's are refit
     (a pruned layer reading the model input keeps its rows); scope "changed": those pruning edited,
@@ -252,27 +255,28 @@ def _accumulate(teacher, model, wave: list, feeds: list, rows_per_feed: int, see
     ins = list(dict.fromkeys(layer.node.input[0] for layer in wave))
     outs = list(dict.fromkeys(layer.node.output[0] for layer in wave))
     student, teach = _prefix_session(model, ins), _prefix_session(teacher, outs)
-    for layer in wave:
-        size = layer.w0[0].shape[0]
-        layer.xtx = [np.zeros((size, size)) for _ in range(layer.groups)]
-        layer.xty = [np.zeros_like(w) for w in layer.w0]
-        layer.yy, layer.rows = 0.0, 0
+    for layer in wave:  # statistics of two halves of the feeds (even / odd): they choose the damping
+        size, outs_per_group = layer.w0[0].shape
+        layer.xtx = np.zeros((2, layer.groups, size, size))
+        layer.xty = np.zeros((2, layer.groups, size, outs_per_group))
+        layer.yy, layer.rows = np.zeros(2), 0
     rng = np.random.default_rng(seed)
-    for feed in feeds:
+    for index, feed in enumerate(feeds):
         xs = dict(zip(ins, student.run(ins, feed)))
         ys = dict(zip(outs, teach.run(outs, feed)))
+        half = index % 2
         for layer in wave:
             x, y = xs[layer.node.input[0]], ys[layer.node.output[0]]
             rows_x, rows_y = (_conv_rows if layer.node.op_type == "Conv" else _dense_rows)(
                 layer, np.asarray(x, np.float32), np.asarray(y, np.float32), rows_per_feed, rng)
             if layer.has_bias:
                 rows_x = np.concatenate([rows_x, np.ones(rows_x.shape[:-1] + (1,))], axis=-1)
-            for g in range(layer.groups):
-                xg = rows_x[:, g] if rows_x.ndim == 3 else rows_x
-                yg = rows_y[:, g] if rows_y.ndim == 3 else rows_y
-                layer.xtx[g] += xg.T @ xg
-                layer.xty[g] += xg.T @ yg
-            layer.yy += float(np.sum(rows_y ** 2))
+            if rows_x.ndim == 2:  # one group: [rows, 1, n]
+                rows_x, rows_y = rows_x[:, None], rows_y[:, None]
+            xg, yg = rows_x.transpose(1, 0, 2), rows_y.transpose(1, 0, 2)  # [groups, rows, n]
+            layer.xtx[half] += xg.transpose(0, 2, 1) @ xg
+            layer.xty[half] += xg.transpose(0, 2, 1) @ yg
+            layer.yy[half] += float(np.sum(rows_y ** 2))
             layer.rows += rows_x.shape[0]
 
 
@@ -329,46 +333,77 @@ def _pads(node, size, out, kernel, strides, dil):
 
 
 # ------------------------------------------------------------------------------------ solving
-def _solve_and_write(view: ModelView, layer: _Layer, damp: float, report: RecoverReport) -> None:
-    notes, new, err0, err1 = [], [], 0.0, 0.0
-    for g in range(layer.groups):
-        a, b, w0 = layer.xtx[g], layer.xty[g], layer.w0[g]
-        lam = damp * max(float(np.mean(np.diag(a))), 1e-12)
-        w = None
-        for attempt in range(3):
-            try:
-                chol = np.linalg.cholesky(a + lam * np.eye(a.shape[0]))
-                w = np.linalg.solve(chol.T, np.linalg.solve(chol, b + lam * w0))
-            except np.linalg.LinAlgError:
-                w = None
-            if w is not None and np.all(np.isfinite(w)):
-                break
-            lam *= 100
+DAMPING = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)  # candidates, relative to the mean of diag(X^T X)
+
+
+def _ridge(a, b, w0, damp):
+    """argmin ||X W - Y||^2 + lam ||W - W0||^2 for every group at once ([groups, n, *] arrays);
+    lam = damp * mean(diag(a)). Returns (W, note); W is None when no damping up to 1e4x makes it solvable."""
+    scale = np.maximum(np.mean(np.diagonal(a, axis1=1, axis2=2), axis=1), 1e-12)[:, None, None]
+    eye = np.eye(a.shape[1])
+    note = ""
+    for _ in range(3):
+        lam = damp * scale
+        try:
+            chol = np.linalg.cholesky(a + lam * eye)
+            w = np.linalg.solve(chol.transpose(0, 2, 1), np.linalg.solve(chol, b + lam * w0))
+        except np.linalg.LinAlgError:
             w = None
-            if attempt < 2:
-                notes.append(f"ill-conditioned: damping raised to {lam:.3g}")
+        if w is not None and np.all(np.isfinite(w)):
+            return w, note
+        damp = max(damp * 100, 1e-6)
+        note = f"ill-conditioned: damping raised to {damp:.3g}"
+    return None, "no stable solution"
+
+
+def _sq_error(a, b, yy, w) -> float:
+    """||X W - Y||^2 from the accumulated X^T X, X^T Y and ||Y||^2."""
+    return float(np.sum(w * (a @ w)) - 2 * np.sum(w * b) + yy)
+
+
+def _choose_damping(layer: _Layer, w0) -> tuple[float | None, str]:
+    """Two-fold cross-validation over the even/odd feeds: the damping whose fit on one half best
+    predicts the other (summed both ways); None when keeping the pruned weights predicts better."""
+    a, b, yy = layer.xtx, layer.xty, layer.yy
+    if yy[1] == 0:  # one feed: nothing to validate on
+        return 1e-2, "one calibration feed: damping 1e-2 not validated"
+    best, best_err = None, sum(_sq_error(a[h], b[h], yy[h], w0) for h in (0, 1))
+    for damp in DAMPING:
+        err = 0.0
+        for h in (0, 1):
+            w, _ = _ridge(a[h], b[h], w0, damp)
+            err += np.inf if w is None else _sq_error(a[1 - h], b[1 - h], yy[1 - h], w)
+        if err < best_err:
+            best, best_err = damp, err
+    return best, ""
+
+
+def _solve_and_write(view: ModelView, layer: _Layer, damp: float | None, report: RecoverReport) -> None:
+    w0 = np.stack(layer.w0)
+    a, b, yy = layer.xtx.sum(0), layer.xty.sum(0), float(layer.yy.sum())
+    notes = []
+    if damp is None:
+        damp, note = _choose_damping(layer, w0)
+        notes.append(note if note else "kept: no refit predicts held-out feeds better" if damp is None
+                     else f"damping {damp:g}")
+    w = w0
+    if damp is not None:
+        w, note = _ridge(a, b, w0, damp)
+        notes.append(note)
         if w is None:
-            notes.append("no stable solution: pruned weights kept")
+            notes.append("pruned weights kept")
             w = w0
-        err0 += _sq_error(a, b, w0)
-        err1 += _sq_error(a, b, w)
-        new.append(w)
-    yy = max(layer.yy, 1e-30)
-    before, after = err0 + layer.yy, err1 + layer.yy
+    before, after = _sq_error(a, b, yy, w0), _sq_error(a, b, yy, w)
     if after > before:  # cannot happen in exact arithmetic (the ridge is centred on W0); rounding guard
-        new, after = layer.w0, before
+        w, after = w0, before
         notes.append("refit did not lower the error: pruned weights kept")
-    _write(view, layer, new)
-    unknowns = layer.w0[0].shape[0]
+    _write(view, layer, list(w))
+    unknowns = w0.shape[1]
     if layer.rows < unknowns:
-        notes.append(f"fewer rows than unknowns ({layer.rows} < {unknowns}): the damping decides")
-    report.layers[layer.label] = LayerFit(layer.rows, unknowns, max(before, 0.0) / yy, max(after, 0.0) / yy,
-                                          "; ".join(dict.fromkeys(notes)))
-
-
-def _sq_error(a, b, w) -> float:
-    """||X W - Y||^2 - ||Y||^2 from the accumulated X^T X and X^T Y."""
-    return float(np.sum(w * (a @ w)) - 2 * np.sum(w * b))
+        notes.append(f"fewer rows than unknowns ({layer.rows} < {unknowns})")
+    denominator = max(yy, 1e-30)
+    report.layers[layer.label] = LayerFit(layer.rows, unknowns, max(before, 0.0) / denominator,
+                                          max(after, 0.0) / denominator, "; ".join(n for n in notes if n))
 
 
 def _write(view: ModelView, layer: _Layer, new: list) -> None:
