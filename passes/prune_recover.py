@@ -13,8 +13,8 @@ the pruned weights (the ridge pulls towards them, not towards zero, so a layer t
 constrains stays what pruning made it). X^T X and X^T Y are accumulated in float64 feed by feed,
 so memory does not grow with the data; Conv inputs become im2col patches at a random subset of
 output positions (rows_per_feed bounds the cost). A grouped/depthwise Conv is one small solve per
-group. lam = damp * mean(diag(X^T X)), damp chosen per layer by two-fold cross-validation over
-the even and odd feeds (a layer seen on few rows, like one on a 1x1 pooled map, gets strong
+group. lam = damp * mean(diag(X^T X)), damp chosen per layer by validation (fit on the even
+feeds, measured on the odd ones) (a layer seen on few rows, like one on a 1x1 pooled map, gets strong
 damping or keeps its pruned weights when no refit predicts the other half better). A system that
 is still singular or gives non-finite weights is retried with 100x the damping (noted in the
 report); one that never solves keeps its pruned weights. The ridge is centred on W0, so the
@@ -127,6 +127,10 @@ def _select(view: ModelView, tview: ModelView, kept: dict, scope: str, report: R
         label = node_label(node)
         teacher_node = tview.producer.get(node.output[0])
         w, tw = view.const(node.input[1]), (None if teacher_node is None else tview.const(teacher_node.input[1]))
+        if w is None:  # activation x activation (attention scores): nothing to refit
+            if reads_changed:
+                changed_tensors.update(o for o in node.output if o)
+            continue
         edited = teacher_node is None or tw is None or w is None or w.shape != tw.shape or label in kept
         if edited or reads_changed:
             changed_tensors.update(o for o in node.output if o)
@@ -362,19 +366,23 @@ def _sq_error(a, b, yy, w) -> float:
 
 
 def _choose_damping(layer: _Layer, w0) -> tuple[float | None, str]:
-    """Two-fold cross-validation over the even/odd feeds: the damping whose fit on one half best
-    predicts the other (summed both ways); None when keeping the pruned weights predicts better."""
+    """The damping whose fit on the even feeds best predicts the odd ones, walking down from the
+    strongest and stopping once the held-out error rises again (it is U-shaped in the damping; each
+    step is a Cholesky solve, the cost of recovery on wide layers). None when keeping the pruned
+    weights predicts better than every fit."""
     a, b, yy = layer.xtx, layer.xty, layer.yy
     if yy[1] == 0:  # one feed: nothing to validate on
         return 1e-2, "one calibration feed: damping 1e-2 not validated"
-    best, best_err = None, sum(_sq_error(a[h], b[h], yy[h], w0) for h in (0, 1))
-    for damp in DAMPING:
-        err = 0.0
-        for h in (0, 1):
-            w, _ = _ridge(a[h], b[h], w0, damp)
-            err += np.inf if w is None else _sq_error(a[1 - h], b[1 - h], yy[1 - h], w)
+    best, best_err = None, _sq_error(a[1], b[1], yy[1], w0)
+    previous = np.inf
+    for damp in sorted(DAMPING, reverse=True):
+        w, _ = _ridge(a[0], b[0], w0, damp)
+        err = np.inf if w is None else _sq_error(a[1], b[1], yy[1], w)
         if err < best_err:
             best, best_err = damp, err
+        if err > previous:
+            break
+        previous = err
     return best, ""
 
 
