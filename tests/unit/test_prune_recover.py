@@ -220,3 +220,25 @@ def test_cli_recover_usage_errors(tmp_path, capsys, args, message):
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_activation_scores_drop_the_channels_that_do_not_vary():
+    """Channel 3 of c1 is constant (zero weights, bias 0.5) and channel 5 always negative before its
+    Relu (large weights, bias -100): both carry nothing the refit cannot restore, so activation
+    scores drop them, where the weight norm keeps channel 5 (the largest filter)."""
+    from graphopt.passes.prune_select import activation_scores
+    teacher = _cnn()
+    w = _init(teacher, "w1").copy()
+    b = _init(teacher, "b1").copy()
+    w[3], b[3] = 0.0, 0.5
+    w[5], b[5] = 3 * np.abs(w[5]).max(), -100.0
+    for t in teacher.graph.initializer:
+        if t.name in ("w1", "b1"):
+            t.CopyFrom(numpy_helper.from_array(w if t.name == "w1" else b, t.name))
+    scores = activation_scores(teacher, _feeds(6, 5))
+    assert scores["Conv:c1"].shape == (16,) and scores["Conv:c1"][3] == 0 and scores["Conv:c1"][5] == 0
+    assert np.all(np.delete(scores["Conv:c1"], [3, 5]) > 0)
+    _, by_norm = prune(teacher, 2 / 16, "channel", align=1)
+    _, by_act = prune(teacher, 2 / 16, "channel", align=1, scores=scores)
+    assert 5 in by_norm.kept["Conv:c1"] and 3 not in by_norm.kept["Conv:c1"]
+    assert 3 not in by_act.kept["Conv:c1"] and 5 not in by_act.kept["Conv:c1"]
