@@ -2,9 +2,8 @@
 weights (all-MiniLM-L6-v2, bench/minilm_onnx.py) and real sentences, and decode-step latency on a
 decoder-style stack of memory-bound MatMuls (batch 1, one token) built here.
 
-Encoder: GPTQ statistics from 128 sentences (even lines of the standard library's docstrings, their
-tokens packed into full 32-token windows, no padding), agreement on 128 others (odd lines, one
-padded sentence per feed): cosine of the pooled embeddings with the float model's (min
+Encoder: GPTQ statistics from 64 sentences (even lines of the standard library's docstrings),
+agreement on 128 others (odd lines): cosine of the pooled embeddings with the float model's (min
 and mean), model size, ORT latency (1 thread, interleaved rounds, median of per-round ratios).
 Decoder: ORT latency of one decode step, float vs MatMulNBits (accuracy_level 0: float compute,
 4: int8 compute), same interleaving.
@@ -78,7 +77,7 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     lines = common.text_lines()
-    calib, held = minilm_onnx.packed(lines[0::2][:128], 32), minilm_onnx.tokenize(lines[1::2][:128], 32)
+    calib, held = minilm_onnx.tokenize(lines[0::2][:64], 32), minilm_onnx.tokenize(lines[1::2][:128], 32)
     model = minilm_onnx.build(32)
     nodes = select_nodes(ModelView(model), {"MatMul", "Gemm"}, (), False).quantize
     hessians = collect_hessians(model, nodes, calib, progress=lambda m: print(f"  {m}", flush=True))
@@ -97,8 +96,7 @@ def main(argv=None) -> int:
     out = [f"# int4 weight-only bench ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)", "",
            f"{platform.machine()}, {cpu_flags()}, onnxruntime {ort.__version__}, 1 thread; the machine was shared with "
            f"other jobs: latency is the median of per-round ratios over {args.runs} interleaved rounds.", "",
-           f"## all-MiniLM-L6-v2 (real weights), sequence 32: GPTQ statistics on {len(calib)} packed 32-token windows "
-           f"of 128 sentences, agreement on "
+           f"## all-MiniLM-L6-v2 (real weights), sequence 32: GPTQ statistics on {len(calib)} sentences, agreement on "
            f"{len(held)} other sentences", "",
            "Size counts the whole model: the word-embedding table (30522 x 384, half the parameters) is a Gather "
            "and stays float32.", "",

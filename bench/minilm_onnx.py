@@ -67,19 +67,6 @@ def tokenize(sentences: list[str], seq: int) -> list[dict]:
     return feeds
 
 
-def packed(sentences: list[str], seq: int) -> list[dict]:
-    """Calibration feeds without padding: the sentences' tokens back to back, cut into windows of seq
-    (every row of the statistics is a real token; padded rows, which the pooling ignores, would
-    otherwise fill most of them)."""
-    from tokenizers import Tokenizer
-    tok = Tokenizer.from_file(str(FOLDER / "tokenizer.json"))
-    tok.no_padding()
-    tok.no_truncation()
-    ids = [i for s in sentences for i in tok.encode(s).ids]
-    return [{"input_ids": np.asarray([ids[k:k + seq]], np.int64), "attention_mask": np.ones((1, seq), np.int64)}
-            for k in range(0, len(ids) - seq + 1, seq)]
-
-
 def build(seq: int = 32) -> onnx.ModelProto:
     cfg = json.loads((FOLDER / "config.json").read_text())
     w = _safetensors(FOLDER / "model.safetensors")
