@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from .prune_base import attr
+from .prune_recover_data import conv_rows, dense_rows, prefix_session, subgraph_reads
 from .quantize.common import ModelView, node_label
 
 LAYERS = ("Conv", "Gemm", "MatMul")
@@ -213,52 +213,10 @@ def _next_wave(view: ModelView, pending: list) -> list:
 
 
 # ------------------------------------------------------------------------------- accumulation
-def _prefix_session(model: onnx.ModelProto, outputs: list[str]):
-    """An ORT session computing just `outputs` (the nodes they need; graph inputs kept)."""
-    import onnxruntime as ort
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    g = m.graph
-    producer = {o: n for n in g.node for o in n.output if o}
-    need, stack, keep_nodes = set(), list(outputs), set()
-    while stack:
-        t = stack.pop()
-        if t in need:
-            continue
-        need.add(t)
-        n = producer.get(t)
-        if n is not None and id(n) not in keep_nodes:
-            keep_nodes.add(id(n))
-            stack.extend(i for i in n.input if i)
-            stack.extend(_subgraph_reads(n))
-    nodes = [n for n in g.node if id(n) in keep_nodes]
-    del g.node[:]
-    g.node.extend(nodes)
-    del g.output[:]
-    g.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in outputs)
-    inits = [t for t in g.initializer if t.name in need]
-    del g.initializer[:]
-    g.initializer.extend(inits)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-
-
-def _subgraph_reads(node) -> list[str]:
-    names = []
-    for a in node.attribute:
-        for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-            names += [i for n in sub.node for i in n.input if i]
-            for n in sub.node:
-                names += _subgraph_reads(n)
-    return names
-
-
 def _accumulate(teacher, model, wave: list, feeds: list, rows_per_feed: int, seed: int) -> None:
     ins = list(dict.fromkeys(layer.node.input[0] for layer in wave))
     outs = list(dict.fromkeys(layer.node.output[0] for layer in wave))
-    student, teach = _prefix_session(model, ins), _prefix_session(teacher, outs)
+    student, teach = prefix_session(model, ins), prefix_session(teacher, outs)
     for layer in wave:  # statistics of two halves of the feeds (even / odd): they choose the damping
         size, outs_per_group = layer.w0[0].shape
         layer.xtx = np.zeros((2, layer.groups, size, size))
@@ -271,7 +229,7 @@ def _accumulate(teacher, model, wave: list, feeds: list, rows_per_feed: int, see
         half = index % 2
         for layer in wave:
             x, y = xs[layer.node.input[0]], ys[layer.node.output[0]]
-            rows_x, rows_y = (_conv_rows if layer.node.op_type == "Conv" else _dense_rows)(
+            rows_x, rows_y = (conv_rows if layer.node.op_type == "Conv" else dense_rows)(
                 layer, np.asarray(x, np.float32), np.asarray(y, np.float32), rows_per_feed, rng)
             if layer.has_bias:
                 rows_x = np.concatenate([rows_x, np.ones(rows_x.shape[:-1] + (1,))], axis=-1)
@@ -282,58 +240,6 @@ def _accumulate(teacher, model, wave: list, feeds: list, rows_per_feed: int, see
             layer.xty[half] += xg.transpose(0, 2, 1) @ yg
             layer.yy[half] += float(np.sum(rows_y ** 2))
             layer.rows += rows_x.shape[0]
-
-
-def _dense_rows(layer, x, y, limit, rng):
-    k = x.shape[-1]
-    x2, y2 = x.reshape(-1, k), y.reshape(-1, y.shape[-1])[:, layer.keep]
-    if x2.shape[0] > limit:
-        pick = rng.choice(x2.shape[0], limit, replace=False)
-        x2, y2 = x2[pick], y2[pick]
-    return x2.astype(np.float64), y2.astype(np.float64)
-
-
-def _conv_rows(layer, x, y, limit, rng):
-    """im2col patches [rows, groups, C/g * k] at sampled output positions, and the teacher's outputs
-    there [rows, groups, out/g] (kept channels only)."""
-    node = layer.node
-    if x.ndim == 3:  # 1-D conv: a 2-D one of height 1
-        x, y = x[:, :, None], y[:, :, None]
-    n, c, h, wd = x.shape
-    kh, kw = layer.kernel
-    strides = list(attr(node, "strides", [])) or [1, 1]
-    dil = list(attr(node, "dilations", [])) or [1, 1]
-    strides, dil = ([1] * (2 - len(strides)) + strides, [1] * (2 - len(dil)) + dil)
-    ho, wo = y.shape[2], y.shape[3]
-    pads = _pads(node, (h, wd), (ho, wo), (kh, kw), strides, dil)
-    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
-    total = n * ho * wo
-    pick = rng.choice(total, limit, replace=False) if total > limit else np.arange(total)
-    bi, oh, ow = np.unravel_index(pick, (n, ho, wo))
-    rh = oh[:, None] * strides[0] + np.arange(kh) * dil[0]
-    rw = ow[:, None] * strides[1] + np.arange(kw) * dil[1]
-    patches = xp[bi[:, None, None, None], np.arange(c)[None, :, None, None], rh[:, None, :, None], rw[:, None, None, :]]
-    g = layer.groups
-    rows_x = patches.reshape(len(pick), g, -1).astype(np.float64)
-    rows_y = y[bi, :, oh, ow][:, layer.keep].reshape(len(pick), g, -1).astype(np.float64)
-    return (rows_x[:, 0], rows_y[:, 0]) if g == 1 else (rows_x, rows_y)
-
-
-def _pads(node, size, out, kernel, strides, dil):
-    """(top, left, bottom, right), from pads or auto_pad (SAME_*: from the output size)."""
-    auto = attr(node, "auto_pad", b"NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else auto
-    if auto in ("SAME_UPPER", "SAME_LOWER"):
-        pads = []
-        for i in range(2):
-            total = max(0, (out[i] - 1) * strides[i] + (kernel[i] - 1) * dil[i] + 1 - size[i])
-            small = total // 2
-            pads.append((total - small, small) if auto == "SAME_LOWER" else (small, total - small))
-        return [pads[0][0], pads[1][0], pads[0][1], pads[1][1]]
-    p = list(attr(node, "pads", [])) or [0, 0, 0, 0]
-    if len(p) == 2:  # 1-D: [begin, end]
-        return [0, p[0], 0, p[1]]
-    return p
 
 
 # ------------------------------------------------------------------------------------ solving
@@ -442,7 +348,7 @@ def _set(view: ModelView, node, index: int, value: np.ndarray) -> None:
 def _drop_unread_initializers(model: onnx.ModelProto) -> None:
     """The pruned weights each refit replaced are read by no node now."""
     read = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output} \
-        | {i for n in model.graph.node for i in _subgraph_reads(n)}
+        | {i for n in model.graph.node for i in subgraph_reads(n)}
     kept = [t for t in model.graph.initializer if t.name in read]
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept)
