@@ -31,6 +31,7 @@ class PruneReport:
     pruned: dict = field(default_factory=dict)     # layer -> "kept/total channels" or sparsity
     refused: dict = field(default_factory=dict)    # layer -> reason
     coupled: dict = field(default_factory=dict)    # gate producer -> the layer it was pruned along with
+    kept: dict = field(default_factory=dict)       # channel mode: layer -> surviving output channel indices
     params_before: int = 0
     params_after: int = 0
     nonzero_after: int = 0
@@ -54,13 +55,15 @@ def _set_const(view: ModelView, node, index: int, value: np.ndarray) -> None:
 
 
 def prune(model: onnx.ModelProto, ratio: float, mode: str = "channel", sample_shapes: dict | None = None,
-          scope: str = "layer", exclude=(), align: int = 4) -> tuple[onnx.ModelProto, PruneReport]:
+          scope: str = "layer", exclude=(), align: int = 4, scores: dict | None = None
+          ) -> tuple[onnx.ModelProto, PruneReport]:
     """sample_shapes (input -> shape) fixes symbolic dims for the FLOP count only; scope "global"
     makes unstructured pruning use one magnitude threshold over all layers instead of one per layer;
     exclude names layers (node labels, as in the report) to leave unpruned. Channel mode keeps a
     multiple of `align` channels in layers of 16 or more (30% of 48 channels cuts 12, not 14):
     on ONNX Runtime's CPU kernels that measured faster than the exact ratio (bench/prune_bench.py);
-    align=1 cuts exactly floor(ratio * channels)."""
+    align=1 cuts exactly floor(ratio * channels). scores (channel mode): layer label -> per-channel
+    importance used instead of weight norms (prune_select.activation_scores)."""
     if scope not in ("layer", "global"):
         raise ValueError(f"prune scope must be layer or global, got {scope}")
     if mode not in MODES:
@@ -73,7 +76,7 @@ def prune(model: onnx.ModelProto, ratio: float, mode: str = "channel", sample_sh
     report.params_before, _, report.flops_before = _stats(m, sample_shapes)
     view = ModelView(m)
     if mode == "channel":
-        prune_channels(m, view, ratio, report, exclude, align)
+        prune_channels(m, view, ratio, report, exclude, align, scores)
     else:
         _prune_weights(view, ratio, mode, report, scope, set(exclude))
     from .quantize.static import drop_unused_initializers

@@ -36,11 +36,13 @@ MAX_GROUP = 64  # layers pruned together on shared channels (a long residual sta
 
 
 def prune_channels(model: onnx.ModelProto, view: ModelView, ratio: float, report, exclude=(),
-                   align: int = 4) -> None:
+                   align: int = 4, scores: dict | None = None) -> None:
     """Prune every producer not named in `exclude` (node labels); fills report.pruned / refused.
     Layers of 16 channels or more keep a multiple of `align` (rounding the cut down).
     Layers whose outputs meet at a join (a residual Add, an FPN merge) are pruned as one group,
-    keeping the same channels; a gate's producer goes along with the layer it gates."""
+    keeping the same channels; a gate's producer goes along with the layer it gates.
+    scores (layer label -> per-output-channel importance, prune_select.py) replace the weight
+    norms for the layers it covers (a group uses them only when every member has them)."""
     shapes = Shapes(model)
     captured = subgraph_reads(model.graph)
     excluded = set(exclude)
@@ -52,7 +54,7 @@ def prune_channels(model: onnx.ModelProto, view: ModelView, ratio: float, report
         group, planned, reason = [node], None, ""
         for _ in range(MAX_GROUP):
             try:
-                plan = _plan_group(view, shapes, group, ratio, captured, align)
+                plan = _plan_group(view, shapes, group, ratio, captured, align, scores or {})
                 gates = [node_label(t) for kind, t, _, _ in (plan[0] if plan else []) if kind == "coupled"]
                 if any(g in excluded for g in gates):
                     raise Refuse(f"its gate's producer '{next(g for g in gates if g in excluded)}' is excluded")
@@ -75,7 +77,8 @@ def prune_channels(model: onnx.ModelProto, view: ModelView, ratio: float, report
             continue
         if planned is None:  # the ratio removes no channel of this width
             continue
-        edits, kept, total = planned
+        edits, keep, total = planned
+        kept = keep.size
         _apply(view, edits)
         view.refresh()
         shapes.stale = True
@@ -84,10 +87,14 @@ def prune_channels(model: onnx.ModelProto, view: ModelView, ratio: float, report
             report.refused.pop(node_label(member), None)
             report.pruned[node_label(member)] = f"{kept}/{total} channels" + (
                 "" if member is node else f" (with {label})")
+            report.kept[node_label(member)] = keep
             if member is not node:
                 report.coupled[node_label(member)] = label
         for kind, target, count, keep in edits:  # gate producers pruned along with this layer
+            if kind == "group":  # a depthwise conv losing the same channels (recovery refits it)
+                report.kept[node_label(target)] = keep
             if kind == "coupled":
+                report.kept[node_label(target)] = keep
                 done.add(node_label(target))
                 report.pruned[node_label(target)] = f"{keep.size}/{count} channels (with {label})"
                 report.coupled[node_label(target)] = label
@@ -105,7 +112,8 @@ def _axes(node, w):
     return 1, -1
 
 
-def _plan_group(view: ModelView, shapes: Shapes, group: list, ratio: float, captured: set, align: int):
+def _plan_group(view: ModelView, shapes: Shapes, group: list, ratio: float, captured: set, align: int,
+                scores: dict):
     """Edits pruning the same lowest-norm channels (norms summed over the group) from every layer
     of the group and following them; None when the ratio drops nothing; raises Refuse / Join."""
     weights = [view.const(n.input[1]) for n in group]  # read again: earlier cuts may have sliced inputs
@@ -121,6 +129,8 @@ def _plan_group(view: ModelView, shapes: Shapes, group: list, ratio: float, capt
         return None
     norms = sum((np.moveaxis(w, a, 0).reshape(total, -1).astype(np.float64) ** 2).sum(1)
                 for w, (a, _) in zip(weights, axes))
+    if all(node_label(n) in scores and scores[node_label(n)].size == total for n in group):
+        norms = sum(scores[node_label(n)].astype(np.float64) for n in group)
     order = np.argsort(norms, kind="stable")
     keep, gone = np.sort(order[drop:]), np.sort(order[:drop])
     edits, starts = [], []
@@ -137,7 +147,7 @@ def _plan_group(view: ModelView, shapes: Shapes, group: list, ratio: float, capt
             (w.ndim if node.op_type in ("Conv", "ConvTranspose") else 2 if node.op_type == "Gemm" else None)
         starts.append((node, Carried(out_axis, rank, keep, gone, lost)))
     _plan(view, shapes, starts, edits, captured)
-    return edits, keep.size, total
+    return edits, keep, total
 
 
 def _apply(view: ModelView, edits: list) -> None:
@@ -308,7 +318,7 @@ def _visit_conv(view, node, ins, edits, carry) -> None:
             raise Refuse(f"'{label}' has a non-constant bias")
         if len(node.input) > 2 and node.input[2]:
             edits.append(("input", node, 2, b[first.keep]))
-        edits.append(("group", node, int(first.keep.size), None))
+        edits.append(("group", node, int(first.keep.size), first.keep))
         lost = None if first.lost is None else \
             first.lost * w[first.drop].reshape(first.drop.size, -1).sum(1) + b[first.drop]
         carry(node.output[0], first.like(1, lost=lost))

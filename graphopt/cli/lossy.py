@@ -53,11 +53,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--prune-mode", choices=["channel", "unstructured", "2:4"], default="channel",
                    help="channel: drop lowest-norm output channels (shapes shrink); unstructured: zero the smallest "
                         "weights; 2:4: keep 2 of every 4 along the input channels")
+    g.add_argument("--recover", action=argparse.BooleanOptionalAction, default=None,
+                   help="after channel pruning, refit each pruned layer to the original model's activations on the "
+                        "--calib data (least squares); default on when --calib is given with --prune")
     g.add_argument("--prune-scope", choices=["layer", "global"], default="layer",
                    help="unstructured: one magnitude threshold per layer (default) or one over all layers")
     g.add_argument("--int4-weights", action="store_true",
                    help="int4 weight-only MatMul/Gemm: blocked DequantizeLinear (opset 21) for --target onnx, "
                         "MatMulNBits for --target ort")
+    g.add_argument("--int4-method", choices=["rtn", "gptq"], default=None,
+                   help="int4 rounding: gptq (error feedback on the --calib activations; the default with --calib) "
+                        "or rtn (round to nearest; the default without data)")
+    g.add_argument("--act-order", action="store_true", help="GPTQ: quantize the inputs of largest activation first")
     g.add_argument("--block-size", type=int, default=32, help="int4 block size along K (power of two >= 16; default 32)")
     g.add_argument("--fp16", action="store_true", help="weights and compute in float16 (sensitive ops stay float32)")
     g.add_argument("--fp16-block", type=_csv, metavar="OP,...",
@@ -72,9 +79,21 @@ def requested(args) -> bool:
 
 def validate(args) -> None:
     """Usage checks that need no model: run before compiling so a mistake costs nothing."""
+    if (args.int4_method or args.act_order) and not args.int4_weights:
+        raise UsageError("--int4-method/--act-order need --int4-weights")
+    if args.int4_method == "gptq" and not args.calib:
+        raise UsageError("--int4-method gptq needs calibration data (--calib DATA)")
+    if args.recover and args.prune is None:
+        raise UsageError("--recover needs --prune (it refits pruned layers)")
+    if args.recover and not args.calib:
+        raise UsageError("--recover needs calibration data (--calib DATA)")
+    if not args.int8 and args.prune is not None and args.calib and args.prune_mode != "channel":
+        raise UsageError("--calib with --prune needs --prune-mode channel (recovery refits pruned channels)")
     if not args.int8:
         budget = args.accuracy_budget if args.prune is None else None  # --prune alone: a prune-ratio search
-        for opt, val in (("--calib", args.calib), ("--accuracy-budget", budget)):
+        # --prune: calibration data for recovery; --int4-weights: for GPTQ
+        calib = args.calib if args.prune is None and not args.int4_weights else None
+        for opt, val in (("--calib", calib), ("--accuracy-budget", budget)):
             if val is not None:
                 raise UsageError(f"{opt} needs an int8 mode (--int8 static|dynamic)" +
                                  (" or --prune" if opt == "--accuracy-budget" else ""))
@@ -133,9 +152,18 @@ def apply(args, model: onnx.ModelProto, quiet: bool = False) -> onnx.ModelProto:
     if args.int4_weights:
         from graphopt.passes.quantize.int4 import apply_int4
         target = getattr(args, "target", None) or "onnx"
-        out, rep = apply_int4(model, args.block_size, "ort" if target == "ort" else "onnx", args.int8_exclude)
+        hessians, method = None, args.int4_method or ("gptq" if args.calib else "rtn")
+        if method == "gptq":
+            from graphopt.lossy.calibrate import feeds_list
+            from graphopt.passes.quantize.common import ModelView, select_nodes
+            from graphopt.passes.quantize.gptq import collect_hessians
+            calib = feeds_list(args.calib, model, "calibration")
+            nodes = select_nodes(ModelView(model), {"MatMul", "Gemm"}, args.int8_exclude, False).quantize
+            hessians = collect_hessians(model, nodes, calib, progress=say)
+        out, rep = apply_int4(model, args.block_size, "ort" if target == "ort" else "onnx", args.int8_exclude,
+                              hessians=hessians, act_order=args.act_order)
         report = lossy.LossyReport(f"int4 weight-only ({'MatMulNBits' if target == 'ort' else 'blocked DequantizeLinear'}"
-                                   f", block {args.block_size})", rep.weights, {}, rep.nodes, rep.kept_float,
+                                   f", block {args.block_size}, {method}{', act-order' if args.act_order else ''})", rep.weights, {}, rep.nodes, rep.kept_float,
                                    model.ByteSize(), out.ByteSize())
         if args.eval:
             from graphopt.lossy.calibrate import feeds_list
@@ -190,30 +218,44 @@ def _executor(args):
 
 
 def _prune(args, model: onnx.ModelProto, quiet: bool) -> onnx.ModelProto:
+    from graphopt.lossy.calibrate import feeds_list
     from graphopt.passes.prune import prune
+    say = None if quiet else (lambda msg: print(f"  {msg}", file=sys.stderr, flush=True))
     sample = None
     if args.eval:
-        from graphopt.lossy.calibrate import feeds_list
         feeds = feeds_list(args.eval, model, "evaluation")
         sample = {k: v.shape for k, v in feeds[0].items()}
+    refine = None
+    if args.prune_mode == "channel" and args.calib and args.recover is not False:
+        calib = feeds_list(args.calib, model, "calibration")  # checked before any work
+
+        def refine(pruned, report):  # least-squares refit to the original model (prune_recover.py)
+            from graphopt.passes.prune_recover import recover
+            if not report.pruned:
+                return pruned, None
+            return recover(model, pruned, report.kept, calib, progress=say)
     if args.accuracy_budget is not None:  # lower the ratio until the budget holds (graphopt/lossy/budget.py)
         from graphopt.lossy.budget import prune_with_budget
-        say = None if quiet else (lambda msg: print(f"  {msg}", file=sys.stderr, flush=True))
         with _executor(args) as executor:
             evaluate = None
             if executor is not None:
                 from graphopt.lossy.parallel_eval import evaluator
                 evaluate = evaluator(executor, args.metric)
             out, report, table = prune_with_budget(model, args.prune, args.prune_mode, feeds, args.accuracy_budget,
-                                                   args.metric, args.best_effort, args.prune_scope, say, evaluate)
+                                                   args.metric, args.best_effort, args.prune_scope, say, evaluate,
+                                                   refine)
         if not quiet:
             print(report.to_text() + "\n" + table)
         return out
     out, report = prune(model, args.prune, args.prune_mode, sample, args.prune_scope)
     if not quiet:
         print(report.to_text())
-        if args.eval:
-            from graphopt.lossy import api as lossy
-            for k, v in lossy.agreement(model, out, feeds, "eval").items():
-                print(f"  agreement with float: {k} = {v}")
+    if refine is not None:
+        out, recovered = refine(out, report)
+        if recovered is not None and not quiet:
+            print(recovered.to_text())
+    if not quiet and args.eval:
+        from graphopt.lossy import api as lossy
+        for k, v in lossy.agreement(model, out, feeds, "eval").items():
+            print(f"  agreement with float: {k} = {v}")
     return out

@@ -208,9 +208,10 @@ def table(candidates: list[Candidate], float_latency: float, float_size: int, bu
 # cheapest inside the budget by multiply-accumulates (_prune_cost), measured latency breaking ties.
 def prune_search(model: onnx.ModelProto, ratio: float, mode: str, feeds: list[dict], refs: list, metric,
                  scope: str = "layer", progress=None, sensitivity_feeds: int = 8,
-                 evaluate=None) -> tuple[list[Candidate], float]:
+                 evaluate=None, refine=None) -> tuple[list[Candidate], float]:
     """Returns the candidates (Pareto flags set) and the float model's latency, measured with them.
-    evaluate: as for search() (one model at a time here: its data shards spread over the workers)."""
+    evaluate: as for search() (one model at a time here: its data shards spread over the workers).
+    refine(model, report) -> (model, _) post-processes each candidate (recovery), not the sensitivity probes."""
     from graphopt.passes.prune import prune
     say = progress or (lambda msg: None)
     evaluate = evaluate or (lambda models, f, r: [error(m, f, r, metric) for m in models])
@@ -249,6 +250,8 @@ def prune_search(model: onnx.ModelProto, ratio: float, mode: str, feeds: list[di
         model_r, report = (full, full_report) if (r, unpruned) == (ratio, []) else build(r, unpruned)
         if not report.pruned:
             continue  # a ratio this low removes nothing: the float model itself, not a candidate
+        if refine is not None:
+            model_r = refine(model_r, report)[0]
         err = evaluate([model_r], feeds, refs)[0]
         candidates.append(Candidate(name, list(unpruned), err, 0.0, model_r.ByteSize(), model_r, report=report))
         say(f"candidate '{name}': error {err:.4g}")
@@ -268,7 +271,7 @@ def _prune_cost(c: Candidate):
 
 def prune_with_budget(model: onnx.ModelProto, ratio: float, mode: str, eval_data, budget: float,
                       metric: str = "top1", best_effort: bool = False, scope: str = "layer", progress=None,
-                      evaluate=None):
+                      evaluate=None, refine=None):
     """Returns (model, PruneReport of the chosen candidate, table text). Raises BudgetNotMet when no
     candidate's error on eval_data is within `budget` (unless best_effort)."""
     from graphopt.lossy.calibrate import feeds_list
@@ -279,7 +282,8 @@ def prune_with_budget(model: onnx.ModelProto, ratio: float, mode: str, eval_data
     metric_f = metric_fn(metric)
     feeds = feeds_list(eval_data, model, "evaluation")
     refs = reference_outputs(model, feeds)
-    cands, float_ms = prune_search(model, ratio, mode, feeds, refs, metric_f, scope, progress, evaluate=evaluate)
+    cands, float_ms = prune_search(model, ratio, mode, feeds, refs, metric_f, scope, progress, evaluate=evaluate,
+                                   refine=refine)
     text = table(cands, float_ms, model.ByteSize(), budget)
     chosen = choose(cands, budget, best_effort, _prune_cost)  # raises BudgetNotMet -> nothing written
     if chosen.error <= budget:

@@ -20,6 +20,7 @@ from .common import (
     splice_nodes,
     sqnr_db,
 )
+from .gptq import gptq_quantize
 from .static import QuantReport, drop_unused_initializers
 
 
@@ -50,7 +51,10 @@ def _weight(view: ModelView, node):
 
 
 def apply_int4(model: onnx.ModelProto, block_size: int = 32, target: str = "onnx", exclude=(),
-               keep_final: bool = False) -> tuple[onnx.ModelProto, QuantReport]:
+               keep_final: bool = False, hessians: dict | None = None,
+               act_order: bool = False) -> tuple[onnx.ModelProto, QuantReport]:
+    """hessians (node label -> X^T X of its input, gptq.collect_hessians): those layers are rounded by
+    GPTQ (gptq.py), the others to nearest."""
     if block_size < 16 or block_size & (block_size - 1):
         raise ValueError(f"block size must be a power of two >= 16, got {block_size}")
     model = at_least_opset(model, 21 if target == "onnx" else 13)
@@ -64,7 +68,8 @@ def apply_int4(model: onnx.ModelProto, block_size: int = 32, target: str = "onnx
             report.kept_float[node_label(node)] = reason
             continue
         k, n = w.shape
-        q, scale = quantize_blocks(w, block_size)
+        h = (hessians or {}).get(node_label(node))
+        q, scale = quantize_blocks(w, block_size) if h is None else gptq_quantize(w, h, block_size, act_order)
         deq = (q.astype(np.float32).reshape(-1, n) * np.repeat(scale, block_size, axis=0)[:k])
         report.weights[node_label(node)] = sqnr_db(w, deq)
         base = node.name or node.output[0]
