@@ -234,7 +234,7 @@ def prepare_batch_norm(at, consts, generic):
 
 
 # --- elementwise, in place when the input dies here -----------------------------------------------
-# Relu, Sigmoid and the other unary float ops: prepared_unary.py
+# Relu, Sigmoid and the other unary float ops: elementwise.py
 
 
 @prepare("Clip", 11)

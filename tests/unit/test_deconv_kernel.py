@@ -1,10 +1,10 @@
-"""ConvTranspose with kernel == stride (kernels/cpu/prepared_deconv.py) against ONNX Runtime, and the
+"""ConvTranspose with kernel == stride (kernels/cpu/nn.py) against ONNX Runtime, and the
 forms the prepare hook leaves to the generic kernel."""
 import numpy as np
 import pytest
 from onnx import helper, numpy_helper
 
-from graphopt.kernels.cpu.prepared_deconv import prepare_conv_transpose
+from graphopt.kernels.cpu.nn import prepare_conv_transpose
 from graphopt.runtime.session import Session
 from graphopt.verify import ort_session
 

@@ -1,4 +1,4 @@
-"""The cheap per-call paths of the small kernels (kernels/cpu/prepared_unary.py, the binary in-place
+"""The cheap per-call paths of the small kernels (kernels/cpu/elementwise.py, the binary in-place
 kernels and Gemm in prepared.py, ReduceSum/Mean, MatMul, Cast, Expand, Unsqueeze in
 prepared_small.py, _inplace.reusable). Each model is built so the kernel meets both a dying input
 (written in place) and one that lives on (a feed, a constant, a value read again later); the
