@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper
+
+from graphopt.verify import tensor_reader
 
 from .prune_base import UNARY, producers
 from .quantize.common import ModelView, node_label
@@ -35,24 +36,16 @@ def scored_tensor(view: ModelView, node) -> tuple[str, int]:
 
 def activation_scores(model: onnx.ModelProto, feeds, progress=None) -> dict:
     """layer label -> per-output-channel variance of what the next layers read (float64)."""
-    import onnxruntime as ort
     view = ModelView(model)
     where = {node_label(n): scored_tensor(view, n) for n, _ in producers(view)}
     tensors = list(dict.fromkeys(t for t, _ in where.values()))
     if not tensors:
         return {}
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    have = {o.name for o in m.graph.output}
-    m.graph.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in tensors
-                          if t not in have)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    read = tensor_reader(model, tensors)
     axes = {t: a for t, a in where.values()}
     sums: dict[str, list] = {}
     for count, feed in enumerate(feeds, 1):
-        for t, v in zip(tensors, session.run(tensors, feed)):
+        for t, v in zip(tensors, read(feed)):
             v = np.moveaxis(np.asarray(v, np.float64), axes[t], 0)
             flat = v.reshape(v.shape[0], -1)
             s = sums.setdefault(t, [0, np.zeros(flat.shape[0]), np.zeros(flat.shape[0])])

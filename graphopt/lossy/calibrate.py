@@ -18,6 +18,7 @@ import onnx
 from onnx import helper
 
 from graphopt.errors import GraphoptError, UsageError
+from graphopt.verify import tensor_reader
 
 METHODS = ("minmax", "percentile", "entropy", "mse")
 BINS = 2048  # histogram bins over [-R, R]; R doubles (pairs of bins merge) when data falls outside
@@ -248,21 +249,14 @@ def calibrate(model: onnx.ModelProto, tensors: list[str], data, method: str = "m
 
 def tensor_runner(model: onnx.ModelProto, tensors: list[str], kind: str):
     """A function feed -> [value of each tensor], running the float model with extra outputs."""
+    if kind != "graphopt":
+        return tensor_reader(model, tensors)
+    from graphopt.runtime.session import Session
     m = onnx.ModelProto()
     m.CopyFrom(model)
     have = {o.name for o in m.graph.output}
-    for t in tensors:
-        if t not in have:
-            m.graph.output.append(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
-    if kind == "graphopt":
-        from graphopt.runtime.session import Session
-        sess = Session(m)
-        return lambda feed: sess.run(tensors, feed)
-    import onnxruntime as ort
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    m.graph.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in tensors if t not in have)
+    sess = Session(m)
     return lambda feed: sess.run(tensors, feed)
 
 

@@ -19,6 +19,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from graphopt.verify import tensor_reader
+
 from .common import ModelView, dequantize_per_channel, quantize_per_channel, weight_axis
 from .static import drop_unused_initializers
 
@@ -46,20 +48,11 @@ def _candidates(view: ModelView, names: set[str] | None):
 
 def _channel_means(model: onnx.ModelProto, tensors: list[str], feeds) -> dict[str, np.ndarray]:
     """Mean per channel (axis 1 for NC... tensors, the last axis for 2-D Gemm inputs) over the data."""
-    import onnxruntime as ort
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    have = {o.name for o in m.graph.output}
-    m.graph.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in tensors
-                          if t not in have)
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    read = tensor_reader(model, tensors)
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     for feed in feeds:
-        for t, v in zip(tensors, sess.run(tensors, feed)):
+        for t, v in zip(tensors, read(feed)):
             v = np.asarray(v, np.float64)
             flat = np.moveaxis(v, 1, -1).reshape(-1, v.shape[1]) if v.ndim > 2 else v.reshape(-1, v.shape[-1])
             sums[t] = sums.get(t, 0) + flat.sum(axis=0)

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper
+
+from graphopt.verify import tensor_reader
 
 from .common import node_label
 
@@ -67,21 +68,13 @@ def gptq_quantize(w: np.ndarray, h: np.ndarray, block: int, act_order: bool = Fa
 def collect_hessians(model: onnx.ModelProto, nodes: list, feeds, max_rows: int = 4096, progress=None) -> dict:
     """node label -> X^T X of its input (float64, [K, K]) over the feeds, streamed; rows beyond
     max_rows per feed are subsampled (seeded)."""
-    import onnxruntime as ort
     names = list(dict.fromkeys(nd.input[0] for nd in nodes))
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    have = {o.name for o in m.graph.output}
-    m.graph.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in names
-                          if t not in have)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    read = tensor_reader(model, names)
     rng = np.random.default_rng(0)
     grams: dict[str, np.ndarray] = {}
     count = 0
     for count, feed in enumerate(feeds, 1):
-        values = dict(zip(names, session.run(names, feed)))
+        values = dict(zip(names, read(feed)))
         for t, v in values.items():
             x = np.asarray(v, np.float64).reshape(-1, np.shape(v)[-1])
             if len(x) > max_rows:

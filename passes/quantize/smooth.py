@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper
+
+from graphopt.verify import tensor_reader
 
 from .common import ModelView
 from .static import drop_unused_initializers
@@ -43,19 +44,10 @@ def _norm_constants(view: ModelView, x: str):
 
 
 def _channel_absmax(model: onnx.ModelProto, tensors: list[str], feeds) -> dict[str, np.ndarray]:
-    import onnxruntime as ort
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    have = {o.name for o in m.graph.output}
-    m.graph.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in tensors
-                          if t not in have)
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    read = tensor_reader(model, tensors)
     out: dict[str, np.ndarray] = {}
     for feed in feeds:
-        for t, v in zip(tensors, sess.run(tensors, feed)):
+        for t, v in zip(tensors, read(feed)):
             v = np.abs(np.asarray(v, np.float32))
             cur = v.reshape(-1, v.shape[-1]).max(axis=0)
             out[t] = np.maximum(out[t], cur) if t in out else cur
