@@ -42,6 +42,16 @@ def node(op: str, inputs, outputs, name: str | None = None, domain: str = "", **
     return helper.make_node(op, inputs, outputs, name=name or f"{op}_{outputs[0]}", domain=domain or None, **attrs)
 
 
+def linear(r: np.random.Generator, prefix: str, x: str, fan_in: int, fan_out: int, inits: list, nodes: list) -> str:
+    """x @ W + b (W [fan_in, fan_out] scaled 1/sqrt(fan_in), b scaled 0.1): appends the weights and the
+    MatMul + Add; returns the output name (`prefix`)."""
+    inits += [weight(r, f"{prefix}.weight", fan_in, fan_out, scale=1 / np.sqrt(fan_in)),
+              weight(r, f"{prefix}.bias", fan_out, scale=0.1)]
+    nodes += [node("MatMul", [x, f"{prefix}.weight"], f"{prefix}.mm"),
+              node("Add", [f"{prefix}.mm", f"{prefix}.bias"], prefix)]
+    return prefix
+
+
 def constant_node(name: str, value, dtype=np.float32) -> onnx.NodeProto:
     """A Constant node (exporters emit these instead of initializers)."""
     return helper.make_node("Constant", [], [name], name=f"Constant_{name}",

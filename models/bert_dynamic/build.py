@@ -15,7 +15,7 @@ Targets: attention fusion on dynamic shapes (fuse-attention, shape_proof), for e
 """
 import numpy as np
 
-from build_common import FLOAT, INT64, const, io, ints, model, node, rng, scalar, weight
+from build_common import FLOAT, INT64, const, io, ints, linear, model, node, rng, scalar, weight
 
 VOCAB, MAX_POS = 100, 32
 HIDDEN, HEADS, FFN, LAYERS = 64, 4, 128, 3
@@ -28,14 +28,6 @@ def inputs(r):
     mask = np.ones((batch, seq), np.int64)
     mask[0, seq - 2:] = 0  # the first sequence is padded
     return {"input_ids": r.integers(0, VOCAB, (batch, seq)).astype(np.int64), "attention_mask": mask}
-
-
-def _linear(r, prefix, x, fan_in, fan_out, inits, nodes):
-    inits += [weight(r, f"{prefix}.weight", fan_in, fan_out, scale=1 / np.sqrt(fan_in)),
-              weight(r, f"{prefix}.bias", fan_out, scale=0.1)]
-    nodes += [node("MatMul", [x, f"{prefix}.weight"], f"{prefix}.mm"),
-              node("Add", [f"{prefix}.mm", f"{prefix}.bias"], prefix)]
-    return prefix
 
 
 def _layer_norm(r, p, x, inits, nodes):
@@ -67,7 +59,7 @@ def _split(x, shape, name, nodes, perms):
 
 def _attention(r, i, x, inits, nodes):
     p = f"l{i}.attn"
-    q, k, v = (_linear(r, f"{p}.{n}", x, HIDDEN, HIDDEN, inits, nodes) for n in "qkv")
+    q, k, v = (linear(r, f"{p}.{n}", x, HIDDEN, HIDDEN, inits, nodes) for n in "qkv")
     shapes = {}
     if i == 0:  # each projection reshaped by its own size(): x.size()[:-1] + (H, D)
         for t in (q, k, v):
@@ -107,18 +99,18 @@ def _attention(r, i, x, inits, nodes):
                                      _dim(f"{p}.ctx_heads", 2, f"{p}.ctx_s", nodes), "hidden_dim"],
                           f"{p}.merge_shape", axis=0))
     nodes.append(node("Reshape", [f"{p}.ctx_t", f"{p}.merge_shape"], f"{p}.ctx"))
-    o = _linear(r, f"{p}.out", f"{p}.ctx", HIDDEN, HIDDEN, inits, nodes)
+    o = linear(r, f"{p}.out", f"{p}.ctx", HIDDEN, HIDDEN, inits, nodes)
     nodes.append(node("Add", [o, x], f"{p}.res"))
     return _layer_norm(r, f"l{i}.ln1", f"{p}.res", inits, nodes)
 
 
 def _ffn(r, i, x, inits, nodes):
     p = f"l{i}.ffn"
-    h = _linear(r, f"{p}.in", x, HIDDEN, FFN, inits, nodes)
+    h = linear(r, f"{p}.in", x, HIDDEN, FFN, inits, nodes)
     nodes += [node("Div", [h, "sqrt2"], f"{p}.div"), node("Erf", f"{p}.div", f"{p}.erf"),
               node("Add", [f"{p}.erf", "one"], f"{p}.onep"), node("Mul", [h, f"{p}.onep"], f"{p}.mul"),
               node("Mul", [f"{p}.mul", "half"], f"{p}.gelu")]
-    o = _linear(r, f"{p}.out", f"{p}.gelu", FFN, HIDDEN, inits, nodes)
+    o = linear(r, f"{p}.out", f"{p}.gelu", FFN, HIDDEN, inits, nodes)
     nodes.append(node("Add", [o, x], f"{p}.res"))
     return _layer_norm(r, f"l{i}.ln2", f"{p}.res", inits, nodes)
 

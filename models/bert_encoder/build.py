@@ -12,7 +12,7 @@ Targets: LayerNorm/skip-LayerNorm/GELU/bias-GELU/attention fusion; target ort/gr
 """
 import numpy as np
 
-from build_common import FLOAT, INT64, const, io, ints, model, node, rng, scalar, weight
+from build_common import FLOAT, INT64, const, io, ints, linear, model, node, rng, scalar, weight
 
 VOCAB, MAX_POS, TYPES = 120, 32, 2
 HIDDEN, HEADS, FFN, LAYERS = 64, 4, 128, 3
@@ -25,14 +25,6 @@ def inputs(r):
     mask = np.ones((batch, seq), np.int64)
     mask[1, seq - 3:] = 0  # the second sequence is padded
     return {"input_ids": r.integers(0, VOCAB, (batch, seq)).astype(np.int64), "attention_mask": mask}
-
-
-def _linear(r, prefix, x, fan_in, fan_out, inits, nodes):
-    inits += [weight(r, f"{prefix}.weight", fan_in, fan_out, scale=1 / np.sqrt(fan_in)),
-              weight(r, f"{prefix}.bias", fan_out, scale=0.1)]
-    nodes += [node("MatMul", [x, f"{prefix}.weight"], f"{prefix}.mm"),
-              node("Add", [f"{prefix}.mm", f"{prefix}.bias"], prefix)]
-    return prefix
 
 
 def _layer_norm(r, p, x, inits, nodes):
@@ -73,9 +65,9 @@ def _heads(x, name, nodes, perms):
 
 def _attention(r, i, x, inits, nodes):
     p = f"l{i}.attn"
-    q = _linear(r, f"{p}.q", x, HIDDEN, HIDDEN, inits, nodes)
-    k = _linear(r, f"{p}.k", x, HIDDEN, HIDDEN, inits, nodes)
-    v = _linear(r, f"{p}.v", x, HIDDEN, HIDDEN, inits, nodes)
+    q = linear(r, f"{p}.q", x, HIDDEN, HIDDEN, inits, nodes)
+    k = linear(r, f"{p}.k", x, HIDDEN, HIDDEN, inits, nodes)
+    v = linear(r, f"{p}.v", x, HIDDEN, HIDDEN, inits, nodes)
     qh = _heads(q, f"{p}.qh", nodes, [[0, 2, 1, 3]])
     kh = _heads(k, f"{p}.kh", nodes, [[0, 2, 3, 1]] if i != 1 else [[0, 2, 1, 3], [0, 1, 3, 2]])
     vh = _heads(v, f"{p}.vh", nodes, [[0, 2, 1, 3]])
@@ -98,14 +90,14 @@ def _attention(r, i, x, inits, nodes):
                   node("Reshape", [f"{p}.ctx_t", f"{p}.merge_shape"], f"{p}.ctx")]
     else:
         nodes.append(node("Reshape", [f"{p}.ctx_t", "merge_shape" if i == 1 else "merge_shape_auto"], f"{p}.ctx"))
-    o = _linear(r, f"{p}.out", f"{p}.ctx", HIDDEN, HIDDEN, inits, nodes)
+    o = linear(r, f"{p}.out", f"{p}.ctx", HIDDEN, HIDDEN, inits, nodes)
     nodes.append(node("Add", [o, x], f"{p}.res"))
     return _layer_norm(r, f"l{i}.ln1", f"{p}.res", inits, nodes)
 
 
 def _ffn(r, i, x, inits, nodes):
     p = f"l{i}.ffn"
-    h = _linear(r, f"{p}.in", x, HIDDEN, FFN, inits, nodes)
+    h = linear(r, f"{p}.in", x, HIDDEN, FFN, inits, nodes)
     if i == LAYERS - 1:  # tanh GELU: 0.5 * h * (1 + tanh(sqrt(2/pi) * (h + 0.044715 * h^3)))
         nodes += [node("Pow", [h, "three"], f"{p}.cube"), node("Mul", [f"{p}.cube", "gelu_c"], f"{p}.cube_c"),
                   node("Add", [h, f"{p}.cube_c"], f"{p}.poly"), node("Mul", [f"{p}.poly", "gelu_k"], f"{p}.arg"),
@@ -115,7 +107,7 @@ def _ffn(r, i, x, inits, nodes):
         nodes += [node("Div", [h, "sqrt2"], f"{p}.div"), node("Erf", f"{p}.div", f"{p}.erf"),
                   node("Add", [f"{p}.erf", "one"], f"{p}.onep"), node("Mul", [h, f"{p}.onep"], f"{p}.mul"),
                   node("Mul", [f"{p}.mul", "half"], f"{p}.gelu")]
-    o = _linear(r, f"{p}.out", f"{p}.gelu", FFN, HIDDEN, inits, nodes)
+    o = linear(r, f"{p}.out", f"{p}.gelu", FFN, HIDDEN, inits, nodes)
     nodes.append(node("Add", [o, x], f"{p}.res"))
     return _layer_norm(r, f"l{i}.ln2", f"{p}.res", inits, nodes)
 
@@ -139,7 +131,7 @@ def build():
         x = _ffn(r, i, _attention(r, i, x, inits, nodes), inits, nodes)
     nodes.append(node("Identity", x, "last_hidden_state"))
     nodes.append(node("Gather", ["last_hidden_state", "first_scalar"], "cls", axis=1))  # the [CLS] token
-    pooled = _linear(r, "pooler", "cls", HIDDEN, HIDDEN, inits, nodes)
+    pooled = linear(r, "pooler", "cls", HIDDEN, HIDDEN, inits, nodes)
     nodes.append(node("Tanh", pooled, "pooler_output"))
     return model("bert_encoder", nodes,
                  [io("input_ids", INT64, ["batch", "seq"]), io("attention_mask", INT64, ["batch", "seq"])],
