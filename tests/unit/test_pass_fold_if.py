@@ -11,10 +11,20 @@ from tests.unit.passcheck import assert_same_outputs, check, ops, parse
 HEAD = '<ir_version: 8, opset_import: ["" : 17]>\n'
 
 
+def _feeds(model, n=3):
+    """Random float inputs, a bool input alternating True / False."""
+    feeds = []
+    for s in range(n):
+        rng = np.random.default_rng(s)
+        feeds.append({i.name: np.array(s % 2 == 0) if i.type.tensor_type.elem_type == 9
+                      else rng.standard_normal((2, 3)).astype(np.float32) for i in model.graph.input})
+    return feeds
+
+
 def _o1(model):
     result = graphopt.compile_model(model, level=1)
     check(result.model)
-    assert_same_outputs(model, result.model, seeds=(0, 1, 2))
+    assert_same_outputs(model, result.model, feeds=_feeds(model))
     return result.model
 
 
@@ -44,9 +54,7 @@ agraph (float[2,3] x) => (float[2,3] y, float[2,3] z) <bool t = {1}> {
 
 
 def test_branch_initializers_with_clashing_names():
-    """Two branches' local initializers share a name (each in its own scope); inlined, one is renamed.
-    (An initializer shadowing an outer one of its name is not tested: onnx-graphsurgeon's import
-    binds the branch's reads to the outer tensor, before any pass runs.)"""
+    """Two branches' local initializers share a name (each in its own scope); inlined, one is renamed."""
     model = parse(HEAD + """
 agraph (float[2,3] x) => (float[2,3] y, float[2,3] z) {
   t = Constant<value = bool {1}>()
@@ -131,3 +139,33 @@ agraph (float[2,3] x) => (float[2,3] y) {
              else_branch = g2 () => (float[2,3] b) { b = Neg(x) }>
 }""")
     assert ops(_o1(model)) == ["Tanh"]
+
+
+def test_branch_whose_output_is_its_own_initializer():
+    model = parse(HEAD + """
+agraph (float[2,3] x) => (float[2,3] y, float[2,3] z) {
+  t = Constant<value = bool {0}>()
+  y, z = If(t) <then_branch = g1 () => (float[2,3] a, float[2,3] b) { a = Neg(x)
+                                                                       b = Abs(x) },
+                else_branch = g2 () => (float[2,3] k, float[2,3] c) <float[2,3] k = {1,2,3,4,5,6}> { c = Sin(x) }>
+}""")
+    out = _o1(model)
+    assert ops(out) == ["Sin"]
+    assert [o.name for o in out.graph.output] == ["y", "z"]
+
+
+def test_constant_if_inside_a_loop_body():
+    model = parse(HEAD + """
+agraph (float[2,3] x) => (float[2,3] y) {
+  n = Constant<value = int64 {3}>()
+  go = Constant<value = bool {1}>()
+  y = Loop(n, go, x) <body = body (int64 i, bool c, float[2,3] acc) => (bool c2, float[2,3] out) {
+      c2 = Identity(c)
+      t = Constant<value = bool {1}>()
+      out = If(t) <then_branch = g1 () => (float[2,3] a) { a = Add(acc, x) },
+                   else_branch = g2 () => (float[2,3] b) { b = Sub(acc, x) }>
+  }>
+}""")
+    out = _o1(model)
+    assert "If" not in ops(out, nested=True)
+    assert "Loop" in ops(out)
