@@ -169,3 +169,4 @@ agraph (float[2,3] x) => (float[2,3] y) {
     out = _o1(model)
     assert "If" not in ops(out, nested=True)
     assert "Loop" in ops(out)
+
