@@ -96,7 +96,7 @@ def _rename_clashes(graph: gs.Graph, node: gs.Node, inner: list[gs.Graph]) -> No
             for t in n.outputs:
                 local[id(t)] = t
             for t in n.inputs:
-                if isinstance(t, gs.Constant) and not any(id(t) in ids for ids in [taken.get(t.name, ())]):
+                if isinstance(t, gs.Constant) and id(t) not in taken.get(t.name, ()):  # not an outer one
                     local[id(t)] = t
     for t in local.values():
         if t.name and taken.get(t.name, set()) - {id(t)}:
