@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -75,3 +76,28 @@ def test_bad_pins_are_usage_errors_and_write_nothing(saved, tmp_path, option, me
         proc = _compile(path, out, *option, *extra)
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr
         assert not out.exists()
+
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+
+
+@pytest.mark.parametrize("name,dims", [("shape_chain", {"batch": 2}), ("bert_dynamic", {"batch": 1, "seq": 8})])
+def test_pinned_models_lose_their_shape_chains(tmp_path, name, dims):
+    from graphopt.ir.sample_inputs import plan_inputs
+    src = MODELS / name / "model.onnx"
+    out = tmp_path / "o.onnx"
+    pins = [a for k, v in dims.items() for a in ("--dim", f"{k}={v}")]
+    proc = _compile(src, out, *pins)
+    assert proc.returncode == 0, proc.stderr
+    original, compiled = onnx.load(src), onnx.load(out)
+    check(compiled)
+    assert "Shape" not in ops(compiled, nested=True)
+    plan = plan_inputs(original, dims)
+    for i in compiled.graph.input:
+        spec = next(s for s in plan.specs if s.name == i.name)
+        assert [d.dim_value for d in i.type.tensor_type.shape.dim] == list(spec.shape)
+    for seed in range(2):
+        feed = plan.feed(seed)
+        want, got = session(original).run(None, feed), session(compiled).run(None, feed)
+        for w, g in zip(want, got):
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
