@@ -128,8 +128,10 @@ def cmd_compile(args) -> int:
     original = ir.load_model(src, limits=limits_from_args(args)) if verify or args.verify_each else None
     inputs, note = feeds.feeds_and_note(args, original, count=2) if original is not None else (None, "")
     from graphopt.cli import pin  # --dim / --input-shape also pin the model's input dims before the passes
-    model_in = pin.pinned_model(args, original or ir.load_model(src, limits=limits_from_args(args))) \
-        if pin.requested(args) else src
+    model_in = src
+    if pin.requested(args):
+        model_in = pin.pinned_model(args, original if original is not None
+                                    else ir.load_model(src, limits=limits_from_args(args)))
     result = compile_model(model_in, level=args.level, passes=args.passes, disable=args.disable,
                            verify_each=args.verify_each, verify_options={"feeds": inputs} if inputs else None,
                            print_after=args.print_after,
