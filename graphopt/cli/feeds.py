@@ -32,8 +32,11 @@ def _pair(text: str) -> tuple[str, str]:
     return name, value
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("inputs (default: random data shaped after the model; a note says what was assumed)")
+def add_arguments(p: argparse.ArgumentParser, pins: bool = False) -> None:
+    g = p.add_argument_group("inputs (default: random data shaped after the model; a note says what was assumed)",
+                             "on compile, --dim and --input-shape also pin the model's input dims before the passes "
+                             "run (shape chains fold completely): the compiled model has those static input shapes"
+                             if pins else None)
     g.add_argument("--input", dest="input_files", action="append", type=_pair, default=[], metavar="NAME=FILE.npy",
                    help="feed input NAME from a .npy file (repeatable)")
     g.add_argument("--inputs", metavar="DATA", help="feeds from a folder of .npz files or one .npz of stacked "

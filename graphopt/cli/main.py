@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     targets.add_target_arguments(c)  # --target, --opset
     from graphopt.cli import compile_check, feeds
     compile_check.add_arguments(c)  # --no-verify, --rtol, --atol
-    feeds.add_arguments(c)  # the inputs verification runs on: --input, --inputs, --dim, --input-shape
+    feeds.add_arguments(c, pins=True)  # the inputs verification runs on: --input, --inputs, --dim, --input-shape
 
     p = sub.add_parser("passes", help="list registered passes")
     p.add_argument("--plugin", action="append", default=[], metavar="FILE.py", help="also load these plugin passes")
@@ -127,7 +127,12 @@ def cmd_compile(args) -> int:
     verify = not args.no_verify and not lossy_cli.requested(args)  # lossy outputs differ by design
     original = ir.load_model(src, limits=limits_from_args(args)) if verify or args.verify_each else None
     inputs, note = feeds.feeds_and_note(args, original, count=2) if original is not None else (None, "")
-    result = compile_model(src, level=args.level, passes=args.passes, disable=args.disable,
+    from graphopt.cli import pin  # --dim / --input-shape also pin the model's input dims before the passes
+    model_in = src
+    if pin.requested(args):
+        model_in = pin.pinned_model(args, original if original is not None
+                                    else ir.load_model(src, limits=limits_from_args(args)))
+    result = compile_model(model_in, level=args.level, passes=args.passes, disable=args.disable,
                            verify_each=args.verify_each, verify_options={"feeds": inputs} if inputs else None,
                            print_after=args.print_after,
                            bisect_limit=args.bisect_limit, trace=args.trace, fold_limit=args.fold_limit,
