@@ -140,12 +140,21 @@ def graphopt_attention(ins, at):
     if q.dtype != calc or k.dtype != calc or v.dtype != calc:
         q, k, v = q.astype(calc), k.astype(calc), v.astype(calc)
     kv = int(at.get("kv_num_heads", heads))  # grouped-query attention: each K/V head serves heads / kv queries
-    if len(ins) > 5 and ins[4] is not None:  # KV cache: the standard Attention-23 kernel (present = past + new)
-        std = {"q_num_heads": heads, "kv_num_heads": kv, "scale": float(at["scale"])}
-        return attention(list(ins[:6]), std)[:3]
+    cached = len(ins) > 5 and ins[4] is not None
+    if cached:  # KV cache: present = past + new (B, kv, P + t, D)
+        past_k, past_v = ins[4], ins[5]
+        if not (ins[0].dtype == calc and past_k.dtype == calc and past_v.dtype == calc and (
+                mask is None or (mask.dtype == calc and mask.shape[-1] == past_k.shape[2] + t))):
+            # other dtypes, a mask shorter than past + new: the standard Attention-23 kernel
+            std = {"q_num_heads": heads, "kv_num_heads": kv, "scale": float(at["scale"])}
+            return attention(list(ins[:6]), std)[:3]
+        present_k = np.concatenate([past_k, k.reshape(b, t, kv, -1).transpose(0, 2, 1, 3)], axis=2)
+        present_v = np.concatenate([past_v, v.reshape(b, t, kv, -1).transpose(0, 2, 1, 3)], axis=2)
+        kh, vh, t = present_k.transpose(0, 1, 3, 2), present_v, present_k.shape[2]
+    else:
+        kh = k.reshape(b, t, kv, -1).transpose(0, 2, 3, 1)
+        vh = v.reshape(b, t, kv, -1).transpose(0, 2, 1, 3)
     qh = q.reshape(b, s, heads, -1).transpose(0, 2, 1, 3)
-    kh = k.reshape(b, t, kv, -1).transpose(0, 2, 3, 1)
-    vh = v.reshape(b, t, kv, -1).transpose(0, 2, 1, 3)
     if kv != heads:
         kh, vh = np.repeat(kh, heads // kv, axis=1), np.repeat(vh, heads // kv, axis=1)
     scores = np.matmul(qh, kh)
@@ -164,7 +173,8 @@ def graphopt_attention(ins, at):
     # instead of the scores was slower: a strided divide)
     out = np.empty((b, s, heads, vh.shape[3]), calc)
     np.matmul(scores, vh, out=out.transpose(0, 2, 1, 3))
-    return (out.reshape(b, s, -1).astype(ins[0].dtype, copy=False),)
+    y = out.reshape(b, s, -1).astype(ins[0].dtype, copy=False)
+    return (y, present_k, present_v) if cached else (y,)
 
 
 # the standard op's 3-D form without position_ids (passes/fusion/rotary.py emits it)

@@ -298,3 +298,28 @@ def test_a_subgraph_reading_an_overridable_initializer_sees_the_fed_value():
     sess = Session(model)
     for feed in [{"c": np.array(True)}, {"c": np.array(True), "k": arr(3)}, {"c": np.array(False), "k": arr(3)}]:
         assert_matches(sess, model, feed)
+
+
+def test_signatures_cycling_past_the_kept_ones_do_not_compile_at_every_run(monkeypatch):
+    # a KV-cache decode loop: each generation walks the same growing lengths once, more of them than
+    # a plan keeps specialized (SIGNATURES_KEPT). Evicting one doubles the runs a signature needs, so
+    # the compiles thin out instead of one per run; the outputs stay ORT's on every run.
+    import graphopt.runtime.plan.build as build
+    from graphopt.runtime.plan.specialize import SIGNATURES_KEPT
+    compiles = []
+    real = build.specialize
+    monkeypatch.setattr(build, "specialize", lambda *a: compiles.append(a[1][0].shape) or real(*a))
+    model = onnx.parser.parse_model(SHAPE_CHAIN)
+    sess, ref = Session(model), ort_session(model)
+    lengths, generations = range(1, 2 * SIGNATURES_KEPT + 1), 8
+    for _ in range(generations):
+        for n in lengths:
+            x = arr(2, n, 4)
+            for w, g in zip(ref.run(None, {"x": x}), sess.run(None, {"x": x})):
+                np.testing.assert_allclose(g, w, rtol=1e-6)
+    runs = generations * len(lengths)
+    assert SIGNATURES_KEPT <= len(compiles) <= runs // 4  # the old clear-all cache: one per run after the first walk
+    assert len(sess._plan._specialized) <= SIGNATURES_KEPT
+    for _ in range(200):  # a signature that keeps repeating still earns its specialization
+        sess.run(None, {"x": arr(3, 7, 4)})
+    assert sess._plan.compiled_for((((3, 7, 4), np.dtype(np.float32)),)) is not None

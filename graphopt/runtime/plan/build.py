@@ -28,7 +28,7 @@ from graphopt.runtime.plan.codegen import compile_plan
 from graphopt.runtime.plan.functions import LocalFunctionCall, SchemaFunctionCall
 from graphopt.runtime.plan.inline import inline_functions
 from graphopt.runtime.plan.profile import Profile, run_profiled
-from graphopt.runtime.plan.specialize import SIGNATURES_KEPT, fixed_steps, signature, specialize
+from graphopt.runtime.plan.specialize import SpecializeBudget, fixed_steps, signature, specialize
 
 # A folded constant larger than this stays a runtime computation (it would otherwise be held in
 # memory for the whole life of the session).
@@ -153,7 +153,7 @@ class Plan:
         # Scan bodies are not: their carried values may change shape at every iteration.
         self._fixed = [] if (nested and self.input_slots) or ctx.unsupported else fixed_steps(self)
         self._specialized = {}  # input signature -> compiled function (specialize.py)
-        self._seen = set()  # signatures run once
+        self._budget = SpecializeBudget()  # when a signature earns its specialization
 
     def _fold(self, built, constants, keep, ctx, store):
         """Run, once, every node whose inputs are all constants; its outputs become constants."""
@@ -224,13 +224,8 @@ class Plan:
         fn = self._specialized.get(sig)
         if fn is not None:
             return fn(ins, outer)
-        if sig not in self._seen:  # specialize a signature seen twice: one that never repeats
-            if len(self._seen) >= 8 * SIGNATURES_KEPT:  # would pay a compile per run
-                self._seen.clear()
-            self._seen.add(sig)
+        if not self._budget.earned(sig, self._specialized):  # not repeated enough (yet)
             return self._compiled(ins, outer)
-        if len(self._specialized) >= SIGNATURES_KEPT:
-            self._specialized.clear()
         outputs, self._specialized[sig] = specialize(self, ins, outer, self._fixed, KernelFailed)
         return outputs
 

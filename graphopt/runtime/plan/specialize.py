@@ -32,6 +32,31 @@ VALUE_LIMIT = 1 << 20  # a signature-fixed value above this many bytes is comput
 SIGNATURES_KEPT = 8
 
 
+class SpecializeBudget:
+    """When a plan's input signature earns a specialized function (see the module's docstring)."""
+
+    def __init__(self):
+        self.counts = {}  # signature -> runs without a specialized function
+        self.needed = 2  # runs that earn one; doubled at every eviction
+        self.evictions = 0
+
+    def earned(self, sig, specialized: dict) -> bool:
+        """Count a run of `sig` (not in `specialized`); True when it earns a specialization now
+        (the oldest one in `specialized` is then evicted when SIGNATURES_KEPT are held)."""
+        n = self.counts.get(sig, 0) + 1
+        if n < self.needed:
+            if len(self.counts) >= 8 * SIGNATURES_KEPT and sig not in self.counts:
+                self.counts.clear()  # bounded: signatures that never repeat are forgotten
+            self.counts[sig] = n
+            return False
+        self.counts.pop(sig, None)
+        if len(specialized) >= SIGNATURES_KEPT:
+            del specialized[next(iter(specialized))]
+            self.evictions += 1
+            self.needed *= 2
+        return True
+
+
 def fixed_steps(plan) -> list[int]:
     """Indices of the steps whose outputs are fixed by the feeds' shapes and dtypes (see above)."""
     const = set(plan.constant_slots) - set(plan.input_slots)  # an initializer a feed may override is not fixed
