@@ -49,7 +49,11 @@ def test_the_pool_survives_a_killed_worker(pool, tmp_path):
     tasks = [Task(f"t{i}", t.square, (i,)) for i in range(6)]
     tasks[1] = Task("dies once", t.die_once, (str(tmp_path / "m"), 1))
     out = pool.map(tasks)
-    assert [o.value for o in out] == [i * i for i in range(6)] and out[1].attempts == 2
+    assert [o.value for o in out] == [i * i for i in range(6)] and all(o.ok for o in out)
+    # The death is charged to "dies once" only when it was alone in flight when the pool broke; with
+    # others in flight they are all rerun one at a time uncharged, and it does not die again. Which of
+    # the two happens depends on scheduling, so both counts are right.
+    assert out[1].attempts in (1, 2) and all(o.attempts == 1 for i, o in enumerate(out) if i != 1)
 
 
 def test_a_task_that_always_kills_its_worker_is_charged_alone(pool):
