@@ -82,6 +82,48 @@ def prepare(op: str, since: int = 1, device: str = "cpu", domain: str = ""):
     return register
 
 
+def kernel_from_attributes(op: str, make: Callable, since: int = 1, device: str = "cpu", domain: str = "") -> None:
+    """Register an op whose work is set up from its attributes alone, `make(attrs) -> fn(inputs)`: the
+    kernel sets it up at every call, the prepare hook once at build (model-converter ops such as
+    tree ensembles, linear models and scalers, whose set-up costs more than a run)."""
+    def run(ins, at):
+        return make(at)(ins)
+
+    def prep(at, constants, generic):
+        return make(at)
+
+    run.__wrapped__ = prep.__wrapped__ = make  # `graphopt kernels` lists the op at `make`
+    kernel(op, since, device, domain)(run)
+    prepare(op, since, device, domain)(prep)
+
+
+def contrib_alias(op: str, fn: KernelFn, hook: Callable | None = None, defaults: dict | None = None,
+                  domain: str = "com.microsoft") -> None:
+    """Register `fn` (and its prepare hook) as another domain's op of the same semantics (ONNX
+    Runtime's com.microsoft ops), with that op's attribute defaults filled in where a node leaves
+    them out (contrib schemas are not in the onnx package, so nothing else fills them)."""
+    if defaults:
+        fn, hook = _with_defaults(fn, defaults), hook and _with_defaults(hook, defaults, attrs_first=True)
+    kernel(op, 1, domain=domain)(fn)
+    if hook is not None:
+        prepare(op, 1, domain=domain)(hook)
+
+
+def _with_defaults(f: Callable, defaults: dict, attrs_first: bool = False) -> Callable:
+    """f with the attributes a node leaves out taken from `defaults` (kernels take attrs second,
+    prepare hooks first); it keeps f's refuse hook, and `graphopt kernels` lists it at f."""
+    if attrs_first:
+        def filled(at, *rest):
+            return f({**defaults, **at}, *rest)
+    else:
+        def filled(ins, at):
+            return f(ins, {**defaults, **at})
+    filled.__wrapped__ = f
+    if getattr(f, "refuse", None) is not None:
+        filled.refuse = f.refuse
+    return filled
+
+
 def lookup_prepare(domain: str, op: str, opset: int, device: str = "cpu") -> Callable | None:
     """The prepare hook with the highest `since` <= `opset`, or None."""
     best = None

@@ -188,18 +188,3 @@ _TAYLOR = [2.0 / np.sqrt(np.pi) * (-1) ** n / (float(np.prod(np.arange(1, n + 1)
 def result(x, dtype) -> np.ndarray:
     """x as an ndarray of dtype (NumPy scalars from 0-d arithmetic become arrays)."""
     return np.asarray(x, dtype=dtype)
-
-
-def contrib_alias(op: str, fn, hook=None, defaults: dict | None = None, domain: str = "com.microsoft"):
-    """Register `fn` (and its prepare hook) as another domain's op of the same semantics (ONNX
-    Runtime's com.microsoft ops), with that op's attribute defaults filled in where a node leaves
-    them out (contrib schemas are not in the onnx package, so nothing else fills them)."""
-    from ..registry import kernel, prepare
-    defaults = defaults or {}
-    run = fn if not defaults else (lambda ins, at: fn(ins, {**defaults, **at}))
-    if getattr(fn, "refuse", None) is not None:
-        run.refuse = fn.refuse
-    kernel(op, 1, domain=domain)(run)
-    if hook is not None:
-        prep = hook if not defaults else (lambda at, consts, generic: hook({**defaults, **at}, consts, generic))
-        prepare(op, 1, domain=domain)(prep)

@@ -11,8 +11,8 @@ import math
 
 import numpy as np
 
-from ..registry import kernel, prepare
-from ._util import clip_ufunc, contrib_alias, sigmoid_in_place
+from ..registry import contrib_alias, kernel, prepare
+from ._util import clip_ufunc, sigmoid_in_place
 from .linalg import gemm as gemm_kernel
 from .nn import conv_kernel
 from .prepared import prepare_conv, prepare_gemm

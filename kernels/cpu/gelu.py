@@ -14,8 +14,8 @@ import math
 
 import numpy as np
 
-from ..registry import kernel, prepare
-from ._util import ONE, clip_ufunc, contrib_alias, erf, tiled
+from ..registry import contrib_alias, kernel, prepare
+from ._util import ONE, clip_ufunc, erf, tiled
 
 DOMAIN = "ai.graphopt"
 

@@ -17,9 +17,9 @@ import math
 
 import numpy as np
 
-from ..registry import kernel, prepare
+from ..registry import contrib_alias, kernel, prepare
 from .norm import stash_dtype
-from ._util import contrib_alias, tiled
+from ._util import tiled
 
 DOMAIN = "ai.graphopt"
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from graphopt.errors import Unsupported
 
-from ..registry import kernel, prepare
+from ..registry import kernel_from_attributes
 from ._util import clip_ufunc
 from .ml_transforms import apply_post_transform, apply_post_transform_t, argmax_of_rows, logistic, probit
 
@@ -308,12 +308,7 @@ def _couple(r, k):
     return p
 
 
-def _register(op, make):
-    kernel(op, 1, domain=ML)(lambda ins, at: make(at)(ins))
-    prepare(op, 1, domain=ML)(lambda at, constants, generic: make(at))
-
-
-_register("LinearClassifier", make_linear_classifier)
-_register("LinearRegressor", make_linear_regressor)
-_register("SVMClassifier", make_svm_classifier)
-_register("SVMRegressor", make_svm_regressor)
+kernel_from_attributes("LinearClassifier", make_linear_classifier, domain=ML)
+kernel_from_attributes("LinearRegressor", make_linear_regressor, domain=ML)
+kernel_from_attributes("SVMClassifier", make_svm_classifier, domain=ML)
+kernel_from_attributes("SVMRegressor", make_svm_regressor, domain=ML)

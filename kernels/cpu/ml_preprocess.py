@@ -10,7 +10,7 @@ import numpy as np
 
 from graphopt.errors import Unsupported
 
-from ..registry import DYNAMIC, kernel, prepare
+from ..registry import DYNAMIC, kernel, kernel_from_attributes, prepare
 from .ml_transforms import row_max, row_sum
 
 ML = "ai.onnx.ml"
@@ -18,16 +18,6 @@ ML = "ai.onnx.ml"
 
 def _text(v):
     return v.decode("utf-8") if isinstance(v, bytes) else str(v)
-
-
-@kernel("Scaler", 1, domain=ML)
-def scaler(ins, at):
-    return make_scaler(at)(ins)
-
-
-@prepare("Scaler", 1, domain=ML)
-def _prepare_scaler(at, constants, generic):
-    return make_scaler(at)
 
 
 def make_scaler(at):
@@ -43,6 +33,9 @@ def make_scaler(at):
         y *= scale
         return (y,)
     return run
+
+
+kernel_from_attributes("Scaler", make_scaler, domain=ML)
 
 
 @kernel("Normalizer", 1, domain=ML)

@@ -14,7 +14,7 @@ import numpy as np
 
 from graphopt.errors import Unsupported
 
-from ..registry import kernel, prepare
+from ..registry import kernel_from_attributes
 from .ml_forest import Forest
 from ._util import clip_ufunc
 from .ml_transforms import apply_post_transform, argmax_of_columns, probit
@@ -230,24 +230,8 @@ _MINUS_PLUS = {np.dtype(t): np.array([-1, 1], t) for t in (np.float32, np.float6
 _ONE_ZERO = {np.dtype(t): np.array([1, 0], t) for t in (np.float32, np.float64)}
 
 
-@kernel("TreeEnsembleRegressor", 1, domain=ML)
-def tree_ensemble_regressor(ins, at):
-    return make_regressor(at)(ins)
-
-
-@kernel("TreeEnsembleClassifier", 1, domain=ML)
-def tree_ensemble_classifier(ins, at):
-    return make_classifier(at)(ins)
-
-
-@prepare("TreeEnsembleRegressor", 1, domain=ML)
-def _prepare_regressor(at, constants, generic):
-    return make_regressor(at)
-
-
-@prepare("TreeEnsembleClassifier", 1, domain=ML)
-def _prepare_classifier(at, constants, generic):
-    return make_classifier(at)
+kernel_from_attributes("TreeEnsembleRegressor", make_regressor, domain=ML)
+kernel_from_attributes("TreeEnsembleClassifier", make_classifier, domain=ML)
 
 
 # --- TreeEnsemble (ml opset 5) ------------------------------------------------------------
@@ -312,11 +296,4 @@ def _membership(values, mode):
     return keys.astype(np.int64), distinct
 
 
-@kernel("TreeEnsemble", 5, domain=ML)
-def tree_ensemble(ins, at):
-    return make_tree_ensemble(at)(ins)
-
-
-@prepare("TreeEnsemble", 5, domain=ML)
-def _prepare_tree_ensemble(at, constants, generic):
-    return make_tree_ensemble(at)
+kernel_from_attributes("TreeEnsemble", make_tree_ensemble, since=5, domain=ML)

@@ -5,8 +5,8 @@ import itertools
 
 import numpy as np
 
-from ..registry import kernel
-from ._util import ints, contrib_alias
+from ..registry import contrib_alias, kernel
+from ._util import ints
 
 
 def _cubic(t, a):
