@@ -52,6 +52,20 @@ def linear(r: np.random.Generator, prefix: str, x: str, fan_in: int, fan_out: in
     return prefix
 
 
+def layer_norm(r: np.random.Generator, p: str, x: str, hidden: int, inits: list, nodes: list) -> str:
+    """LayerNorm over the last axis as exporters decompose it (ReduceMean, Sub, Pow "two", ReduceMean,
+    Add "ln_eps", Sqrt, Div, Mul, Add; the model supplies the "two" and "ln_eps" constants), gamma near 1
+    as trained LayerNorms are; returns the output name (`p`)."""
+    gamma = (1 + 0.1 * r.standard_normal(hidden)).astype(np.float32)
+    inits += [const(f"{p}.weight", gamma), weight(r, f"{p}.bias", hidden, scale=0.1)]
+    nodes += [node("ReduceMean", x, f"{p}.mean", axes=[-1]), node("Sub", [x, f"{p}.mean"], f"{p}.centered"),
+              node("Pow", [f"{p}.centered", "two"], f"{p}.sq"), node("ReduceMean", f"{p}.sq", f"{p}.var", axes=[-1]),
+              node("Add", [f"{p}.var", "ln_eps"], f"{p}.var_eps"), node("Sqrt", f"{p}.var_eps", f"{p}.std"),
+              node("Div", [f"{p}.centered", f"{p}.std"], f"{p}.normed"),
+              node("Mul", [f"{p}.normed", f"{p}.weight"], f"{p}.scaled"), node("Add", [f"{p}.scaled", f"{p}.bias"], p)]
+    return p
+
+
 def constant_node(name: str, value, dtype=np.float32) -> onnx.NodeProto:
     """A Constant node (exporters emit these instead of initializers)."""
     return helper.make_node("Constant", [], [name], name=f"Constant_{name}",

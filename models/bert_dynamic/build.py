@@ -15,7 +15,7 @@ Targets: attention fusion on dynamic shapes (fuse-attention, shape_proof), for e
 """
 import numpy as np
 
-from build_common import FLOAT, INT64, const, io, ints, linear, model, node, rng, scalar, weight
+from build_common import FLOAT, INT64, const, io, ints, layer_norm, linear, model, node, rng, scalar, weight
 
 VOCAB, MAX_POS = 100, 32
 HIDDEN, HEADS, FFN, LAYERS = 64, 4, 128, 3
@@ -28,17 +28,6 @@ def inputs(r):
     mask = np.ones((batch, seq), np.int64)
     mask[0, seq - 2:] = 0  # the first sequence is padded
     return {"input_ids": r.integers(0, VOCAB, (batch, seq)).astype(np.int64), "attention_mask": mask}
-
-
-def _layer_norm(r, p, x, inits, nodes):
-    inits += [const(f"{p}.weight", (1 + 0.1 * r.standard_normal(HIDDEN)).astype(np.float32)),
-              weight(r, f"{p}.bias", HIDDEN, scale=0.1)]
-    nodes += [node("ReduceMean", x, f"{p}.mean", axes=[-1]), node("Sub", [x, f"{p}.mean"], f"{p}.centered"),
-              node("Pow", [f"{p}.centered", "two"], f"{p}.sq"), node("ReduceMean", f"{p}.sq", f"{p}.var", axes=[-1]),
-              node("Add", [f"{p}.var", "ln_eps"], f"{p}.var_eps"), node("Sqrt", f"{p}.var_eps", f"{p}.std"),
-              node("Div", [f"{p}.centered", f"{p}.std"], f"{p}.normed"),
-              node("Mul", [f"{p}.normed", f"{p}.weight"], f"{p}.scaled"), node("Add", [f"{p}.scaled", f"{p}.bias"], p)]
-    return p
 
 
 def _dim(src, index, out, nodes):
@@ -101,7 +90,7 @@ def _attention(r, i, x, inits, nodes):
     nodes.append(node("Reshape", [f"{p}.ctx_t", f"{p}.merge_shape"], f"{p}.ctx"))
     o = linear(r, f"{p}.out", f"{p}.ctx", HIDDEN, HIDDEN, inits, nodes)
     nodes.append(node("Add", [o, x], f"{p}.res"))
-    return _layer_norm(r, f"l{i}.ln1", f"{p}.res", inits, nodes)
+    return layer_norm(r, f"l{i}.ln1", f"{p}.res", HIDDEN, inits, nodes)
 
 
 def _ffn(r, i, x, inits, nodes):
@@ -112,7 +101,7 @@ def _ffn(r, i, x, inits, nodes):
               node("Mul", [f"{p}.mul", "half"], f"{p}.gelu")]
     o = linear(r, f"{p}.out", f"{p}.gelu", FFN, HIDDEN, inits, nodes)
     nodes.append(node("Add", [o, x], f"{p}.res"))
-    return _layer_norm(r, f"l{i}.ln2", f"{p}.res", inits, nodes)
+    return layer_norm(r, f"l{i}.ln2", f"{p}.res", HIDDEN, inits, nodes)
 
 
 def build():
@@ -133,7 +122,7 @@ def build():
               node("Slice", ["position_ids", "zero", _dim("input_ids", 1, "seq_end", nodes), "idx1_vec"], "pos_ids"),
               node("Gather", ["emb.pos", "pos_ids"], "pos_emb", axis=0), node("Add", ["word_emb", "pos_emb"], "emb_sum")]
     inits.append(ints("idx1_vec", 1))
-    x = _layer_norm(r, "emb.ln", "emb_sum", inits, nodes)
+    x = layer_norm(r, "emb.ln", "emb_sum", HIDDEN, inits, nodes)
     for i in range(LAYERS):
         x = _ffn(r, i, _attention(r, i, x, inits, nodes), inits, nodes)
     nodes.append(node("Identity", x, "last_hidden_state"))

@@ -12,7 +12,7 @@ Targets: LayerNorm/skip-LayerNorm/GELU/bias-GELU/attention fusion; target ort/gr
 """
 import numpy as np
 
-from build_common import FLOAT, INT64, const, io, ints, linear, model, node, rng, scalar, weight
+from build_common import FLOAT, INT64, const, io, ints, layer_norm, linear, model, node, rng, scalar, weight
 
 VOCAB, MAX_POS, TYPES = 120, 32, 2
 HIDDEN, HEADS, FFN, LAYERS = 64, 4, 128, 3
@@ -25,17 +25,6 @@ def inputs(r):
     mask = np.ones((batch, seq), np.int64)
     mask[1, seq - 3:] = 0  # the second sequence is padded
     return {"input_ids": r.integers(0, VOCAB, (batch, seq)).astype(np.int64), "attention_mask": mask}
-
-
-def _layer_norm(r, p, x, inits, nodes):
-    gamma = (1 + 0.1 * r.standard_normal(HIDDEN)).astype(np.float32)
-    inits += [const(f"{p}.weight", gamma), weight(r, f"{p}.bias", HIDDEN, scale=0.1)]
-    nodes += [node("ReduceMean", x, f"{p}.mean", axes=[-1]), node("Sub", [x, f"{p}.mean"], f"{p}.centered"),
-              node("Pow", [f"{p}.centered", "two"], f"{p}.sq"), node("ReduceMean", f"{p}.sq", f"{p}.var", axes=[-1]),
-              node("Add", [f"{p}.var", "ln_eps"], f"{p}.var_eps"), node("Sqrt", f"{p}.var_eps", f"{p}.std"),
-              node("Div", [f"{p}.centered", f"{p}.std"], f"{p}.normed"),
-              node("Mul", [f"{p}.normed", f"{p}.weight"], f"{p}.scaled"), node("Add", [f"{p}.scaled", f"{p}.bias"], p)]
-    return p
 
 
 def _embeddings(r, inits, nodes):
@@ -51,7 +40,7 @@ def _embeddings(r, inits, nodes):
               node("Gather", ["emb.pos", "pos_ids"], "pos_emb", axis=0),
               node("Gather", ["emb.type", "type_ids"], "type_emb", axis=0),
               node("Add", ["word_emb", "type_emb"], "emb_sum0"), node("Add", ["emb_sum0", "pos_emb"], "emb_sum")]
-    return _layer_norm(r, "emb.ln", "emb_sum", inits, nodes)
+    return layer_norm(r, "emb.ln", "emb_sum", HIDDEN, inits, nodes)
 
 
 def _heads(x, name, nodes, perms):
@@ -92,7 +81,7 @@ def _attention(r, i, x, inits, nodes):
         nodes.append(node("Reshape", [f"{p}.ctx_t", "merge_shape" if i == 1 else "merge_shape_auto"], f"{p}.ctx"))
     o = linear(r, f"{p}.out", f"{p}.ctx", HIDDEN, HIDDEN, inits, nodes)
     nodes.append(node("Add", [o, x], f"{p}.res"))
-    return _layer_norm(r, f"l{i}.ln1", f"{p}.res", inits, nodes)
+    return layer_norm(r, f"l{i}.ln1", f"{p}.res", HIDDEN, inits, nodes)
 
 
 def _ffn(r, i, x, inits, nodes):
@@ -109,7 +98,7 @@ def _ffn(r, i, x, inits, nodes):
                   node("Mul", [f"{p}.mul", "half"], f"{p}.gelu")]
     o = linear(r, f"{p}.out", f"{p}.gelu", FFN, HIDDEN, inits, nodes)
     nodes.append(node("Add", [o, x], f"{p}.res"))
-    return _layer_norm(r, f"l{i}.ln2", f"{p}.res", inits, nodes)
+    return layer_norm(r, f"l{i}.ln2", f"{p}.res", HIDDEN, inits, nodes)
 
 
 def build():

@@ -8,7 +8,7 @@ Targets: LayerNorm/GELU/attention fusion, no-op removal, partial shape folding.
 """
 import numpy as np
 
-from build_common import FLOAT, INT64, const, io, ints, model, node, rng, scalar, weight
+from build_common import FLOAT, INT64, const, io, ints, layer_norm, model, node, rng, scalar, weight
 
 HIDDEN, HEADS, FFN = 32, 4, 64
 HEAD_DIM = HIDDEN // HEADS
@@ -32,22 +32,6 @@ def _linear(r, prefix, x, fan_in, fan_out, inits, nodes, tied=False):
         wname = f"{prefix}.weight.tied"
     nodes += [node("MatMul", [x, wname], f"{prefix}.mm"), node("Add", [f"{prefix}.mm", f"{prefix}.bias"], prefix)]
     return prefix
-
-
-def _layer_norm(r, prefix, x, inits, nodes):
-    p = prefix
-    gamma = (1 + 0.1 * r.standard_normal(HIDDEN)).astype(np.float32)  # trained LayerNorms look like this
-    inits += [const(f"{p}.weight", gamma), weight(r, f"{p}.bias", HIDDEN, scale=0.1)]
-    nodes += [node("ReduceMean", x, f"{p}.mean", axes=[-1]),
-              node("Sub", [x, f"{p}.mean"], f"{p}.centered"),
-              node("Pow", [f"{p}.centered", "two"], f"{p}.sq"),
-              node("ReduceMean", f"{p}.sq", f"{p}.var", axes=[-1]),
-              node("Add", [f"{p}.var", "ln_eps"], f"{p}.var_eps"),
-              node("Sqrt", f"{p}.var_eps", f"{p}.std"),
-              node("Div", [f"{p}.centered", f"{p}.std"], f"{p}.normed"),
-              node("Mul", [f"{p}.normed", f"{p}.weight"], f"{p}.scaled"),
-              node("Add", [f"{p}.scaled", f"{p}.bias"], p)]
-    return p
 
 
 def _split_heads(x, name, perm, nodes):
@@ -94,14 +78,14 @@ def build():
     ]
     o = _linear(r, "attn.out", "ctx", HIDDEN, HIDDEN, inits, nodes)
     nodes += [node("Dropout", [o, "dropout_ratio"], "attn_drop"), node("Add", ["attn_drop", "x"], "attn_res")]
-    ln1 = _layer_norm(r, "ln1", "attn_res", inits, nodes)
+    ln1 = layer_norm(r, "ln1", "attn_res", HIDDEN, inits, nodes)
     h = _linear(r, "ffn.in", ln1, HIDDEN, FFN, inits, nodes)
     nodes += [node("Div", [h, "sqrt2"], "gelu.div"), node("Erf", "gelu.div", "gelu.erf"),
               node("Add", ["gelu.erf", "one"], "gelu.add"), node("Mul", [h, "gelu.add"], "gelu.mul"),
               node("Mul", ["gelu.mul", "half"], "gelu")]
     o2 = _linear(r, "ffn.out", "gelu", FFN, HIDDEN, inits, nodes)
     nodes += [node("Dropout", [o2, "dropout_ratio"], "ffn_drop"), node("Add", ["ffn_drop", ln1], "ffn_res")]
-    ln2 = _layer_norm(r, "ln2", "ffn_res", inits, nodes)
+    ln2 = layer_norm(r, "ln2", "ffn_res", HIDDEN, inits, nodes)
     nodes.append(node("Identity", ln2, "last_hidden_state"))
     return model("transformer_block", nodes,
                  [io("hidden_states", FLOAT, ["batch", "seq", HIDDEN]), io("attention_mask", INT64, ["batch", "seq"])],
