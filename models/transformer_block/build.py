@@ -8,7 +8,7 @@ Targets: LayerNorm/GELU/attention fusion, no-op removal, partial shape folding.
 """
 import numpy as np
 
-from build_common import FLOAT, INT64, const, io, ints, layer_norm, model, node, rng, scalar, weight
+from build_common import FLOAT, INT64, io, ints, layer_norm, model, node, rng, scalar, weight
 
 HIDDEN, HEADS, FFN = 32, 4, 64
 HEAD_DIM = HIDDEN // HEADS
