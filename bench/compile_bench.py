@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from report_io import write_report  # a sibling module: this script's folder is sys.path[0]
+from report_io import cpu_line, write_report  # a sibling module: this script's folder is sys.path[0]
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ["graphopt-O1", "graphopt-O2", "onnxsim", "onnxslim", "onnxoptimizer"]
@@ -168,14 +168,7 @@ def bench_model(label: str, path: Path, tools: list[str], timeout: float, seed: 
 
 
 def header(tools: list[str], timeout: float, seed: int, repeat: int) -> list[str]:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_line()
     versions = {}
     for mod in ("graphopt", "onnx", "onnxruntime", "onnxsim", "onnxslim", "onnxoptimizer", "numpy"):
         try:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from report_io import write_report  # a sibling module: this script's folder is sys.path[0]
+from report_io import cpu_line, write_report  # a sibling module: this script's folder is sys.path[0]
 
 ROOT = Path(__file__).resolve().parent.parent
 RTOL, ATOL = 1e-4, 1e-5
@@ -290,8 +290,7 @@ def op_diff(a: dict, b: dict) -> str:
 
 def header(a, targets) -> str:
     from importlib.metadata import version
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").exists() else "unknown CPU"
+    cpu = cpu_line()
     vers = ", ".join(f"{m} {version(m)}" for m in ("onnx", "onnxruntime", "onnxsim", "onnxslim", "numpy"))
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (f"fusion_bench {now} · {cpu}, {os.cpu_count()} cores, {LOAD_AT_START} · Python "

@@ -27,8 +27,7 @@ from onnx import TensorProto, helper, numpy_helper
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import int8_bench as common  # noqa: E402  (text lines, sessions, interleaved timing)
 import minilm_onnx  # noqa: E402
-from bench.report_io import write_report  # noqa: E402
-from prune_bench import cpu_flags  # noqa: E402
+from bench.report_io import cpu_line, write_report  # noqa: E402
 
 from graphopt.passes.quantize.common import ModelView, select_nodes  # noqa: E402
 from graphopt.passes.quantize.gptq import collect_hessians  # noqa: E402
@@ -94,7 +93,7 @@ def main(argv=None) -> int:
     ref = common.outputs(model, held)
     times = np.asarray(common.interleaved_latency_ms([m for _, m in rows], held[0], args.runs))
     out = [f"# int4 weight-only bench ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)", "",
-           f"{platform.machine()}, {cpu_flags()}, onnxruntime {ort.__version__}, 1 thread; the machine was shared with "
+           f"{platform.machine()}, {cpu_line()}, onnxruntime {ort.__version__}, 1 thread; the machine was shared with "
            f"other jobs: latency is the median of per-round ratios over {args.runs} interleaved rounds.", "",
            f"## all-MiniLM-L6-v2 (real weights), sequence 32: GPTQ statistics on {len(calib)} sentences, agreement on "
            f"{len(held)} other sentences", "",

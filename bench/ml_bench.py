@@ -27,7 +27,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "unit"))
 
 from bench.report_io import write_report  # noqa: E402
-from bench.runtime_bench import _cpu_name, fmt_ms, geomean, interleaved_medians, ort_session  # noqa: E402
+from bench.report_io import cpu_line  # noqa: E402
+from bench.runtime_bench import fmt_ms, geomean, interleaved_medians, ort_session  # noqa: E402
 
 TARGET = 1.5  # issue 21: at most 1.5x ORT's latency
 
@@ -79,7 +80,7 @@ def table(results, args) -> str:
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = ["# ml_bench: scikit-learn models, graphopt.Session vs ONNX Runtime",
              "",
-             f"{when}; {_cpu_name()}, {os.cpu_count()} cores; {args.threads} thread(s); medians of "
+             f"{when}; {cpu_line()}, {os.cpu_count()} cores; {args.threads} thread(s); medians of "
              f"interleaved runs (at least {args.runs}, up to {args.max_runs}, until {args.min_seconds} s). "
              f"Ratio = graphopt / ORT (below 1: graphopt faster); target <= {TARGET}x. "
              f"`python bench/ml_bench.py {' '.join(sys.argv[1:])}`".rstrip() +

@@ -29,7 +29,7 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import int8_bench as common  # noqa: E402  (same data and timing helpers)
-from bench.report_io import write_report  # noqa: E402  (int8_bench put the repository root on sys.path)
+from bench.report_io import cpu_line, write_report  # noqa: E402  (int8_bench put the repository root on sys.path)
 
 import graphopt  # noqa: E402
 from graphopt.passes.prune import prune  # noqa: E402
@@ -39,13 +39,6 @@ from graphopt.passes.prune_select import activation_scores  # noqa: E402
 MODELS = {"det": ("ppocr_det", common.det_feeds, "text-mask IoU", 0.9),
           "cls": ("ppocr_cls", common.cls_feeds, "top-1", 0.97),
           "rec": ("ppocr_rec", common.rec_feeds, "strings equal", 0.9)}
-
-
-def cpu_flags() -> str:
-    flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    want = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
-    return f"{model}; {' '.join(want)}"
 
 
 def score(kind: str, ref: list, got: list) -> tuple[float, float]:
@@ -130,7 +123,7 @@ def main(argv=None) -> int:
 
     start = time.perf_counter()
     out = [f"# channel pruning with teacher-guided recovery ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)", "",
-           f"{platform.machine()}, {cpu_flags()}, onnxruntime {ort.__version__}, 1 thread. The machine was shared "
+           f"{platform.machine()}, {cpu_line()}, onnxruntime {ort.__version__}, 1 thread. The machine was shared "
            "with other jobs (load average above its 2 cores): latency is the median of per-round ratios over "
            f"{args.runs} interleaved rounds, best ms beside it. Recovery time is wall time on that busy machine. "
            "Agreement is on held-out rendered text lines that the calibration images do not contain. "

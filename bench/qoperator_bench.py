@@ -31,9 +31,9 @@ import onnx.version_converter
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.runtime_bench import (LIGHT, _cpu_name, fmt_ms, geomean, interleaved_medians, max_rel_error,  # noqa: E402
+from bench.runtime_bench import (LIGHT, fmt_ms, geomean, interleaved_medians, max_rel_error,  # noqa: E402
                                  ort_session)
-from bench.report_io import write_report  # noqa: E402
+from bench.report_io import cpu_line, write_report  # noqa: E402
 
 DEFAULT_MODELS = "squeezenet,shufflenet,resnet50,densenet121,inception_v1"
 
@@ -96,7 +96,7 @@ def main(argv=None):
                 print(f"{name} {fmt}: graphopt {fmt_ms(r['raw'])} ms, -O2 {fmt_ms(r['O2'])} ms, ORT {fmt_ms(r['ort'])} ms",
                       flush=True)
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [f"Quantized-model benchmark, {when}: {_cpu_name()}, {args.threads} thread(s), median of >= {args.runs} runs "
+    lines = [f"Quantized-model benchmark, {when}: {cpu_line()}, {args.threads} thread(s), median of >= {args.runs} runs "
              f"(runtimes in turn), load average {os.getloadavg()[0]:.2f} at the end.", "",
              "| model | format | graphopt ms | graphopt -O2 ms | ORT ms | O2/ORT | err vs ORT |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['name']} | {r['fmt']} | {fmt_ms(r['raw'])} | {fmt_ms(r['O2'])} | {fmt_ms(r['ort'])} | "

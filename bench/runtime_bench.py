@@ -48,7 +48,7 @@ import onnx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.report_io import write_report  # noqa: E402
+from bench.report_io import cpu_line, write_report  # noqa: E402
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 
 
@@ -319,7 +319,7 @@ def main(argv=None):
     lines, summary = table(rows, args)
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     import onnxruntime
-    machine = (f"{platform.machine()} {os.cpu_count()} CPUs ({_cpu_name()}), Python {platform.python_version()}, "
+    machine = (f"{platform.machine()} {os.cpu_count()} CPUs ({cpu_line()}), Python {platform.python_version()}, "
                f"NumPy {np.__version__}, onnxruntime {onnxruntime.__version__}, onnx {onnx.__version__}")
     header = [f"Runtime benchmark, {when}: {machine}; -O2 column compiled with target={args.target}; "
               f"{args.threads} thread(s), median of >= {args.runs} runs (more until {args.min_seconds:g} s per runtime, "
@@ -329,17 +329,6 @@ def main(argv=None):
     if args.markdown_out:
         write_report(text, args.markdown_out)
     return 0
-
-
-def _cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from report_io import write_report  # a sibling module: this script's folder is sys.path[0]
+from report_io import cpu_line, write_report  # a sibling module: this script's folder is sys.path[0]
 
 HERE = Path(__file__).resolve().parent
 LOAD_AT_START = "load average %.2f %.2f %.2f at start" % os.getloadavg()  # timings shift when others share the CPUs
@@ -80,12 +80,7 @@ def check(original, out_path: Path, seed: int) -> tuple[int, str]:
 
 def machine_line() -> str:
     from importlib.metadata import version
-    cpu = "unknown CPU"
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                   if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_line()
     vs = []
     for mod in ("graphopt", "onnx", "onnxruntime", "onnxsim", "onnxslim", "numpy"):
         try:

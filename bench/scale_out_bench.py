@@ -35,7 +35,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from report_io import write_report  # a sibling module: this script's folder is sys.path[0]
+from report_io import cpu_line, write_report  # a sibling module: this script's folder is sys.path[0]
 
 from graphopt import lossy
 from graphopt.distributed import InProcessExecutor, PoolExecutor, make_executor
@@ -107,12 +107,7 @@ def fleet_job(executor, manifest: Path, out: Path):
 
 
 def header() -> str:
-    cpu = "unknown CPU"
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                   if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_line()
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return f"scale_out_bench {now} · {cpu}, {os.cpu_count()} cores, {LOAD_AT_START} · Python {platform.python_version()}"
 
