@@ -40,16 +40,22 @@ def ort_session(model: onnx.ModelProto, optimize: bool = False, threads: int = 1
         raise Unsupported(f"ONNX Runtime cannot load the model: {str(e).splitlines()[0]}") from None
 
 
-def tensor_reader(model: onnx.ModelProto, tensors: list[str]):
-    """feed -> [value of each tensor in `tensors`]: ONNX Runtime (basic optimizations, which keep every
-    named intermediate) on a copy of the model that also outputs them. Calibration, recovery and
-    weight-rounding passes read intermediate activations through this."""
-    import onnxruntime as ort
+def with_outputs(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
+    """A copy of `model` whose graph also outputs `tensors` (float intermediates), to read them."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     have = {o.name for o in m.graph.output}
     m.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
                           for t in dict.fromkeys(tensors) if t not in have)
+    return m
+
+
+def tensor_reader(model: onnx.ModelProto, tensors: list[str]):
+    """feed -> [value of each tensor in `tensors`]: ONNX Runtime (basic optimizations, which keep every
+    named intermediate) on a copy of the model that also outputs them. Calibration, recovery and
+    weight-rounding passes read intermediate activations through this."""
+    import onnxruntime as ort
+    m = with_outputs(model, tensors)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     opts.log_severity_level = 3

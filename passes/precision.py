@@ -17,7 +17,9 @@ from onnx import TensorProto, helper
 from .quantize.common import ModelView, elem_types
 from graphopt.ir.op_traits import CONTROL_FLOW_OPS, RANDOM_OPS
 
-from .quantize.static import drop_unused_initializers, subgraph_reads
+from graphopt.ir.graph import subgraph_reads
+
+from .quantize.static import drop_unused_initializers
 
 FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
 # Ops whose output dtype comes from an attribute or a second operand, or whose float inputs are

@@ -14,10 +14,11 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from graphopt.ir.graph import subgraph_reads
+
 from .prune_base import attr as _attr
 from .prune_base import infer_shapes as _shapes
 from .prune_base import producers as _producers
-from .prune_base import subgraph_reads
 from .prune_channels import prune_channels
 from .quantize.common import ModelView, node_label
 

@@ -67,18 +67,6 @@ def producers(view: ModelView):
             yield node, w
 
 
-def subgraph_reads(graph: onnx.GraphProto) -> set[str]:
-    """Every name read by a node inside an If/Loop/Scan body (outer tensors they capture included):
-    pruning cannot follow channels there, since those readers are not in the main graph's index."""
-    names: set[str] = set()
-    for node in graph.node:
-        for a in node.attribute:
-            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                names.update(i for n in g.node for i in n.input)
-                names |= subgraph_reads(g)
-    return names
-
-
 def infer_shapes(model: onnx.ModelProto) -> dict:
     """tensor -> list of dims (None where symbolic); {} when inference fails."""
     try:

@@ -27,8 +27,10 @@ import heapq
 import numpy as np
 import onnx
 
+from graphopt.ir.graph import subgraph_reads
+
 from . import prune_compensate as comp
-from .prune_base import BINARY, POOLS, UNARY, Carried, Join, Refuse, Shapes, attr, producers, subgraph_reads
+from .prune_base import BINARY, POOLS, UNARY, Carried, Join, Refuse, Shapes, attr, producers
 from .prune_joins import pull_back, set_split_sizes, visit_concat, visit_split, walk_back
 from .quantize.common import ModelView, node_label
 

@@ -29,7 +29,8 @@ import numpy as np
 import onnx
 
 from .prune_base import attr
-from .prune_recover_data import conv_rows, dense_rows, prefix_session, subgraph_reads
+from .prune_recover_data import conv_rows, dense_rows, prefix_session
+from .quantize.static import drop_unused_initializers
 from .quantize.common import ModelView, node_label
 
 LAYERS = ("Conv", "Gemm", "MatMul")
@@ -108,7 +109,7 @@ def recover(teacher: onnx.ModelProto, pruned: onnx.ModelProto, kept: dict, feeds
         elapsed = time.perf_counter() - start
         say(f"recover: {done}/{len(layers)} layers refit, {elapsed:.0f} s, "
             f"ETA {elapsed / done * (len(layers) - done):.0f} s")
-    _drop_unread_initializers(model)
+    drop_unused_initializers(model)
     onnx.checker.check_model(model)
     report.seconds = time.perf_counter() - start
     return model, report
@@ -342,13 +343,3 @@ def _set(view: ModelView, node, index: int, value: np.ndarray) -> None:
     while len(node.input) <= index:
         node.input.append("")
     node.input[index] = view.add_init(f"{node.input[index] or node_label(node) + '_bias'}_refit", value)
-
-
-
-def _drop_unread_initializers(model: onnx.ModelProto) -> None:
-    """The pruned weights each refit replaced are read by no node now."""
-    read = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output} \
-        | {i for n in model.graph.node for i in subgraph_reads(n)}
-    kept = [t for t in model.graph.initializer if t.name in read]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)

@@ -7,6 +7,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from graphopt.ir.graph import node_subgraph_reads
+
 from .prune_base import attr
 
 
@@ -27,7 +29,7 @@ def prefix_session(model: onnx.ModelProto, outputs: list[str]):
         if n is not None and id(n) not in keep_nodes:
             keep_nodes.add(id(n))
             stack.extend(i for i in n.input if i)
-            stack.extend(subgraph_reads(n))
+            stack.extend(node_subgraph_reads(n))
     nodes = [n for n in g.node if id(n) in keep_nodes]
     del g.node[:]
     g.node.extend(nodes)
@@ -40,16 +42,6 @@ def prefix_session(model: onnx.ModelProto, outputs: list[str]):
     opts.log_severity_level = 3
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-
-
-def subgraph_reads(node) -> list[str]:
-    names = []
-    for a in node.attribute:
-        for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-            names += [i for n in sub.node for i in n.input if i]
-            for n in sub.node:
-                names += subgraph_reads(n)
-    return names
 
 
 def dense_rows(layer, x, y, limit, rng):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from graphopt.errors import InvalidModel
@@ -236,3 +237,21 @@ def numel(shape) -> int:
 
 def node_count(graph: gs.Graph) -> int:
     return sum(len(g.nodes) for g in all_graphs(graph))
+
+
+# ---------------------------------------------------------------- the same question on ONNX protos
+
+def node_subgraph_reads(node: onnx.NodeProto) -> set[str]:
+    """Every name read by a node inside `node`'s If/Loop/Scan bodies, nested bodies included (the outer
+    values they capture among them)."""
+    names: set[str] = set()
+    for a in node.attribute:
+        for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+            names.update(i for n in g.node for i in n.input)
+            names |= subgraph_reads(g)
+    return names
+
+
+def subgraph_reads(graph: onnx.GraphProto) -> set[str]:
+    """Every name read by a node inside the If/Loop/Scan bodies of `graph`'s nodes."""
+    return set().union(*(node_subgraph_reads(n) for n in graph.node))

@@ -18,7 +18,7 @@ import onnx
 from onnx import helper
 
 from graphopt.errors import GraphoptError, UsageError
-from graphopt.verify import tensor_reader
+from graphopt.verify import tensor_reader, with_outputs
 
 METHODS = ("minmax", "percentile", "entropy", "mse")
 BINS = 2048  # histogram bins over [-R, R]; R doubles (pairs of bins merge) when data falls outside
@@ -252,11 +252,7 @@ def tensor_runner(model: onnx.ModelProto, tensors: list[str], kind: str):
     if kind != "graphopt":
         return tensor_reader(model, tensors)
     from graphopt.runtime.session import Session
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    have = {o.name for o in m.graph.output}
-    m.graph.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in tensors if t not in have)
-    sess = Session(m)
+    sess = Session(with_outputs(model, tensors))
     return lambda feed: sess.run(tensors, feed)
 
 

@@ -16,6 +16,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from graphopt.ir.graph import subgraph_reads
+
 from .common import (WEIGHTED_OPS, at_least_opset, ModelView, activation_qparams, dequantize_per_channel, elem_types,
                      node_label, quantize_per_channel, select_nodes, sqnr_db, weight_axis)
 
@@ -322,17 +324,6 @@ def drop_unused_initializers(model: onnx.ModelProto) -> None:
     inputs = [i for i in g.input if i.name in used or i.name not in {t.name for t in keep}]
     del g.input[:]
     g.input.extend(inputs)
-
-
-def subgraph_reads(g) -> set[str]:
-    names = set()
-    for n in g.node:
-        for a in n.attribute:
-            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                names |= {i for m in sub.node for i in m.input} | subgraph_reads(sub)
-    return names
-
-
 
 
 def activation_sqnr(float_values: dict, ranges: dict, activations: str = "int8") -> dict[str, float]:
